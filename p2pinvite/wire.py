@@ -103,7 +103,7 @@ def unpack(
         max_bin_len=max_size,
         max_array_len=max_items,
         max_map_len=max_items,
-        max_ext_len=0,
+        max_ext_len=max_size,  # so ext_hook sees, and names, the refusal
     )
     try:
         unpacker.feed(data)
