@@ -1,0 +1,452 @@
+"""The durable invitation store: one record file per invitation.
+
+Theory of operation
+-------------------
+Every invitation lives in ``<dir>/<id hex>.inv`` (0600, in a 0700 directory),
+replaced with :func:`p2pinvite.fsutil.atomic_write` on every mutation: the
+file is fsynced, renamed over the old one and the directory fsynced *before*
+the method returns, so a crash leaves either the old or the new record. The
+in-memory copy is updated only after the write succeeded, so memory never
+runs ahead of the disk.
+
+Two counters need care because a guest controls when connections drop:
+
+* **Attempts (pessimistic).** :meth:`InvitationStore.begin_attempt` persists
+  ``failed_attempts + 1`` *before* the PAKE runs, i.e. before anyone can learn
+  whether the guess was right. Only :meth:`InvitationStore.attempt_succeeded`
+  takes it back. A guest that drops the connection, or a host that crashes,
+  mid-PAKE has therefore spent the attempt: there is no free guess. In-flight
+  attempts count against the budget, so concurrent guesses cannot exceed
+  ``max_attempts`` either.
+* **Uses (reserve, then commit).** :meth:`InvitationStore.reserve_use` holds
+  one use in memory while the admission runs, refusing when ``uses +
+  reserved >= max_uses``; :meth:`InvitationStore.commit_use` persists it and
+  :meth:`InvitationStore.release` gives it back. A single-use invitation raced
+  by many guests has at most one reservation at a time, so it admits exactly
+  one. Reservations are not persisted: a crash releases them, which is right,
+  since nothing was committed. A reservation taken before a revocation or the
+  expiry may still be committed: the admission was decided when it was taken.
+
+Methods are synchronous and quick (one small file write); a
+:class:`threading.Lock` makes each one atomic, so callers may run them on the
+trio thread or in ``trio.to_thread``. Time is always a ``now`` argument, never
+read from the clock here, so tests and trio's autojump clock control it.
+
+Damaged records
+---------------
+A record that cannot be decoded (bad magic, checksum, msgpack, fields, or a
+name that does not match its id) is *quarantined* by default: renamed to
+``<name>.corrupt`` for the operator, logged as a warning, and the store
+starts without it. That fails safe, since an invitation without a record is
+"unknown" and admits nobody. ``quarantine_corrupt=False`` makes
+:meth:`InvitationStore.open` raise :class:`InvitationRecordCorrupted` instead.
+Wrong permissions are never quarantined: a record readable by others may have
+leaked its secret, so opening refuses with a StorageError.
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import itertools
+import logging
+import os
+import re
+import secrets
+import threading
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from ..errors import DecodeError, InvitationError, LocalProtocolError, StorageError
+from ..fsutil import atomic_write, ensure_private_dir, read_private
+from .codes import ShortCode, generate_pin, is_trivial_digits
+from .model import (
+    DEFAULT_EXPIRY_LINK,
+    DEFAULT_EXPIRY_SHORT,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_ATTEMPTS_SHORT,
+    MAX_ACCEPTED_RECORDED,
+    AuthMethod,
+    InvalidInvitation,
+    Invitation,
+    InvitationKind,
+)
+
+__all__ = [
+    "FILE_MAGIC",
+    "InvitationRecordCorrupted",
+    "InvitationStore",
+    "Reservation",
+]
+
+_log = logging.getLogger(__name__)
+
+#: First 8 bytes of every record file: name and format version.
+FILE_MAGIC: Final = b"p2pinv\x00\x01"
+_SUFFIX: Final = ".inv"
+_NAME_RE: Final = re.compile(r"^[0-9a-f]{32}\.inv$")
+# atomic_write's temporary files: ".<name>.<pid>.tmp"
+_TMP_RE: Final = re.compile(r"^\.[0-9a-f]{32}\.inv\.\d+\.tmp$")
+_MAX_FILE: Final = 512 * 1024
+
+
+class InvitationRecordCorrupted(StorageError):
+    """A record file cannot be decoded; ``path`` names it."""
+
+    def __init__(self, message: str, *, path: Path) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """One use of an invitation held by an admission in progress (memory only)."""
+
+    invitation_id: bytes
+    token: int
+
+
+def _encode_file(inv: Invitation) -> bytes:
+    body = FILE_MAGIC + inv.to_bytes()
+    return body + zlib.crc32(body).to_bytes(4, "big")
+
+
+def _decode_file(data: bytes) -> Invitation:
+    # The CRC catches bit rot that would otherwise decode into plausible but
+    # wrong counters; atomic_write already rules out torn writes.
+    if len(data) < len(FILE_MAGIC) + 4 or not data.startswith(FILE_MAGIC):
+        raise DecodeError("not an invitation record (bad magic)")
+    body, crc = data[:-4], data[-4:]
+    if zlib.crc32(body).to_bytes(4, "big") != crc:
+        raise DecodeError("checksum mismatch")
+    return Invitation.from_bytes(body[len(FILE_MAGIC):])
+
+
+def _unknown(inv_id: bytes) -> InvitationError:
+    return InvitationError(f"no invitation {inv_id.hex()}", reason="unknown")
+
+
+class InvitationStore:
+    """Durable invitation records under one private directory.
+
+    Open with :meth:`open`. Every mutating method has persisted its effect
+    (fsync) when it returns. Unknown ids raise
+    :class:`~p2pinvite.errors.InvitationError` with ``reason="unknown"``;
+    precise reasons are for the local owner only
+    (:func:`~p2pinvite.invitations.model.refusal_for_peer` maps them for
+    remote peers).
+    """
+
+    def __init__(self, directory: Path, records: dict[bytes, Invitation],
+                 quarantined: tuple[Path, ...]) -> None:
+        """Use :meth:`open`; this constructor trusts its arguments."""
+        self._dir = directory
+        self._records = records
+        self._quarantined = quarantined
+        self._lock = threading.Lock()
+        self._reserved: dict[bytes, set[int]] = {}
+        self._in_flight: dict[bytes, int] = {}
+        self._tokens = itertools.count(1)
+
+    # -- opening ---------------------------------------------------------------
+
+    @classmethod
+    def open(cls, directory: Path, *, quarantine_corrupt: bool = True) -> InvitationStore:
+        """Load every record under *directory* (created 0700 if missing).
+
+        Raises :class:`~p2pinvite.errors.StorageError` if the directory or a
+        record is accessible by others, and :class:`InvitationRecordCorrupted`
+        for an undecodable record when *quarantine_corrupt* is false.
+        """
+        directory = ensure_private_dir(Path(directory))
+        records: dict[bytes, Invitation] = {}
+        quarantined: list[Path] = []
+        for path in sorted(directory.iterdir()):
+            name = path.name
+            if _TMP_RE.match(name):
+                # A write that crashed before its rename: the record it was
+                # replacing is intact. Remove the leftover (it holds secrets).
+                path.unlink(missing_ok=True)
+                continue
+            if not _NAME_RE.match(name):
+                continue  # quarantined files, or foreign files: not ours to judge
+            data = read_private(path, max_size=_MAX_FILE)  # refuses wrong modes
+            try:
+                inv = _decode_file(data)
+                if inv.id.hex() + _SUFFIX != name:
+                    raise DecodeError("file name does not match the record's id")
+            except DecodeError as exc:
+                err = InvitationRecordCorrupted(f"corrupt invitation record: {exc}", path=path)
+                if not quarantine_corrupt:
+                    raise err from None
+                target = path.with_name(name + ".corrupt")
+                try:
+                    os.replace(path, target)
+                except OSError as move_exc:
+                    raise StorageError(f"{path}: cannot quarantine: {move_exc}") from None
+                _log.warning("%s; moved to %s, invitation unavailable", err, target.name)
+                quarantined.append(target)
+                continue
+            records[inv.id] = inv
+        return cls(directory, records, tuple(quarantined))
+
+    @property
+    def directory(self) -> Path:
+        """The directory holding the record files."""
+        return self._dir
+
+    @property
+    def quarantined(self) -> tuple[Path, ...]:
+        """Record files moved aside as corrupt when the store was opened."""
+        return self._quarantined
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __contains__(self, inv_id: object) -> bool:
+        return inv_id in self._records
+
+    # -- creating, reading, revoking ----------------------------------------
+
+    def create(
+        self,
+        *,
+        kind: InvitationKind,
+        target: bytes,
+        created_by: bytes,
+        now: float,
+        role: str | None = None,
+        auth: AuthMethod = AuthMethod.NONE,
+        expires_at: float | None = None,
+        max_uses: int | None = 1,
+        max_attempts: int | None = None,
+        note: str = "",
+        pin: str | None = None,
+        short_code: ShortCode | None = None,
+        admission_key: bytes | None = None,
+    ) -> Invitation:
+        """Create, persist and return a new invitation.
+
+        Defaults: expiry now + 7 days (15 minutes for auth ``short``), one use,
+        3 attempts (20 for ``short``). For auth ``pin`` a PIN is generated
+        unless *pin* is given; for ``short`` a code with a discriminator no
+        other usable short invitation here has, unless *short_code* is given;
+        auth ``key`` requires *admission_key*. Inconsistent arguments raise
+        :class:`~p2pinvite.invitations.model.InvalidInvitation`.
+        """
+        if not isinstance(auth, AuthMethod):
+            raise InvalidInvitation("auth must be an AuthMethod")
+        is_short = auth is AuthMethod.SHORT
+        if expires_at is None:
+            expires_at = now + (DEFAULT_EXPIRY_SHORT if is_short else DEFAULT_EXPIRY_LINK)
+        if not isinstance(expires_at, int | float) or not expires_at > now:
+            raise InvalidInvitation("expires_at must be in the future")
+        if max_attempts is None:
+            max_attempts = DEFAULT_MAX_ATTEMPTS_SHORT if is_short else DEFAULT_MAX_ATTEMPTS
+        if pin is not None and auth is not AuthMethod.PIN:
+            raise InvalidInvitation("a pin is only used with auth pin")
+        if short_code is not None and not is_short:
+            raise InvalidInvitation("a short code is only used with auth short")
+        if pin is not None and (not isinstance(pin, str) or is_trivial_digits(pin)):
+            raise InvalidInvitation("the pin must be 6 digits, not a trivial pattern")
+        with self._lock:
+            if auth is AuthMethod.PIN and pin is None:
+                pin = generate_pin()
+            if is_short and short_code is None:
+                short_code = self._fresh_short_code(now)
+            inv = Invitation(
+                id=self._fresh_id(),
+                kind=kind,
+                target=target,
+                role=role,
+                auth=auth,
+                secret=secrets.token_bytes(32),
+                created_at=now,
+                expires_at=expires_at,
+                created_by=created_by,
+                pin=pin,
+                short_discriminator=None if short_code is None else short_code.discriminator,
+                short_secret=None if short_code is None else short_code.secret,
+                admission_key=admission_key,
+                max_uses=max_uses,
+                max_attempts=max_attempts,
+                note=note,
+            )
+            self._write(inv)
+            return inv
+
+    def _fresh_id(self) -> bytes:
+        while (inv_id := secrets.token_bytes(16)) in self._records:
+            pass  # 2**-128 per pair; the loop is for correctness, not likelihood
+        return inv_id
+
+    def _fresh_short_code(self, now: float) -> ShortCode:
+        # The discriminator is what the host advertises; two usable short
+        # invitations sharing one would make the guest try both secrets.
+        taken = {inv.short_discriminator for inv in self._records.values()
+                 if inv.auth is AuthMethod.SHORT and inv.is_usable(now)}
+        for _ in range(1000):
+            code = ShortCode.generate()
+            if code.discriminator not in taken:
+                return code
+        raise InvalidInvitation("no free short-code discriminator")  # 1000 live codes?
+
+    def get(self, inv_id: bytes) -> Invitation:
+        """The current record of *inv_id* (``InvitationError(reason="unknown")`` if none)."""
+        inv = self._records.get(inv_id)
+        if inv is None:
+            raise _unknown(inv_id)
+        return inv
+
+    def find_short(self, discriminator: str, now: float) -> builtins.list[Invitation]:
+        """Usable short-code invitations advertising *discriminator*."""
+        return [inv for inv in self._records.values()
+                if inv.short_discriminator == discriminator and inv.is_usable(now)]
+
+    def list(self, now: float, *, include_all: bool = False) -> builtins.list[Invitation]:
+        """Usable invitations (PENDING or ACCEPTED), or every record with *include_all*.
+
+        Ordered by creation time, oldest first.
+        """
+        out = [inv for inv in self._records.values() if include_all or inv.is_usable(now)]
+        out.sort(key=lambda inv: (inv.created_at, inv.id))
+        return out
+
+    def revoke(self, inv_id: bytes, *, by: bytes, now: float) -> Invitation:
+        """Revoke *inv_id*, keeping the record as a tombstone; return it.
+
+        Revoking an already revoked invitation is a no-op that returns the
+        existing tombstone (the first revocation's time and author stay): an
+        owner retrying after a timeout must not get an error. Revoking an
+        expired, locked or exhausted invitation is allowed and recorded.
+        """
+        with self._lock:
+            inv = self.get(inv_id)
+            if inv.revoked_at is not None:
+                return inv
+            new = dataclasses.replace(inv, revoked_at=now, revoked_by=by)
+            self._write(new)
+            return new
+
+    def check_usable(self, inv_id: bytes, now: float) -> Invitation:
+        """Return the record if it may admit someone at *now*, else raise.
+
+        Raises :class:`~p2pinvite.errors.InvitationError` with the precise
+        reason (``unknown``, ``revoked``, ``locked``, ``exhausted``,
+        ``expired``). Reservations in progress are not counted: this answers
+        "is the invitation still open", which is what ``validate`` shows.
+        """
+        inv = self.get(inv_id)
+        err = inv.refusal(now)
+        if err is not None:
+            raise err
+        return inv
+
+    # -- authentication attempts -------------------------------------------
+
+    def begin_attempt(self, inv_id: bytes, now: float) -> int:
+        """Spend one attempt *before* the PAKE runs; return the attempts left after it.
+
+        The incremented ``failed_attempts`` is on disk when this returns, so
+        a guest learns the PAKE result only after its guess was paid for.
+        Raises InvitationError (reason ``unknown``, ``revoked``, ``locked``,
+        ``exhausted`` or ``expired``) when the invitation is not usable.
+        """
+        with self._lock:
+            inv = self.check_usable(inv_id, now)
+            new = dataclasses.replace(inv, failed_attempts=inv.failed_attempts + 1)
+            self._write(new)
+            self._in_flight[inv_id] = self._in_flight.get(inv_id, 0) + 1
+            return new.attempts_left
+
+    def attempt_succeeded(self, inv_id: bytes) -> Invitation:
+        """Take back the attempt of a PAKE that succeeded (persisted).
+
+        Each call must match one earlier :meth:`begin_attempt` in this process;
+        an unmatched call raises LocalProtocolError rather than handing out a
+        free attempt. After a restart in-flight attempts stay spent.
+        """
+        with self._lock:
+            pending = self._in_flight.get(inv_id, 0)
+            if pending == 0:
+                raise LocalProtocolError("attempt_succeeded without a matching begin_attempt")
+            inv = self.get(inv_id)
+            new = dataclasses.replace(inv, failed_attempts=inv.failed_attempts - 1)
+            self._write(new)
+            if pending == 1:
+                del self._in_flight[inv_id]
+            else:
+                self._in_flight[inv_id] = pending - 1
+            return new
+
+    # -- uses --------------------------------------------------------------------
+
+    def reserve_use(self, inv_id: bytes, now: float) -> Reservation:
+        """Hold one use of *inv_id* for an admission in progress.
+
+        Raises InvitationError with the precise reason when the invitation is
+        not usable, and ``reason="reserved"`` when every remaining use is
+        already held by other admissions (retry after they finish).
+        """
+        with self._lock:
+            inv = self.check_usable(inv_id, now)
+            held = self._reserved.setdefault(inv_id, set())
+            if inv.max_uses is not None and inv.uses + len(held) >= inv.max_uses:
+                if not held:
+                    del self._reserved[inv_id]
+                raise InvitationError(
+                    f"invitation {inv_id.hex()}: every remaining use is being admitted",
+                    reason="reserved",
+                )
+            token = next(self._tokens)
+            held.add(token)
+            return Reservation(inv_id, token)
+
+    def commit_use(self, reservation: Reservation, accepted_by: bytes, now: float) -> Invitation:
+        """Turn *reservation* into a recorded use by identity *accepted_by*; persisted.
+
+        Raises LocalProtocolError if the reservation was already committed or
+        released. On a write failure the reservation stays held (release it).
+        """
+        with self._lock:
+            held = self._reserved.get(reservation.invitation_id)
+            if held is None or reservation.token not in held:
+                raise LocalProtocolError("reservation is not held (committed or released)")
+            inv = self.get(reservation.invitation_id)
+            accepted = (*inv.accepted_by, (accepted_by, now))[-MAX_ACCEPTED_RECORDED:]
+            new = dataclasses.replace(inv, uses=inv.uses + 1, accepted_by=accepted)
+            self._write(new)
+            self._drop_token(reservation)
+            return new
+
+    def release(self, reservation: Reservation) -> None:
+        """Give back an uncommitted reservation; a no-op if committed or released.
+
+        Idempotent so a driver can call it unconditionally in ``finally``.
+        """
+        with self._lock:
+            self._drop_token(reservation)
+
+    def reserved(self, inv_id: bytes) -> int:
+        """How many uses of *inv_id* are currently held by admissions in progress."""
+        return len(self._reserved.get(inv_id, ()))
+
+    def _drop_token(self, reservation: Reservation) -> None:
+        held = self._reserved.get(reservation.invitation_id)
+        if held is not None:
+            held.discard(reservation.token)
+            if not held:
+                del self._reserved[reservation.invitation_id]
+
+    # -- disk ------------------------------------------------------------------
+
+    def _write(self, inv: Invitation) -> None:
+        path = self._dir / (inv.id.hex() + _SUFFIX)
+        try:
+            atomic_write(path, _encode_file(inv))
+        except OSError as exc:
+            # A leftover temporary file, if any, is removed by the next open().
+            raise StorageError(f"{path}: cannot write invitation record: {exc}") from None
+        self._records[inv.id] = inv
