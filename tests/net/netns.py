@@ -1,0 +1,243 @@
+"""Network namespaces for real-network tests (mDNS never leaves them).
+
+Reusable by any test (and by bench/) that needs real multicast:
+
+* :func:`loopback_namespace` -- one namespace whose ``lo`` carries multicast
+  (``ip link set lo multicast on`` + a ``224.0.0.0/4`` route): every process
+  in it sees every other one's mDNS, nothing else does.
+* :func:`veth_namespaces` -- two namespaces joined by a veth pair
+  (``10.231.N.1/24`` <-> ``10.231.N.2/24``), multicast on, with the route.
+* :class:`NsProcess` -- a process started with ``ip netns exec`` that speaks
+  JSON lines (``tests/net/ns_peer.py``).
+* pytest fixtures ``netns_lo`` and ``netns_pair`` wrapping the above; they
+  skip with the reason when not root or when ``ip`` is missing.
+
+Names carry the pid and a counter, so parallel runs do not clash. Teardown
+(also after a failing test) kills the processes still inside the namespace
+and deletes it, which also removes its veth ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+ROOT = Path(__file__).resolve().parents[2]
+PEER_SCRIPT = ROOT / "tests" / "net" / "ns_peer.py"
+_counter = itertools.count(1)
+
+
+def skip_reason() -> str | None:
+    """Why namespace tests cannot run here, or None if they can."""
+    if sys.platform != "linux":
+        return "network namespaces need Linux"
+    if shutil.which("ip") is None:
+        return "the ip(8) command (iproute2) is not installed"
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces (ip netns)"
+    return None
+
+
+def require_netns() -> None:
+    """Skip the calling test, with the reason, if namespaces are unavailable."""
+    reason = skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+
+
+def ip(*args: str, ns: str | None = None) -> None:
+    """Run ``ip [-n ns] args...``; raise with ip's message on failure."""
+    argv = ["ip", *(["-n", ns] if ns else []), *args]
+    res = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed: {res.stderr.strip()}")
+
+
+def _unique(prefix: str) -> str:
+    # Interface names are limited to 15 characters.
+    return f"{prefix}{os.getpid() % 10**7}x{next(_counter)}"[:15]
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """A network namespace created by these helpers; ``addr`` is its test address."""
+
+    name: str
+    addr: str
+    iface: str
+
+    def argv(self, *cmd: str) -> list[str]:
+        """The argv that runs *cmd* inside this namespace."""
+        return ["ip", "netns", "exec", self.name, *cmd]
+
+
+def _kill_all_in(ns: str) -> None:
+    res = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True,
+                         check=False)
+    for pid in res.stdout.split():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid), signal.SIGKILL)
+
+
+def delete_namespace(name: str) -> None:
+    """Kill what still runs in namespace *name*, then delete it (idempotent)."""
+    _kill_all_in(name)
+    subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+
+
+def _multicast_route(ns: str, dev: str) -> None:
+    ip("link", "set", "dev", dev, "multicast", "on", ns=ns)
+    ip("route", "add", "224.0.0.0/4", "dev", dev, ns=ns)
+
+
+@contextlib.contextmanager
+def loopback_namespace() -> Iterator[Namespace]:
+    """One namespace with multicast on its loopback; mDNS interface ``lo`` / 127.0.0.1."""
+    require_netns()
+    name = _unique("p2pl")
+    ip("netns", "add", name)
+    try:
+        ip("link", "set", "lo", "up", ns=name)
+        _multicast_route(name, "lo")
+        yield Namespace(name, "127.0.0.1", "lo")
+    finally:
+        delete_namespace(name)
+
+
+@contextlib.contextmanager
+def veth_namespaces() -> Iterator[tuple[Namespace, Namespace]]:
+    """Two namespaces joined by a veth pair, with multicast between them."""
+    require_netns()
+    n = next(_counter)
+    subnet = f"10.231.{(os.getpid() + n) % 250 + 1}"
+    a, b = _unique("p2pa"), _unique("p2pb")
+    va, vb = _unique("vp2a"), _unique("vp2b")
+    made: list[str] = []
+    try:
+        for ns in (a, b):
+            ip("netns", "add", ns)
+            made.append(ns)
+            ip("link", "set", "lo", "up", ns=ns)
+        ip("link", "add", va, "type", "veth", "peer", "name", vb)
+        ip("link", "set", va, "netns", a)
+        ip("link", "set", vb, "netns", b)
+        for ns, dev, host in ((a, va, 1), (b, vb, 2)):
+            ip("addr", "add", f"{subnet}.{host}/24", "dev", dev, ns=ns)
+            ip("link", "set", dev, "up", ns=ns)
+            _multicast_route(ns, dev)
+        yield Namespace(a, f"{subnet}.1", va), Namespace(b, f"{subnet}.2", vb)
+    finally:
+        for ns in made:
+            delete_namespace(ns)
+        # If moving an end failed, it is still in our namespace.
+        subprocess.run(["ip", "link", "del", va], capture_output=True, check=False)
+
+
+@pytest.fixture
+def netns_lo() -> Iterator[Namespace]:
+    """A namespace with multicast loopback (skips when not root)."""
+    with loopback_namespace() as ns:
+        yield ns
+
+
+@pytest.fixture
+def netns_pair() -> Iterator[tuple[Namespace, Namespace]]:
+    """Two namespaces joined by veth (skips when not root)."""
+    with veth_namespaces() as pair:
+        yield pair
+
+
+class NsProcess:
+    """A JSON-lines peer process inside a namespace (see tests/net/ns_peer.py).
+
+    ``await send({...})`` writes one command; ``await expect("event")``
+    returns the next message with that ``ev`` (others are kept in ``seen``).
+    """
+
+    def __init__(self, proc: trio.Process) -> None:
+        self.proc = proc
+        self.seen: list[dict[str, Any]] = []
+        self._buf = b""
+        self._lines: list[dict[str, Any]] = []
+
+    @classmethod
+    async def start(cls, ns: Namespace, *args: str) -> NsProcess:
+        """Run ns_peer.py in *ns* (stderr is inherited, for debugging failures)."""
+        argv = ns.argv(sys.executable, str(PEER_SCRIPT), *args)
+        proc = await trio.lowlevel.open_process(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=str(ROOT))
+        return cls(proc)
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        """Send one command."""
+        assert self.proc.stdin is not None
+        await self.proc.stdin.send_all(json.dumps(msg).encode() + b"\n")
+
+    async def _next(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        while b"\n" not in self._buf:
+            chunk = await self.proc.stdout.receive_some(65536)
+            if not chunk:
+                raise EOFError(f"peer exited (rc={self.proc.poll()}) ; seen {self.seen}")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        msg: dict[str, Any] = json.loads(line)
+        if msg.get("ev") == "error":
+            raise RuntimeError(f"peer error: {msg.get('error')}")
+        return msg
+
+    async def expect(self, ev: str) -> dict[str, Any]:
+        """The next message whose ``ev`` is *ev* (wrap in ``trio.fail_after``)."""
+        for i, msg in enumerate(self._lines):
+            if msg["ev"] == ev:
+                del self._lines[i]
+                return msg
+        while True:
+            msg = await self._next()
+            self.seen.append(msg)
+            if msg["ev"] == ev:
+                return msg
+            self._lines.append(msg)
+
+    def drain(self, ev: str) -> list[dict[str, Any]]:
+        """Take every already-received message with ``ev``."""
+        out = [m for m in self._lines if m["ev"] == ev]
+        self._lines = [m for m in self._lines if m["ev"] != ev]
+        return out
+
+    async def aclose(self) -> None:
+        """Ask the peer to quit; kill it if it does not within 5 s."""
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            await self.send({"cmd": "quit"})
+        with trio.move_on_after(5):
+            await self.proc.wait()
+        if self.proc.poll() is None:
+            self.proc.kill()
+            await self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                await pipe.aclose()
+
+
+@contextlib.asynccontextmanager
+async def ns_peer(ns: Namespace, *args: str) -> Any:
+    """Start an :class:`NsProcess` in *ns*; always stop it on exit."""
+    peer = await NsProcess.start(ns, *args)
+    try:
+        yield peer
+    finally:
+        with trio.CancelScope(shield=True):
+            await peer.aclose()

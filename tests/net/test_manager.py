@@ -1,0 +1,249 @@
+"""The network manager over real loopback TCP, mDNS off (hints and known peers only)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+
+from p2pinvite.crypto.noise import generate_private_key
+from p2pinvite.errors import ConnectionClosed, DecodeError, P2PInviteError
+from p2pinvite.net.manager import (
+    NetworkManager,
+    PeerUnreachable,
+    decode_preamble,
+    encode_preamble,
+    open_network_manager,
+)
+from p2pinvite.net.secure import PROTOCOL_XX, PROTOCOL_XXPSK3, SecureStream, open_secure_stream
+from p2pinvite.net.topics import Topic
+from p2pinvite.wire import frame, pack
+
+LINK = Topic.from_secret(bytes(range(32)))
+
+
+@asynccontextmanager
+async def manager(payload: bytes = b"", **kw: object) -> AsyncIterator[NetworkManager]:
+    async with open_network_manager(static_key=generate_private_key(), payload=payload,
+                                    **kw) as m:  # type: ignore[arg-type]
+        yield m
+
+
+async def echo(stream: SecureStream) -> None:
+    while True:
+        await stream.send_message(await stream.receive_message())
+
+
+# -- preamble ------------------------------------------------------------------
+
+
+def test_preamble_round_trip_and_limits() -> None:
+    body = encode_preamble(LINK.id)
+    assert body == pack({"topic": LINK.id, "v": 1})
+    assert body == bytes.fromhex("82a17601a5746f706963c420") + LINK.id  # as documented
+    assert decode_preamble(body) == LINK.id
+    assert decode_preamble(pack({"topic": LINK.id, "v": 1, "future": "x"})) == LINK.id
+    for bad in (pack({"topic": LINK.id, "v": 2}), pack({"topic": LINK.id[:31], "v": 1}),
+                pack({"v": 1}), pack([1, 2]), b"\xc1", pack({"topic": b"x" * 200, "v": 1})):
+        with pytest.raises(DecodeError):
+            decode_preamble(bad)
+
+
+# -- connect ---------------------------------------------------------------------
+
+
+async def test_hints_only_connect_link_and_space_topics() -> None:
+    space = Topic.for_space(b"space-1")
+    with trio.fail_after(10):
+        async with manager(b"host-payload") as host, manager(b"guest-payload") as guest:
+            seen: list[bytes] = []
+
+            async def record(stream: SecureStream) -> None:
+                seen.append(stream.remote_payload)
+                await echo(stream)
+
+            await host.join(LINK, record)
+            await host.join(space, record)
+            dead = ("127.0.0.1", 1)  # nothing listens there: the race must not care
+            s = await guest.connect(LINK, hints=[dead, host.addresses[0]], mdns=True)
+            assert s.protocol_name == PROTOCOL_XXPSK3
+            assert s.remote_payload == b"host-payload"
+            assert s.remote_static == host.public_key
+            await s.send_message(b"ping")
+            assert await s.receive_message() == b"ping"
+            assert seen == [b"guest-payload"]
+            await s.aclose()
+
+            s2 = await guest.connect(space, hints=host.addresses)
+            assert s2.protocol_name == PROTOCOL_XX
+            await s2.send_message(b"x")
+            assert await s2.receive_message() == b"x"
+            await s2.aclose()
+
+
+async def test_connect_to_an_unjoined_topic_fails() -> None:
+    with trio.fail_after(10):
+        async with manager() as host, manager() as guest:
+            await host.join(LINK, echo)
+            other = Topic.from_secret(os.urandom(32))
+            with pytest.raises(PeerUnreachable):
+                await guest.connect(other, hints=host.addresses, timeout=0.5)
+            with pytest.raises(PeerUnreachable):
+                await guest.connect(LINK, mdns=True)  # no hints and mDNS off
+            with pytest.raises(PeerUnreachable, match="ourselves"):
+                await host.connect(LINK, hints=host.addresses, timeout=0.5)
+
+
+async def test_tampered_preamble_breaks_the_handshake() -> None:
+    with trio.fail_after(10):
+        async with manager() as host:
+            handled: list[SecureStream] = []
+
+            async def record(stream: SecureStream) -> None:
+                handled.append(stream)
+
+            await host.join(LINK, record)
+            sent = pack({"topic": LINK.id, "v": 1, "x": 0})  # same topic, other bytes
+            stream = await trio.open_tcp_stream(*host.addresses[0])
+            await stream.send_all(frame(sent))
+
+            async def handshake_then_accept() -> None:
+                s = await open_secure_stream(
+                    stream, initiator=True, static_key=generate_private_key(), psk=LINK.psk,
+                    prologue=encode_preamble(LINK.id), timeout=5)
+                await s.receive_message()  # the accept
+
+            with pytest.raises(P2PInviteError):
+                await handshake_then_accept()
+            assert handled == []
+
+
+# -- isolation -------------------------------------------------------------------
+
+
+async def test_a_raising_handler_affects_no_other_connection() -> None:
+    with trio.fail_after(10):
+        async with manager() as host, manager() as g1, manager() as g2:
+            async def handler(stream: SecureStream) -> None:
+                if await stream.receive_message() == b"boom":
+                    raise RuntimeError("handler bug")
+                await stream.send_message(b"ok")
+                await echo(stream)
+
+            await host.join(LINK, handler)
+            good = await g1.connect(LINK, hints=host.addresses)
+            await good.send_message(b"hi")
+            assert await good.receive_message() == b"ok"
+
+            bad = await g2.connect(LINK, hints=host.addresses)
+            await bad.send_message(b"boom")
+            with pytest.raises(ConnectionClosed):
+                await bad.receive_message()
+
+            await good.send_message(b"still here")
+            assert await good.receive_message() == b"still here"
+            again = await g2.connect(LINK, hints=host.addresses)  # the manager still serves
+            await again.send_message(b"hi")
+            assert await again.receive_message() == b"ok"
+            for s in (good, bad, again):
+                await s.aclose()
+
+
+async def test_swarm_keeps_one_connection_per_peer_pair() -> None:
+    space = Topic.for_space(b"dedupe")
+    with trio.fail_after(20):
+        async with manager() as a, manager() as b:
+            live: dict[str, set[SecureStream]] = {"a": set(), "b": set()}
+            started = {"a": 0, "b": 0}
+
+            def handler(side: str):  # type: ignore[no-untyped-def]
+                async def run(stream: SecureStream) -> None:
+                    started[side] += 1
+                    live[side].add(stream)
+                    try:
+                        await trio.sleep_forever()
+                    finally:
+                        live[side].discard(stream)
+                return run
+
+            # Both dial each other at once: the simultaneous-dial case.
+            await a.join(space, handler("a"), peers=b.addresses)
+            await b.join(space, handler("b"), peers=a.addresses)
+            while not (len(live["a"]) == 1 and len(live["b"]) == 1
+                       and next(iter(live["a"])).handshake_hash
+                       == next(iter(live["b"])).handshake_hash):
+                await trio.sleep(0.05)
+            await trio.sleep(0.5)  # nothing else shows up later
+            assert len(live["a"]) == len(live["b"]) == 1
+            (sa,), (sb,) = live["a"], live["b"]
+            assert sa.handshake_hash == sb.handshake_hash
+            # The kept connection is the one dialed by the lower static key.
+            _lower, lower_stream, higher = ((a, sa, b) if a.public_key < b.public_key
+                                           else (b, sb, a))
+            peer = lower_stream.transport.socket.getpeername()  # type: ignore[attr-defined]
+            assert tuple(peer) == higher.addresses[0]
+
+
+# -- limits ----------------------------------------------------------------------
+
+
+async def test_flood_of_idle_and_garbage_connections_does_not_lock_out_a_peer() -> None:
+    with trio.fail_after(30):
+        async with manager(max_unauthenticated=16, handshake_timeout=8.0) as host, \
+                manager() as guest:
+            await host.join(LINK, echo)
+            flood: list[trio.SocketStream] = []
+            try:
+                for i in range(200):
+                    s = await trio.open_tcp_stream(*host.addresses[0])
+                    if i % 4 == 0:
+                        await s.send_all(os.urandom(64))  # garbage
+                    elif i % 4 == 1:
+                        await s.send_all(b"\x00\x7f")  # a preamble that never arrives
+                    flood.append(s)
+                while host.unauthenticated < 16:
+                    await trio.sleep(0.01)
+                assert host.unauthenticated <= 16
+                # Shorter than the handshake deadline: waiting for idle ones to expire is no answer.
+                s = await guest.connect(LINK, hints=host.addresses, timeout=3)
+                await s.send_message(b"through")
+                assert await s.receive_message() == b"through"
+                assert host.unauthenticated <= 16
+                await s.aclose()
+            finally:
+                for s in flood:
+                    await s.aclose()
+
+
+async def test_leave_closes_the_topics_connections() -> None:
+    space = Topic.for_space(b"other")
+    with trio.fail_after(10):
+        async with manager() as host, manager() as guest:
+            await host.join(LINK, echo)
+            await host.join(space, echo)
+            s = await guest.connect(LINK, hints=host.addresses)
+            kept = await guest.connect(space, hints=host.addresses)
+            await s.send_message(b"1")
+            assert await s.receive_message() == b"1"
+            await host.leave(LINK)
+            with pytest.raises(ConnectionClosed):
+                await s.receive_message()
+            with pytest.raises(PeerUnreachable):
+                await guest.connect(LINK, hints=host.addresses, timeout=0.5)
+            await kept.send_message(b"2")  # the other topic is untouched
+            assert await kept.receive_message() == b"2"
+            await kept.aclose()
+            await host.leave(LINK)  # leaving twice is harmless
+
+
+async def test_closing_the_manager_closes_connections() -> None:
+    with trio.fail_after(10):
+        async with manager() as guest:
+            async with manager() as host:
+                await host.join(LINK, echo)
+                s = await guest.connect(LINK, hints=host.addresses)
+            with pytest.raises(ConnectionClosed):
+                await s.receive_message()
