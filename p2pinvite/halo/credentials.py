@@ -1,0 +1,656 @@
+"""Credentials: signed, canonical msgpack statements about identities and spaces.
+
+A credential says "*issuer* asserts something about *subject*": this device
+belongs to this identity (:class:`AuthorizedDevice`), this identity is a
+member of this space with this role (:class:`SpaceMember`), or it starts a log
+(:class:`IdentityGenesis`, :class:`SpaceGenesis`). docs/protocol/credentials.md
+is the normative description; the short version:
+
+* Encoding: one canonical msgpack map (:func:`p2pinvite.wire.pack` rules: keys
+  sorted by their encoded bytes, shortest ints, ``bin`` for bytes), with the
+  common fields ``v type issuer subject issued_at signer chain sig`` plus the
+  fields of its type. Decoding is strict: exact field set per type, exact
+  sizes, and the input must *be* the canonical encoding (no second encoding of
+  one credential exists, so ids cannot be malleated).
+* Signature: Ed25519 by ``signer`` over ``SIGNATURE_CONTEXT || pack(map
+  without "sig" and "chain")``.
+* Id: ``BLAKE2b-256(pack(map with "chain" emptied))``: the signed content plus
+  the signature, independent of the evidence in ``chain``.
+* Chain: when ``signer != issuer``, ``chain`` lists ``AuthorizedDevice``
+  credentials (each with its own chain emptied) proving that ``signer`` is a
+  device of ``issuer``: ``chain[0]`` authorizes ``signer``, ``chain[i+1]``
+  authorizes ``chain[i].signer``, and the last one is signed by ``issuer``
+  itself. The chain is evidence, not signed content: any valid chain proves
+  the same fact, and leaving it out of the signature keeps chains linear in
+  size (a signed chain would have to embed its elements' chains, which grows
+  exponentially with depth).
+
+:class:`CredentialVerifier` checks signatures and chains and remembers every
+chain element it has verified, so a log of 100,000 credentials issued by the
+same device verifies that device's chain once, not 100,000 times.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+
+import msgpack
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from ..errors import CredentialError, DecodeError
+from ..wire import unpack
+from .keys import Signer
+
+__all__ = [
+    "CREDENTIAL_VERSION",
+    "MAX_CHAIN_DEPTH",
+    "MAX_CREDENTIAL_SIZE",
+    "MAX_INVITATION_ID",
+    "MAX_NAME",
+    "SIGNATURE_CONTEXT",
+    "Assertion",
+    "AuthorizedDevice",
+    "Credential",
+    "CredentialVerifier",
+    "IdentityGenesis",
+    "MalformedCredential",
+    "Role",
+    "SpaceGenesis",
+    "SpaceMember",
+    "decode_credential",
+    "issue_authorized_device",
+    "issue_identity_genesis",
+    "issue_member_removal",
+    "issue_space_genesis",
+    "issue_space_member",
+    "now_ms",
+    "verify_credential",
+]
+
+#: Value of the ``v`` field.
+CREDENTIAL_VERSION: Final = 1
+#: Prefix of every credential signature input.
+SIGNATURE_CONTEXT: Final = b"p2pinvite/credential/v1\x00"
+#: Largest encoded credential, chain included (fits one log entry, whose
+#: limit halo/log.py sets at 60,000 bytes).
+MAX_CREDENTIAL_SIZE: Final = 60_000
+#: Most elements in a ``chain`` (devices between an identity and a signer).
+MAX_CHAIN_DEPTH: Final = 8
+#: Longest profile, device or space name, in characters.
+MAX_NAME: Final = 128
+#: Longest invitation id, in bytes.
+MAX_INVITATION_ID: Final = 64
+
+_KEY = 32
+_SIG = 64
+
+
+class MalformedCredential(CredentialError, DecodeError):
+    """Bytes that are not a well-formed canonical credential (rule ``malformed``).
+
+    A :class:`CredentialError` for the membership rules and a
+    :class:`DecodeError` for the network layer, which drops the peer.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, rule="malformed")
+
+
+class Role(enum.StrEnum):
+    """A member's role in a space. REMOVED revokes membership."""
+
+    OWNER = "OWNER"
+    ADMIN = "ADMIN"
+    EDITOR = "EDITOR"
+    READER = "READER"
+    REMOVED = "REMOVED"
+
+
+# -- assertions (the type-specific part) ----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityGenesis:
+    """First entry of an identity's HALO log; issuer = subject = signer = identity key."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizedDevice:
+    """The issuing identity owns the subject device key.
+
+    ``invitation`` is the device invitation it redeemed, if any.
+    """
+
+    invitation: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SpaceGenesis:
+    """First entry of a space log; issuer = subject = signer = space key."""
+
+    owner: bytes
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpaceMember:
+    """The subject identity is a member of ``space`` with ``role`` (REMOVED: not any more)."""
+
+    space: bytes
+    role: Role
+    name: str
+    invitation: bytes | None = None
+
+
+Assertion = IdentityGenesis | AuthorizedDevice | SpaceGenesis | SpaceMember
+
+_TYPE_NAMES: Final[dict[type[Any], str]] = {
+    IdentityGenesis: "identity_genesis",
+    AuthorizedDevice: "authorized_device",
+    SpaceGenesis: "space_genesis",
+    SpaceMember: "space_member",
+}
+_COMMON: Final = frozenset(
+    {"v", "type", "issuer", "subject", "issued_at", "signer", "chain", "sig"}
+)
+_FIELDS: Final[dict[str, frozenset[str]]] = {
+    "identity_genesis": _COMMON | {"profile"},
+    "authorized_device": _COMMON | {"invitation"},
+    "space_genesis": _COMMON | {"owner", "name"},
+    "space_member": _COMMON | {"space", "role", "profile", "invitation"},
+}
+
+
+def _canonical_order(keys: Sequence[str]) -> tuple[str, ...]:
+    # Canonical msgpack sorts map keys by their *encoded* bytes (wire.pack);
+    # the keys are known, so sort them once instead of on every encode.
+    return tuple(sorted(keys, key=lambda k: msgpack.packb(k)))
+
+
+_ORDER: Final[dict[str, tuple[str, ...]]] = {
+    t: _canonical_order(list(f)) for t, f in _FIELDS.items()
+}
+#: Upper bound of a credential's encoding without its chain elements.
+_MAX_OWN_FIELDS: Final = 1024
+
+
+def _packb(ordered: dict[str, Any]) -> bytes:
+    # Keys are already in canonical order, so plain msgpack is canonical here.
+    out = msgpack.packb(ordered, use_bin_type=True)
+    assert isinstance(out, bytes)
+    return out
+
+
+def now_ms() -> int:
+    """The current time as unix milliseconds (the unit of ``issued_at``)."""
+    return time.time_ns() // 1_000_000
+
+
+def _check_key(value: bytes, what: str) -> None:
+    if not isinstance(value, bytes) or len(value) != _KEY:
+        raise MalformedCredential(f"{what} must be {_KEY} bytes")
+
+
+def _check_name(value: str, what: str) -> None:
+    if not isinstance(value, str) or len(value) > MAX_NAME:
+        raise MalformedCredential(f"{what} must be a string of at most {MAX_NAME} characters")
+
+
+def _check_invitation(value: bytes | None) -> None:
+    if value is not None and (
+        not isinstance(value, bytes) or not 1 <= len(value) <= MAX_INVITATION_ID
+    ):
+        raise MalformedCredential(f"invitation must be nil or 1..{MAX_INVITATION_ID} bytes")
+
+
+def _check_assertion(a: Assertion) -> None:
+    if isinstance(a, IdentityGenesis):
+        _check_name(a.name, "profile name")
+    elif isinstance(a, AuthorizedDevice):
+        _check_invitation(a.invitation)
+    elif isinstance(a, SpaceGenesis):
+        _check_key(a.owner, "owner")
+        _check_name(a.name, "space name")
+    elif isinstance(a, SpaceMember):
+        _check_key(a.space, "space")
+        if not isinstance(a.role, Role):
+            raise MalformedCredential("role must be a Role")
+        _check_name(a.name, "profile name")
+        _check_invitation(a.invitation)
+    else:
+        raise MalformedCredential(f"unknown assertion {type(a).__name__}")
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """A signed credential. Build with an ``issue_*`` function or :meth:`decode`.
+
+    Constructing one checks the fields' types and sizes but *not* the
+    signature (use :class:`CredentialVerifier`). ``id``, ``payload`` and the
+    encoding are computed on first use: replaying a trusted log needs none
+    of them.
+    """
+
+    issuer: bytes
+    subject: bytes
+    assertion: Assertion
+    issued_at: int
+    signer: bytes
+    chain: tuple[bytes, ...] = field(repr=False)
+    signature: bytes = field(repr=False)
+    version: int = CREDENTIAL_VERSION
+    _payload: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    _id: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    _encoded: bytes | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.version != CREDENTIAL_VERSION:
+            raise MalformedCredential(f"unsupported credential version {self.version!r}")
+        _check_key(self.issuer, "issuer")
+        _check_key(self.subject, "subject")
+        _check_key(self.signer, "signer")
+        if not isinstance(self.signature, bytes) or len(self.signature) != _SIG:
+            raise MalformedCredential(f"signature must be {_SIG} bytes")
+        if (
+            not isinstance(self.issued_at, int)
+            or isinstance(self.issued_at, bool)
+            or not 0 <= self.issued_at < 2**63
+        ):
+            raise MalformedCredential("issued_at must be an integer in [0, 2**63)")
+        if not isinstance(self.chain, tuple) or len(self.chain) > MAX_CHAIN_DEPTH:
+            raise MalformedCredential(f"chain must hold at most {MAX_CHAIN_DEPTH} credentials")
+        if not all(isinstance(c, bytes) for c in self.chain):
+            raise MalformedCredential("chain elements must be bytes")
+        # Every other field is bounded (names by MAX_NAME characters), so this
+        # bounds the whole encoding without computing it.
+        if sum(map(len, self.chain)) > MAX_CREDENTIAL_SIZE - _MAX_OWN_FIELDS:
+            raise MalformedCredential(f"credential larger than {MAX_CREDENTIAL_SIZE} bytes")
+        _check_assertion(self.assertion)
+
+    def _ordered(self, *, chain: bool, sig: bool) -> dict[str, Any]:
+        fields = self._fields()
+        if chain:
+            fields["chain"] = list(self.chain)
+        if sig:
+            return {k: fields[k] for k in _ORDER[fields["type"]]}
+        return {k: fields[k] for k in _ORDER[fields["type"]] if k not in ("sig", "chain")}
+
+    @property
+    def payload(self) -> bytes:
+        """What ``signer`` signs: ``SIGNATURE_CONTEXT || pack(map without sig and chain)``."""
+        if self._payload is None:
+            data = SIGNATURE_CONTEXT + _packb(self._ordered(chain=False, sig=False))
+            object.__setattr__(self, "_payload", data)
+            return data
+        return self._payload
+
+    @property
+    def id(self) -> bytes:
+        """BLAKE2b-256 of the encoding with ``chain`` emptied (32 bytes)."""
+        if self._id is None:
+            core = _packb(self._ordered(chain=False, sig=True))
+            digest = hashlib.blake2b(core, digest_size=32).digest()
+            object.__setattr__(self, "_id", digest)
+            return digest
+        return self._id
+
+    def _fields(self) -> dict[str, Any]:
+        a = self.assertion
+        m: dict[str, Any] = {
+            "v": self.version,
+            "type": _TYPE_NAMES[type(a)],
+            "issuer": self.issuer,
+            "subject": self.subject,
+            "issued_at": self.issued_at,
+            "signer": self.signer,
+            "chain": [],
+            "sig": self.signature,
+        }
+        if isinstance(a, IdentityGenesis):
+            m["profile"] = {"name": a.name}
+        elif isinstance(a, AuthorizedDevice):
+            m["invitation"] = a.invitation
+        elif isinstance(a, SpaceGenesis):
+            m["owner"] = a.owner
+            m["name"] = a.name
+        else:
+            m["space"] = a.space
+            m["role"] = a.role.value
+            m["profile"] = {"name": a.name}
+            m["invitation"] = a.invitation
+        return m
+
+    @property
+    def type_name(self) -> str:
+        """The wire ``type`` string (``"space_member"``, ...)."""
+        return _TYPE_NAMES[type(self.assertion)]
+
+    def encode(self) -> bytes:
+        """The canonical encoding (what logs store and peers exchange)."""
+        if self._encoded is None:
+            data = _packb(self._ordered(chain=True, sig=True))
+            object.__setattr__(self, "_encoded", data)
+            return data
+        return self._encoded
+
+    def to_map(self) -> dict[str, Any]:
+        """The credential as the msgpack map it encodes (for docs, tests, debugging)."""
+        m = self._fields()
+        m["chain"] = list(self.chain)
+        return m
+
+    def stripped(self) -> Credential:
+        """This credential with an empty chain: the form used as a chain element."""
+        return self if not self.chain else replace(self, chain=())
+
+    @classmethod
+    def decode(cls, data: bytes) -> Credential:
+        """Strictly decode a credential; :class:`MalformedCredential` for anything off."""
+        return decode_credential(data)
+
+
+def _get(m: dict[str, Any], key: str, kind: type[Any] | tuple[type[Any], ...]) -> Any:
+    v = m[key]
+    if not isinstance(v, kind) or isinstance(v, bool):
+        raise MalformedCredential(f"field {key!r} has the wrong type")
+    return v
+
+
+def _get_profile(m: dict[str, Any]) -> str:
+    p = m["profile"]
+    if not isinstance(p, dict) or set(p) != {"name"}:
+        raise MalformedCredential("profile must be a map with exactly the field 'name'")
+    name = p["name"]
+    if not isinstance(name, str):
+        raise MalformedCredential("profile name must be a string")
+    return name
+
+
+def decode_credential(data: bytes) -> Credential:
+    """Strictly decode *data* into a :class:`Credential` (signature not checked).
+
+    Raises :class:`MalformedCredential` when *data* is larger than
+    :data:`MAX_CREDENTIAL_SIZE`, is not msgpack, has missing, extra or
+    mistyped fields, or is not the canonical encoding of what it decodes to.
+    """
+    if not isinstance(data, bytes):
+        raise MalformedCredential("a credential is bytes")
+    try:
+        m = unpack(data, max_size=MAX_CREDENTIAL_SIZE, max_items=64)
+    except DecodeError as exc:
+        raise MalformedCredential(f"credential is not valid msgpack: {exc}") from None
+    if not isinstance(m, dict):
+        raise MalformedCredential("a credential is a map")
+    type_name = m.get("type")
+    if not isinstance(type_name, str) or type_name not in _FIELDS:
+        raise MalformedCredential("unknown credential type")
+    if tuple(m) != _ORDER[type_name]:
+        if m.keys() != _FIELDS[type_name]:
+            raise MalformedCredential(f"{type_name} credential has missing or extra fields")
+        raise MalformedCredential("credential is not in canonical encoding (key order)")
+    # Keys are in canonical order; re-packing the decoded map now reproduces
+    # the input iff every value used its shortest canonical form.
+    if msgpack.packb(m, use_bin_type=True) != data:
+        raise MalformedCredential("credential is not in canonical encoding")
+    version = _get(m, "v", int)
+    chain = _get(m, "chain", list)
+    if len(chain) > MAX_CHAIN_DEPTH:
+        raise MalformedCredential(f"chain is longer than {MAX_CHAIN_DEPTH}")
+    assertion: Assertion
+    if type_name == "identity_genesis":
+        assertion = IdentityGenesis(name=_get_profile(m))
+    elif type_name == "authorized_device":
+        inv = m["invitation"]
+        assertion = AuthorizedDevice(invitation=inv)
+    elif type_name == "space_genesis":
+        assertion = SpaceGenesis(owner=_get(m, "owner", bytes), name=_get(m, "name", str))
+    else:
+        role = _get(m, "role", str)
+        if role not in Role.__members__:
+            raise MalformedCredential("unknown role")
+        assertion = SpaceMember(
+            space=_get(m, "space", bytes),
+            role=Role(role),
+            name=_get_profile(m),
+            invitation=m["invitation"],
+        )
+    cred = Credential(
+        issuer=_get(m, "issuer", bytes),
+        subject=_get(m, "subject", bytes),
+        assertion=assertion,
+        issued_at=_get(m, "issued_at", int),
+        signer=_get(m, "signer", bytes),
+        chain=tuple(chain),
+        signature=_get(m, "sig", bytes),
+        version=version,
+    )
+    object.__setattr__(cred, "_encoded", data)
+    return cred
+
+
+# -- verification ----------------------------------------------------------------
+
+_CACHE_LIMIT: Final = 4096
+
+
+class CredentialVerifier:
+    """Checks signatures and chains, remembering what it has already verified.
+
+    Chain elements are cached by their exact bytes (a stripped element's
+    bytes determine its signature check), and public key objects by key, so
+    a chain shared by many credentials costs one verification per element.
+    A verifier holds only public data; share one per log or per process.
+    """
+
+    __slots__ = ("_chain_ok", "_pubkeys")
+
+    def __init__(self) -> None:
+        self._chain_ok: dict[bytes, Credential] = {}
+        self._pubkeys: dict[bytes, Ed25519PublicKey] = {}
+
+    def _public(self, key: bytes) -> Ed25519PublicKey:
+        pk = self._pubkeys.get(key)
+        if pk is None:
+            if len(self._pubkeys) >= _CACHE_LIMIT:
+                self._pubkeys.clear()
+            pk = Ed25519PublicKey.from_public_bytes(key)
+            self._pubkeys[key] = pk
+        return pk
+
+    def check_signature(self, cred: Credential) -> None:
+        """Raise ``CredentialError(rule="bad_signature")`` unless ``signer`` signed *cred*."""
+        try:
+            self._public(cred.signer).verify(cred.signature, cred.payload)
+        except (InvalidSignature, ValueError):
+            raise CredentialError(
+                f"{cred.type_name} credential has a bad signature", rule="bad_signature"
+            ) from None
+
+    def _chain_element(self, data: bytes) -> Credential:
+        cached = self._chain_ok.get(data)
+        if cached is not None:
+            return cached
+        try:
+            elem = decode_credential(data)
+        except MalformedCredential as exc:
+            raise CredentialError(f"malformed chain element: {exc}", rule="bad_chain") from None
+        if not isinstance(elem.assertion, AuthorizedDevice) or elem.chain:
+            raise CredentialError(
+                "chain elements must be AuthorizedDevice credentials with an empty chain",
+                rule="bad_chain",
+            )
+        try:
+            self.check_signature(elem)
+        except CredentialError:
+            raise CredentialError("chain element has a bad signature", rule="bad_chain") from None
+        if len(self._chain_ok) >= _CACHE_LIMIT:
+            self._chain_ok.clear()
+        self._chain_ok[data] = elem
+        return elem
+
+    def check_chain(self, cred: Credential) -> None:
+        """Check that ``cred.signer`` may sign for ``cred.issuer`` (rule ``bad_chain``).
+
+        An empty chain means the issuer key signed it itself. Otherwise each
+        element must be a validly signed ``AuthorizedDevice`` from the issuer,
+        linking the signer back to a device the issuer key authorized.
+        """
+        if not cred.chain:
+            if cred.signer != cred.issuer:
+                raise CredentialError(
+                    "signer is not the issuer and no chain was given", rule="bad_chain"
+                )
+            return
+        if cred.signer == cred.issuer:
+            raise CredentialError(
+                "a credential signed by its issuer carries no chain", rule="bad_chain"
+            )
+        expected = cred.signer
+        for i, data in enumerate(cred.chain):
+            elem = self._chain_element(data)
+            if elem.subject != expected or elem.issuer != cred.issuer:
+                raise CredentialError(
+                    f"chain element {i} does not authorize the previous signer for the issuer",
+                    rule="bad_chain",
+                )
+            last = i == len(cred.chain) - 1
+            if (elem.signer == cred.issuer) != last:
+                raise CredentialError(
+                    "chain must end, and only end, with a credential signed by the issuer",
+                    rule="bad_chain",
+                )
+            expected = elem.signer
+
+    def verify(self, cred: Credential) -> None:
+        """Check *cred*'s chain and signature; :class:`CredentialError` if either fails."""
+        self.check_chain(cred)
+        self.check_signature(cred)
+
+    def decode_and_verify(self, data: bytes) -> Credential:
+        """Decode *data* strictly and verify it."""
+        cred = decode_credential(data)
+        self.verify(cred)
+        return cred
+
+
+def verify_credential(cred: Credential | bytes) -> Credential:
+    """Verify one credential (decoding it first if given bytes); return it."""
+    if isinstance(cred, bytes):
+        cred = decode_credential(cred)
+    CredentialVerifier().verify(cred)
+    return cred
+
+
+# -- builders ---------------------------------------------------------------------
+
+
+def _issue(
+    signer: Signer,
+    *,
+    issuer: bytes,
+    subject: bytes,
+    assertion: Assertion,
+    chain: Sequence[bytes],
+    issued_at: int | None,
+) -> Credential:
+    draft = Credential(
+        issuer=issuer,
+        subject=subject,
+        assertion=assertion,
+        issued_at=now_ms() if issued_at is None else issued_at,
+        signer=signer.public_key,
+        chain=tuple(chain),
+        signature=bytes(_SIG),
+    )
+    return replace(draft, signature=signer.sign(draft.payload))
+
+
+def issue_identity_genesis(
+    identity_key: Signer, *, name: str, issued_at: int | None = None
+) -> Credential:
+    """The genesis of an identity's HALO log, signed by the identity key itself."""
+    k = identity_key.public_key
+    return _issue(
+        identity_key, issuer=k, subject=k, assertion=IdentityGenesis(name=name), chain=(),
+        issued_at=issued_at,
+    )
+
+
+def issue_authorized_device(
+    signer: Signer,
+    *,
+    identity: bytes,
+    device: bytes,
+    chain: Sequence[bytes] = (),
+    invitation: bytes | None = None,
+    issued_at: int | None = None,
+) -> Credential:
+    """*identity* authorizes *device*; signed by the identity key or an authorized device.
+
+    When *signer* is a device, *chain* is that device's chain
+    (:meth:`MembershipState.device_chain`).
+    """
+    return _issue(
+        signer, issuer=identity, subject=device,
+        assertion=AuthorizedDevice(invitation=invitation), chain=chain, issued_at=issued_at,
+    )
+
+
+def issue_space_genesis(
+    space_key: Signer, *, owner: bytes, name: str, issued_at: int | None = None
+) -> Credential:
+    """The genesis of a space log naming its *owner* identity, signed by the space key."""
+    k = space_key.public_key
+    return _issue(
+        space_key, issuer=k, subject=k, assertion=SpaceGenesis(owner=owner, name=name),
+        chain=(), issued_at=issued_at,
+    )
+
+
+def issue_space_member(
+    signer: Signer,
+    *,
+    issuer: bytes,
+    space: bytes,
+    member: bytes,
+    role: Role,
+    name: str,
+    chain: Sequence[bytes] = (),
+    invitation: bytes | None = None,
+    issued_at: int | None = None,
+) -> Credential:
+    """*issuer* admits *member* into *space* with *role* and profile *name*.
+
+    The owner's first membership is issued and signed by the space key
+    (``issuer == space``, empty chain); every later one by a member identity,
+    signed by one of its devices with that device's *chain*.
+    """
+    return _issue(
+        signer, issuer=issuer, subject=member,
+        assertion=SpaceMember(space=space, role=role, name=name, invitation=invitation),
+        chain=chain, issued_at=issued_at,
+    )
+
+
+def issue_member_removal(
+    signer: Signer,
+    *,
+    issuer: bytes,
+    space: bytes,
+    member: bytes,
+    chain: Sequence[bytes] = (),
+    issued_at: int | None = None,
+) -> Credential:
+    """*issuer* removes *member* from *space*: a ``SpaceMember`` with role REMOVED."""
+    return issue_space_member(
+        signer, issuer=issuer, space=space, member=member, role=Role.REMOVED, name="",
+        chain=chain, issued_at=issued_at,
+    )

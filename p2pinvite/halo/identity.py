@@ -1,0 +1,326 @@
+"""This device's identity: its keys, its identity's HALO log, and its device chain.
+
+Layout under the home (docs/protocol/credentials.md, "On disk")::
+
+    <home>/                      0700
+      keys/device.key            0600  device + Noise static private keys
+      identity/identity.log      the identity's HALO log (halo/log.py format)
+      identity/identity.log.checkpoint
+
+A device has at most one identity. It gets one by creating it
+(:meth:`IdentityService.create_identity`: a fresh identity key signs the
+genesis and this device's ``AuthorizedDevice``, then is dropped) or by being
+admitted through a device invitation (:meth:`join_identity_from_entries`).
+
+New logs appear atomically: they are built in a hidden temporary directory,
+checked, closed, and the directory is renamed into place
+(:func:`install_log`). A crash leaves either no identity or a complete one,
+and the leftover temporary directory is removed on the next open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from ..errors import CredentialError, LocalProtocolError, StorageError
+from ..fsutil import ensure_private_dir, fsync_dir
+from .credentials import (
+    CredentialVerifier,
+    issue_authorized_device,
+    issue_identity_genesis,
+)
+from .keys import DeviceKeys, SigningKey, load_or_create_device_keys
+from .log import GENESIS_PREV_HASH, SpaceLog, encode_entry, entry_hash
+from .state import LogKind, MembershipState
+
+__all__ = [
+    "IDENTITY_DIR",
+    "IDENTITY_LOG",
+    "IdentityExists",
+    "IdentityService",
+    "Issued",
+    "NoIdentity",
+    "entries_from_credentials",
+    "install_log",
+    "remove_stale_installs",
+]
+
+#: Directory of the identity's HALO log, inside the home.
+IDENTITY_DIR: Final = "identity"
+#: File name of the identity's HALO log inside :data:`IDENTITY_DIR`.
+IDENTITY_LOG: Final = "identity.log"
+_TMP_SUFFIX: Final = ".tmp"
+
+
+class IdentityExists(LocalProtocolError):
+    """This device already has an identity (a device belongs to one identity)."""
+
+
+class NoIdentity(LocalProtocolError):
+    """The operation needs an identity and this device has none yet."""
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """A credential this device issued and the log seq it was durably written at."""
+
+    credential: bytes
+    seq: int
+
+
+def entries_from_credentials(credentials: Sequence[bytes]) -> list[bytes]:
+    """Encoded log entries (``{seq, prev_hash, credential}``) for a new log."""
+    out: list[bytes] = []
+    prev = GENESIS_PREV_HASH
+    for seq, cred in enumerate(credentials):
+        body = encode_entry(seq, prev, cred)
+        prev = entry_hash(body)
+        out.append(body)
+    return out
+
+
+def _remove_tree(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(path)
+
+
+def remove_stale_installs(parent: Path) -> None:
+    """Remove temporary directories an interrupted :func:`install_log` left in *parent*."""
+    if not parent.is_dir():
+        return
+    for p in parent.iterdir():
+        if p.name.startswith(".") and p.name.endswith(_TMP_SUFFIX) and p.is_dir():
+            _remove_tree(p)
+
+
+def install_log(
+    parent: Path,
+    log_name: str,
+    entries: Sequence[bytes],
+    new_state: Callable[[], MembershipState],
+    *,
+    final_name: Callable[[MembershipState], str],
+    accept: Callable[[MembershipState], None] = lambda state: None,
+) -> tuple[Path, SpaceLog, MembershipState]:
+    """Verify *entries* into a new log and move it into place atomically.
+
+    The log is imported (every signature and rule checked) into a hidden
+    temporary directory of *parent*; *accept* may refuse the resulting state
+    by raising; the directory is then renamed to ``final_name(state)`` and the
+    log reopened there. Raises :class:`FileExistsError` if that name exists.
+    Returns the final directory, the open log and its state.
+    """
+    ensure_private_dir(parent)
+    tmp = parent / f".install-{secrets.token_hex(8)}{_TMP_SUFFIX}"
+    try:
+        ensure_private_dir(tmp)
+        state = new_state()
+        log = SpaceLog.import_entries(tmp / log_name, entries, state)
+        try:
+            accept(state)
+        finally:
+            log.close()
+        final = parent / final_name(state)
+        if final.exists():
+            raise FileExistsError(final)
+        try:
+            os.rename(tmp, final)
+        except OSError as exc:
+            # rename(2) onto a non-empty directory fails with ENOTEMPTY (or
+            # EEXIST): someone installed the same log meanwhile.
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise FileExistsError(final) from None
+            raise
+    except BaseException:
+        _remove_tree(tmp)
+        raise
+    fsync_dir(parent)
+    state = new_state()
+    return final, SpaceLog.open(final / log_name, state), state
+
+
+class IdentityService:
+    """This device's keys and identity. Open with :meth:`open`; close when done."""
+
+    def __init__(
+        self,
+        home: Path,
+        device: DeviceKeys,
+        *,
+        verifier: CredentialVerifier | None = None,
+    ) -> None:
+        self._home = home
+        self._device = device
+        self.verifier = verifier if verifier is not None else CredentialVerifier()
+        self._log: SpaceLog | None = None
+        self._state: MembershipState | None = None
+
+    @classmethod
+    def open(cls, home: Path, *, verifier: CredentialVerifier | None = None) -> IdentityService:
+        """Load (or create) this device's keys in *home* and open its identity, if any.
+
+        Raises :class:`StorageError` if the stored identity log does not
+        authorize this device's key (keys and log from different devices).
+        """
+        ensure_private_dir(home)
+        device = load_or_create_device_keys(home)
+        service = cls(home, device, verifier=verifier)
+        remove_stale_installs(home)
+        path = home / IDENTITY_DIR / IDENTITY_LOG
+        if path.exists():
+            state = service._new_state()
+            log = SpaceLog.open(path, state)
+            if not state.is_device(device.device_public):
+                log.close()
+                raise StorageError(f"{path} does not authorize this device's key")
+            service._log, service._state = log, state
+        return service
+
+    def _new_state(self, key: bytes | None = None) -> MembershipState:
+        return MembershipState(kind=LogKind.IDENTITY, key=key, verifier=self.verifier)
+
+    # -- queries --------------------------------------------------------------------
+
+    @property
+    def home(self) -> Path:
+        """The daemon home this service lives in."""
+        return self._home
+
+    @property
+    def device(self) -> DeviceKeys:
+        """This device's keys."""
+        return self._device
+
+    @property
+    def has_identity(self) -> bool:
+        """Whether this device belongs to an identity yet."""
+        return self._state is not None
+
+    @property
+    def state(self) -> MembershipState:
+        """The identity log's state; :class:`NoIdentity` if there is none."""
+        if self._state is None:
+            raise NoIdentity("this device has no identity yet")
+        return self._state
+
+    @property
+    def log(self) -> SpaceLog:
+        """The identity's HALO log; :class:`NoIdentity` if there is none."""
+        if self._log is None:
+            raise NoIdentity("this device has no identity yet")
+        return self._log
+
+    @property
+    def identity_key(self) -> bytes:
+        """The identity's public key."""
+        key = self.state.identity_key
+        assert key is not None
+        return key
+
+    @property
+    def name(self) -> str:
+        """The identity's profile name (from its genesis)."""
+        return self.state.name
+
+    def devices(self) -> list[bytes]:
+        """Device keys authorized for the identity, in order."""
+        return self.state.devices()
+
+    def device_chain(self) -> list[bytes]:
+        """The chain proving this device belongs to the identity.
+
+        Sent in the invitation handshake and carried by every credential this
+        device issues for the identity.
+        """
+        return self.state.device_chain(self._device.device_public)
+
+    def raw_entries(self, start: int = 0) -> list[bytes]:
+        """The HALO log's encoded entries from seq *start* (what a joining device imports)."""
+        return self.log.raw_entries(start)
+
+    # -- changes ----------------------------------------------------------------------
+
+    def create_identity(self, name: str, *, issued_at: int | None = None) -> bytes:
+        """Create a new identity owning this device; return the identity key.
+
+        A fresh identity key signs the genesis and this device's
+        ``AuthorizedDevice``, and is then dropped: from now on the identity
+        acts only through its devices. Raises :class:`IdentityExists`.
+        """
+        if self._state is not None:
+            raise IdentityExists("this device already has an identity")
+        identity_key = SigningKey.generate()
+        public = identity_key.public_key
+        creds = [
+            issue_identity_genesis(identity_key, name=name, issued_at=issued_at).encode(),
+            issue_authorized_device(
+                identity_key, identity=public, device=self._device.device_public,
+                issued_at=issued_at,
+            ).encode(),
+        ]
+        # Python cannot wipe the key's memory; dropping the last reference is
+        # what "discarded" can mean here (docs/protocol/credentials.md).
+        del identity_key
+        self._install(entries_from_credentials(creds), key=public)
+        return public
+
+    def join_identity_from_entries(self, entries: Sequence[bytes]) -> bytes:
+        """Adopt the identity whose HALO log *entries* a host sent after a device invitation.
+
+        Every entry is verified; the log must authorize this device's key
+        (else ``CredentialError(rule="device_not_authorized")``). Raises
+        :class:`IdentityExists` if this device already has an identity, and
+        ``InvalidEntries`` (halo.log) for entries that do not verify.
+        Returns the identity key.
+        """
+        if self._state is not None:
+            raise IdentityExists("this device already has an identity")
+        self._install(entries, key=None)
+        return self.identity_key
+
+    def _install(self, entries: Sequence[bytes], *, key: bytes | None) -> None:
+        device = self._device.device_public
+
+        def accept(state: MembershipState) -> None:
+            if not state.is_device(device):
+                raise CredentialError(
+                    "the identity log does not authorize this device", rule="device_not_authorized"
+                )
+
+        try:
+            _, log, state = install_log(
+                self._home, IDENTITY_LOG, entries, lambda: self._new_state(key),
+                final_name=lambda _state: IDENTITY_DIR, accept=accept,
+            )
+        except FileExistsError:
+            raise IdentityExists("this device already has an identity") from None
+        self._log, self._state = log, state
+
+    async def authorize_device(
+        self, device: bytes, *, invitation: bytes | None = None, issued_at: int | None = None
+    ) -> Issued:
+        """Authorize another *device* for this identity (host side of a device invitation).
+
+        Signed by this device with its chain, appended durably. Raises
+        ``CredentialError`` (rule ``already_device``, ``chain_too_deep``, ...)
+        when the rules refuse it.
+        """
+        cred = issue_authorized_device(
+            self._device, identity=self.identity_key, device=device,
+            chain=self.device_chain(), invitation=invitation, issued_at=issued_at,
+        ).encode()
+        seq = await self.log.append(cred)
+        return Issued(cred, seq)
+
+    def close(self) -> None:
+        """Close the identity log. Idempotent."""
+        if self._log is not None:
+            self._log.close()

@@ -1,0 +1,273 @@
+"""Spaces this device's identity belongs to: create, list, open, admit, import.
+
+Layout under the home (docs/protocol/credentials.md, "On disk")::
+
+    <home>/spaces/                         0700
+      <space key, 64 lowercase hex>/       0700
+        space.log                          the space log (halo/log.py format)
+        space.log.checkpoint
+
+A space is created with a fresh space key that signs the genesis (naming our
+identity as owner) and our OWNER membership, and is then dropped. Everything
+after that is issued by a member identity and signed by one of its devices,
+carrying the device chain. Logs received from a host (a guest joining) are
+verified in full and installed atomically (:func:`~.identity.install_log`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+from ..errors import CredentialError, LocalProtocolError
+from ..fsutil import ensure_private_dir
+from .credentials import (
+    Role,
+    issue_member_removal,
+    issue_space_genesis,
+    issue_space_member,
+)
+from .identity import (
+    IdentityService,
+    Issued,
+    entries_from_credentials,
+    install_log,
+    remove_stale_installs,
+)
+from .keys import SigningKey
+from .log import SpaceLog
+from .state import LogKind, Member, MembershipState
+
+__all__ = [
+    "SPACES_DIR",
+    "SPACE_LOG",
+    "Space",
+    "SpaceExists",
+    "SpaceService",
+    "UnknownSpace",
+]
+
+#: Directory holding one sub-directory per space, inside the home.
+SPACES_DIR: Final = "spaces"
+#: File name of a space's log inside its directory.
+SPACE_LOG: Final = "space.log"
+_SPACE_DIR_RE: Final = re.compile(r"[0-9a-f]{64}")
+
+
+class SpaceExists(LocalProtocolError):
+    """This device already holds that space."""
+
+
+class UnknownSpace(LocalProtocolError):
+    """This device holds no space with that key."""
+
+
+class Space:
+    """One open space: its log and membership state."""
+
+    __slots__ = ("_log", "_state", "space_id")
+
+    def __init__(self, space_id: bytes, log: SpaceLog, state: MembershipState) -> None:
+        self.space_id = space_id
+        self._log = log
+        self._state = state
+
+    @property
+    def log(self) -> SpaceLog:
+        """The space log."""
+        return self._log
+
+    @property
+    def state(self) -> MembershipState:
+        """The membership state, current with every appended entry."""
+        return self._state
+
+    @property
+    def name(self) -> str:
+        """The space name from its genesis."""
+        return self._state.name
+
+    def members(self) -> list[Member]:
+        """Current members, in admission order."""
+        return self._state.members()
+
+    def raw_entries(self, start: int = 0) -> list[bytes]:
+        """Encoded log entries from seq *start* (what a guest imports)."""
+        return self._log.raw_entries(start)
+
+    def close(self) -> None:
+        """Close the log."""
+        self._log.close()
+
+    def __repr__(self) -> str:
+        return f"<Space {self.space_id.hex()[:16]} {self.name!r} length={self._log.length}>"
+
+
+def _profile_name(profile: Mapping[str, str] | str) -> str:
+    if isinstance(profile, str):
+        return profile
+    if set(profile) - {"name"}:
+        raise LocalProtocolError("a profile has only a 'name'")
+    return profile.get("name", "")
+
+
+class SpaceService:
+    """The spaces of this device's identity, under ``<home>/spaces``."""
+
+    def __init__(self, identity: IdentityService) -> None:
+        self._identity = identity
+        self._dir = identity.home / SPACES_DIR
+        self._open: dict[bytes, Space] = {}
+
+    @classmethod
+    def open(cls, identity: IdentityService) -> SpaceService:
+        """The space service of *identity*'s home (removing crash leftovers)."""
+        service = cls(identity)
+        ensure_private_dir(service._dir)
+        remove_stale_installs(service._dir)
+        return service
+
+    def _new_state(self, key: bytes | None) -> MembershipState:
+        return MembershipState(kind=LogKind.SPACE, key=key, verifier=self._identity.verifier)
+
+    # -- queries ------------------------------------------------------------------------
+
+    def list_spaces(self) -> list[bytes]:
+        """Keys of the spaces stored on this device, sorted."""
+        if not self._dir.is_dir():
+            return []
+        return sorted(
+            bytes.fromhex(p.name)
+            for p in self._dir.iterdir()
+            if _SPACE_DIR_RE.fullmatch(p.name) and (p / SPACE_LOG).exists()
+        )
+
+    def open_space(self, space_id: bytes) -> Space:
+        """The open space *space_id* (opened on first use); :class:`UnknownSpace` if absent."""
+        space = self._open.get(space_id)
+        if space is not None:
+            return space
+        if len(space_id) != 32:
+            raise UnknownSpace("a space id is a 32-byte key")
+        path = self._dir / space_id.hex() / SPACE_LOG
+        if not path.exists():
+            raise UnknownSpace(f"no space {space_id.hex()} on this device")
+        state = self._new_state(space_id)
+        space = Space(space_id, SpaceLog.open(path, state), state)
+        self._open[space_id] = space
+        return space
+
+    def members(self, space_id: bytes) -> list[Member]:
+        """Current members of *space_id*."""
+        return self.open_space(space_id).members()
+
+    # -- changes ----------------------------------------------------------------------
+
+    def create_space(self, name: str, *, issued_at: int | None = None) -> bytes:
+        """Create a space owned by our identity; return its key (the space id).
+
+        A fresh space key signs the genesis and our OWNER membership, then is
+        dropped. Requires an identity (``NoIdentity``).
+        """
+        owner = self._identity.identity_key
+        space_key = SigningKey.generate()
+        space = space_key.public_key
+        creds = [
+            issue_space_genesis(space_key, owner=owner, name=name, issued_at=issued_at).encode(),
+            issue_space_member(
+                space_key, issuer=space, space=space, member=owner, role=Role.OWNER,
+                name=self._identity.name, issued_at=issued_at,
+            ).encode(),
+        ]
+        del space_key  # used once; see identity.create_identity on "discarded"
+        self._install(entries_from_credentials(creds), expected=space)
+        return space
+
+    def import_space(self, entries: Sequence[bytes], *, expected: bytes | None = None) -> bytes:
+        """Install a space log a host sent us after admitting our identity.
+
+        Every entry is verified (``InvalidEntries`` from halo.log otherwise);
+        *expected*, when given, is the space key the invitation named. The
+        log must make our identity a member
+        (``CredentialError(rule="not_admitted")``). Raises
+        :class:`SpaceExists` if we already hold this space. Returns the space id.
+        """
+        return self._install(entries, expected=expected)
+
+    def _install(self, entries: Sequence[bytes], *, expected: bytes | None) -> bytes:
+        me = self._identity.identity_key
+        if expected is not None and expected in self.list_spaces():
+            raise SpaceExists(f"space {expected.hex()} is already on this device")
+
+        def accept(state: MembershipState) -> None:
+            if not state.is_member(me):
+                raise CredentialError(
+                    "the space log does not admit our identity", rule="not_admitted"
+                )
+
+        def final_name(state: MembershipState) -> str:
+            assert state.space_key is not None
+            return state.space_key.hex()
+
+        try:
+            final, log, state = install_log(
+                self._dir, SPACE_LOG, entries, lambda: self._new_state(expected),
+                final_name=final_name, accept=accept,
+            )
+        except FileExistsError:
+            raise SpaceExists("that space is already on this device") from None
+        space_id = bytes.fromhex(final.name)
+        self._open[space_id] = Space(space_id, log, state)
+        return space_id
+
+    async def admit(
+        self,
+        space_id: bytes,
+        member: bytes,
+        role: Role,
+        profile: Mapping[str, str] | str = "",
+        invitation_id: bytes | None = None,
+        *,
+        issued_at: int | None = None,
+    ) -> Issued:
+        """Admit identity *member* into *space_id* with *role*; durable on return.
+
+        Issued by our identity, signed by this device with its chain.
+        *profile* is the member's profile (``{"name": ...}`` or just the name).
+        Raises ``CredentialError`` with the refusing rule (``already_member``,
+        ``not_admin``, ``owner_required``, ...).
+        """
+        return await self._issue_member(
+            space_id, member, role, _profile_name(profile), invitation_id, issued_at
+        )
+
+    async def remove(
+        self, space_id: bytes, member: bytes, *, issued_at: int | None = None
+    ) -> Issued:
+        """Remove *member* from *space_id* (a ``SpaceMember`` with role REMOVED)."""
+        ident = self._identity
+        space = self.open_space(space_id)
+        cred = issue_member_removal(
+            ident.device, issuer=ident.identity_key, space=space_id, member=member,
+            chain=ident.device_chain(), issued_at=issued_at,
+        ).encode()
+        return Issued(cred, await space.log.append(cred))
+
+    async def _issue_member(
+        self, space_id: bytes, member: bytes, role: Role, name: str,
+        invitation: bytes | None, issued_at: int | None,
+    ) -> Issued:
+        ident = self._identity
+        space = self.open_space(space_id)
+        cred = issue_space_member(
+            ident.device, issuer=ident.identity_key, space=space_id, member=member, role=role,
+            name=name, chain=ident.device_chain(), invitation=invitation, issued_at=issued_at,
+        ).encode()
+        return Issued(cred, await space.log.append(cred))
+
+    def close(self) -> None:
+        """Close every open space. Idempotent."""
+        spaces, self._open = self._open, {}
+        for space in spaces.values():
+            space.close()
