@@ -100,6 +100,22 @@ class PeerLost:
 PeerEvent = PeerFound | PeerLost
 
 
+def default_interfaces() -> list[str]:
+    """Names of every interface with a non-loopback IPv4 address.
+
+    This is the daemon's scope when mDNS is on and no interface was named: on a
+    user's machine that is the LAN. Tests never use it; they name interfaces
+    inside network namespaces they created.
+    """
+    names: list[str] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            v4 = isinstance(ip.ip, str) and not ipaddress.IPv4Address(ip.ip).is_loopback
+            if v4 and adapter.nice_name not in names:
+                names.append(adapter.nice_name)
+    return names
+
+
 def resolve_interfaces(interfaces: Sequence[str]) -> list[str]:
     """Map interface names and IPv4 addresses to the IPv4 addresses mDNS binds to.
 

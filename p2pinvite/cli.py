@@ -1,0 +1,498 @@
+"""The ``p2pinvite`` command line: a thin layer over :mod:`p2pinvite.client`.
+
+Every command except ``daemon`` talks to a running daemon over its socket.
+Output is for people by default and JSON with ``--json`` (one object or list
+on stdout). Failures print one line on stderr and exit non-zero:
+
+====  ==============================================================
+0     success
+1     the daemon refused or failed the request
+2     bad command line
+3     no daemon is running on the home (the message says how to start one)
+====  ==============================================================
+
+Start-up stays light: trio, cryptography and zeroconf are imported only by the
+``daemon`` command; segno only for ``--qr``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import getpass
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Final, NoReturn, TextIO
+
+from . import __version__
+from .client import (
+    AcceptEvent,
+    Client,
+    CodeInfo,
+    CreatedInvitation,
+    InvitationInfo,
+    InviteKind,
+    JoinResult,
+    RequestError,
+    connect,
+)
+from .errors import DaemonNotRunning, IPCError, P2PInviteError
+
+__all__ = ["build_parser", "main", "parse_duration"]
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_NO_DAEMON: Final = 3
+
+_DURATION: Final = re.compile(r"^\s*(\d{1,9})\s*([smhdw]?)\s*$")
+_UNITS: Final = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+#: What ``join`` prints for each progress state.
+_JOIN_STATES: Final = {
+    "connecting": "connecting to the inviting device...",
+    "connected": "connected",
+    "authenticating": "authenticating...",
+    "admitted": "admitted",
+}
+
+
+class CliError(Exception):
+    """A failure to report on one line, with its exit status."""
+
+    def __init__(self, message: str, status: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in a duration like ``90``, ``45s``, ``30m``, ``2h``, ``7d``, ``1w``."""
+    m = _DURATION.match(text.lower())
+    if not m or int(m.group(1)) == 0:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r} (examples: 30m, 2h, 7d)"
+        )
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+def _listen(text: str) -> tuple[str, int]:
+    from .daemon.config import parse_listen
+
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return int(text)
+
+
+# -- output helpers -------------------------------------------------------------
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def _print_json(value: Any) -> None:
+    json.dump(_jsonable(value), sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+def _when(ts: int | None) -> str:
+    if ts is None:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+# -- commands -------------------------------------------------------------------------
+
+
+def cmd_status(c: Client, a: argparse.Namespace) -> None:
+    """``status``: is the daemon up, who is it, where does it listen."""
+    s = c.status()
+    if a.json:
+        _print_json(s)
+        return
+    print(f"daemon     running (pid {s.pid}, version {s.version})")
+    print(f"home       {s.home}")
+    print(f"device     {s.device_key}")
+    if s.identity:
+        print(f"identity   {s.identity}")
+    else:
+        print("identity   none (create one: p2pinvite identity create --name NAME)")
+    addrs = ", ".join(_addr(h, p) for h, p in s.addresses) or "not listening"
+    print(f"listening  {addrs}")
+    print(f"mdns       {'on' if s.mdns else 'off'}")
+
+
+def _addr(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def cmd_identity_create(c: Client, a: argparse.Namespace) -> None:
+    """``identity create``: make this device's identity."""
+    name = a.name if a.name is not None else getpass.getuser()
+    ident = c.identity.create(name)
+    if a.json:
+        _print_json(ident)
+    else:
+        print(f"created identity {ident.name!r} ({ident.identity_key})")
+
+
+def cmd_identity_show(c: Client, a: argparse.Namespace) -> None:
+    """``identity show``."""
+    ident = c.identity.show()
+    if a.json:
+        _print_json(ident)
+    else:
+        print(f"name       {ident.name}")
+        print(f"identity   {ident.identity_key}")
+        print(f"device     {ident.device_key}")
+
+
+def cmd_devices(c: Client, a: argparse.Namespace) -> None:
+    """``devices``: the devices authorized for this identity."""
+    devices = c.devices.list()
+    if a.json:
+        _print_json(devices)
+        return
+    rows = [
+        [d.device_key, _when(d.added_at) if d.added_at else "-", "yes" if d.this_device else ""]
+        for d in devices
+    ]
+    _table(rows, ["DEVICE", "ADDED", "THIS"])
+
+
+def cmd_space_create(c: Client, a: argparse.Namespace) -> None:
+    """``space create NAME``."""
+    space = c.spaces.create(a.name)
+    if a.json:
+        _print_json({"space_id": space.space_id, "name": space.name})
+    else:
+        print(f"created space {space.name!r} ({space.space_id})")
+
+
+def cmd_space_list(c: Client, a: argparse.Namespace) -> None:
+    """``space list``."""
+    spaces = c.spaces.list()
+    if a.json:
+        _print_json(spaces)
+        return
+    if not spaces:
+        print("no spaces (create one: p2pinvite space create NAME)")
+        return
+    rows = [
+        [s.space_id, s.name, (s.role or "-").lower(), "-" if s.members is None else str(s.members)]
+        for s in spaces
+    ]
+    _table(rows, ["SPACE", "NAME", "ROLE", "MEMBERS"])
+
+
+def cmd_space_members(c: Client, a: argparse.Namespace) -> None:
+    """``space members SPACE``."""
+    members = c.spaces.members(a.space)
+    if a.json:
+        _print_json(members)
+        return
+    rows = [[m.identity_key, m.name, m.role.lower()] for m in members]
+    _table(rows, ["IDENTITY", "NAME", "ROLE"])
+
+
+def _show_created(inv: CreatedInvitation, qr: bool) -> None:
+    print(f"invitation {inv.id} ({inv.kind}, auth {inv.auth}), expires {_when(inv.expires_at)}")
+    print()
+    print(f"  code: {inv.code}")
+    if inv.pin is not None:
+        print(f"  PIN:  {inv.pin}   (tell the guest separately; it is never sent)")
+    if qr:
+        print()
+        _print_qr(inv.code, sys.stdout)
+
+
+def _print_qr(code: str, out: TextIO) -> None:
+    import segno
+
+    # Upper case keeps a link code in QR alphanumeric mode (smaller symbol);
+    # link codes are case-insensitive, short codes are digits.
+    segno.make(code.upper(), error="m").terminal(out=out, compact=True)
+
+
+def cmd_invite_create(c: Client, a: argparse.Namespace) -> None:
+    """``invite create``: a device or space invitation."""
+    kind: InviteKind = "device" if a.device else "space"
+    if a.device and a.role is not None:
+        raise CliError("--role applies to space invitations only", EXIT_USAGE)
+    inv = c.invitations.create(
+        kind=kind,
+        space=a.space,
+        role=a.role,
+        auth=a.auth,
+        max_uses=None if a.unlimited else a.uses,
+        expires_in=a.expires,
+        note=a.note,
+    )
+    if a.json:
+        out: dict[str, Any] = _jsonable(inv)
+        if inv.pin is None:
+            del out["pin"]
+        _print_json(out)
+    else:
+        _show_created(inv, a.qr)
+    if a.qr and a.json:
+        _print_qr(inv.code, sys.stderr)  # stdout stays pure JSON
+
+
+def _uses(i: InvitationInfo) -> str:
+    return f"{i.uses}/{'∞' if i.max_uses is None else i.max_uses}"
+
+
+def cmd_invite_list(c: Client, a: argparse.Namespace) -> None:
+    """``invite list [--all]``."""
+    invs = c.invitations.list(all=a.all)
+    if a.json:
+        _print_json(invs)
+        return
+    if not invs:
+        print("no invitations" if a.all else "no pending invitations (--all shows every one)")
+        return
+    rows = [
+        [i.id, i.kind, i.status, (i.role or "-").lower(), i.auth, _uses(i), _when(i.expires_at),
+         i.note]
+        for i in invs
+    ]
+    _table(rows, ["ID", "KIND", "STATUS", "ROLE", "AUTH", "USES", "EXPIRES", "NOTE"])
+
+
+def cmd_invite_revoke(c: Client, a: argparse.Namespace) -> None:
+    """``invite revoke ID``."""
+    inv = c.invitations.revoke(a.id)
+    if a.json:
+        _print_json(inv)
+    else:
+        print(f"invitation {inv.id} is now {inv.status}")
+
+
+def _describe(info: CodeInfo) -> str:
+    what = f"{info.kind} invitation" if info.kind else "invitation"
+    if info.space_id:
+        what += f" to space {info.space_id}"
+    elif info.identity_key:
+        what += f" to identity {info.identity_key}"
+    return f"{what} (auth {info.auth}, expires {_when(info.expires_at)})"
+
+
+def cmd_invite_validate(c: Client, a: argparse.Namespace) -> None:
+    """``invite validate CODE``: check a code without using it."""
+    info = c.invitations.validate(a.code)
+    if a.json:
+        _print_json(info)
+    elif info.valid:
+        print(f"valid: {_describe(info)}")
+    else:
+        print(f"not usable ({info.reason or 'unknown reason'}): {_describe(info)}")
+    if not info.valid:
+        raise CliError("", EXIT_FAILED)
+
+
+def _join_once(c: Client, a: argparse.Namespace, pin: str | None) -> JoinResult:
+    for item in c.invitations.accept(a.code, pin=pin, name=a.name):
+        if isinstance(item, AcceptEvent):
+            if a.json:
+                print(json.dumps({"state": item.state, **item.info}), file=sys.stderr)
+            elif item.state in _JOIN_STATES:
+                print(_JOIN_STATES[item.state], file=sys.stderr, flush=True)
+        else:
+            return item
+    raise IPCError("the daemon ended the join without a result", code="bad_reply")
+
+
+def cmd_join(c: Client, a: argparse.Namespace) -> None:
+    """``join CODE``: accept an invitation, with live progress."""
+    info = c.invitations.validate(a.code)
+    if not info.valid:
+        raise CliError(f"this code cannot be used: {info.reason or 'not valid'}")
+    pin: str | None = a.pin
+    prompted = False
+    if info.auth == "pin" and pin is None:
+        pin = getpass.getpass("PIN: ")
+        prompted = True
+    while True:
+        try:
+            result = _join_once(c, a, pin)
+            break
+        except RequestError as exc:
+            left = exc.attempts_left
+            if exc.code != "wrong_pin":
+                raise
+            if prompted and left and sys.stdin.isatty():
+                print(f"wrong PIN ({left} attempt{'s' if left != 1 else ''} left)", file=sys.stderr)
+                pin = getpass.getpass("PIN: ")
+                continue
+            tail = "" if left is None else f"; {left} attempt{'s' if left != 1 else ''} left"
+            raise CliError(f"wrong PIN{tail}") from None
+    if a.json:
+        _print_json(result)
+    elif result.kind == "device":
+        print(f"this device now belongs to identity {result.identity_key}")
+    else:
+        role = (result.role or "member").lower()
+        print(f"joined space {result.space_name!r} ({result.space_id}) as {role}")
+
+
+def cmd_daemon(a: argparse.Namespace) -> int:
+    """``daemon``: run the daemon in the foreground until SIGINT/SIGTERM."""
+    from .daemon.config import DEFAULT_LISTEN, DaemonConfig, resolve_home
+    from .daemon.service import run
+
+    config = DaemonConfig(
+        home=resolve_home(a.home),
+        listen=a.listen if a.listen is not None else DEFAULT_LISTEN,
+        mdns=not a.no_mdns,
+        mdns_interfaces=tuple(a.mdns_interface) if a.mdns_interface else None,
+    )
+    return run(config)
+
+
+# -- parser -----------------------------------------------------------------------------
+
+_Command = Callable[[Client, argparse.Namespace], None]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``p2pinvite`` argument parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    p = argparse.ArgumentParser(
+        prog="p2pinvite",
+        description="Peer-to-peer invitations: pair devices and admit people on the LAN.",
+        epilog="exit status: 0 ok, 1 request failed, 2 usage, 3 daemon not running",
+    )
+    p.add_argument("--version", action="version", version=f"p2pinvite {__version__}")
+    p.add_argument(
+        "--home",
+        metavar="DIR",
+        help="state directory (default: $P2PINVITE_HOME, else ~/.local/share/p2pinvite)",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("daemon", help="run the daemon in the foreground")
+    d.add_argument("--listen", metavar="HOST:PORT", type=_listen,
+                   help="TCP address for peers (default 0.0.0.0:0)")
+    d.add_argument("--mdns-interface", metavar="IFACE", action="append", default=[],
+                   help="announce and browse mDNS on IFACE only (repeatable)")
+    d.add_argument("--no-mdns", action="store_true", help="disable mDNS discovery")
+    d.set_defaults(func=None)
+
+    s = sub.add_parser("status", parents=[common], help="show the daemon's state")
+    s.set_defaults(func=cmd_status)
+
+    ident = sub.add_parser("identity", help="this device's identity")
+    isub = ident.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ic = isub.add_parser("create", parents=[common], help="create the identity")
+    ic.add_argument("--name", help="display name (default: your login name)")
+    ic.set_defaults(func=cmd_identity_create)
+    isub.add_parser("show", parents=[common], help="show the identity").set_defaults(
+        func=cmd_identity_show
+    )
+
+    sub.add_parser("devices", parents=[common], help="list this identity's devices").set_defaults(
+        func=cmd_devices
+    )
+
+    sp = sub.add_parser("space", help="spaces")
+    ssub = sp.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sc = ssub.add_parser("create", parents=[common], help="create a space")
+    sc.add_argument("name", metavar="NAME")
+    sc.set_defaults(func=cmd_space_create)
+    ssub.add_parser("list", parents=[common], help="list spaces").set_defaults(func=cmd_space_list)
+    sm = ssub.add_parser("members", parents=[common], help="list a space's members")
+    sm.add_argument("space", metavar="SPACE", help="space id, or name when unique")
+    sm.set_defaults(func=cmd_space_members)
+
+    inv = sub.add_parser("invite", help="invitations")
+    vsub = inv.add_subparsers(dest="action", required=True, metavar="ACTION")
+    vc = vsub.add_parser("create", parents=[common], help="create an invitation")
+    target = vc.add_mutually_exclusive_group(required=True)
+    target.add_argument("--space", metavar="SPACE", help="invite a person into SPACE")
+    target.add_argument("--device", action="store_true", help="invite a device of yours")
+    vc.add_argument("--role", choices=["owner", "admin", "editor", "reader"],
+                    help="role granted in the space (default reader)")
+    vc.add_argument("--auth", choices=["pin", "none", "key", "short"], default="pin",
+                    help="how the guest authenticates (default pin)")
+    uses = vc.add_mutually_exclusive_group()
+    uses.add_argument("--uses", metavar="N", type=_positive, default=1,
+                      help="how many times it may be used (default 1)")
+    uses.add_argument("--unlimited", action="store_true", help="no limit on uses")
+    vc.add_argument("--expires", metavar="DURATION", type=parse_duration,
+                    help="lifetime, e.g. 30m, 2h, 7d (default 7d; 15m for short codes)")
+    vc.add_argument("--note", default="", help="who it is for (shown in invite list)")
+    vc.add_argument("--qr", action="store_true", help="also show the code as a QR code")
+    vc.set_defaults(func=cmd_invite_create)
+    vl = vsub.add_parser("list", parents=[common], help="list invitations")
+    vl.add_argument("--all", action="store_true", help="include accepted, expired, revoked")
+    vl.set_defaults(func=cmd_invite_list)
+    vr = vsub.add_parser("revoke", parents=[common], help="revoke an invitation")
+    vr.add_argument("id", metavar="ID")
+    vr.set_defaults(func=cmd_invite_revoke)
+    vv = vsub.add_parser("validate", parents=[common], help="check a code without using it")
+    vv.add_argument("code", metavar="CODE")
+    vv.set_defaults(func=cmd_invite_validate)
+
+    j = sub.add_parser("join", parents=[common], help="accept an invitation code")
+    j.add_argument("code", metavar="CODE")
+    j.add_argument("--pin", help="the PIN (asked interactively when needed and not given)")
+    j.add_argument("--name", help="your display name, if this device has no identity yet")
+    j.set_defaults(func=cmd_join)
+    return p
+
+
+def _fail(message: str, status: int) -> NoReturn:
+    if message:
+        print(f"p2pinvite: {message}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI with *argv* (default ``sys.argv[1:]``); return the exit status."""
+    args = build_parser().parse_args(argv)
+    if args.command == "daemon":
+        return cmd_daemon(args)
+    func: _Command = args.func
+    try:
+        with connect(args.home) as client:
+            func(client, args)
+    except DaemonNotRunning as exc:
+        _fail(str(exc), EXIT_NO_DAEMON)
+    except CliError as exc:
+        _fail(str(exc), exc.status)
+    except RequestError as exc:
+        _fail(f"{exc} [{exc.code}]", EXIT_FAILED)
+    except P2PInviteError as exc:
+        _fail(str(exc), EXIT_FAILED)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except BrokenPipeError:
+        # stdout closed early (e.g. piped into head): not an error worth a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_OK

@@ -1,0 +1,605 @@
+"""The daemon process: wire keys, state, network and IPC together; run until a signal.
+
+Start-up, in order (each step's failure is one clear line and exit status 1):
+
+1. take the home (0700) and its lock -- a second daemon on the same home
+   stops here with "already running";
+2. load or create this device's keys (``HOME/keys/device.key``);
+3. open the identity and spaces state;
+4. open the network manager (TCP listener, mDNS unless ``--no-mdns``) with
+   the device binding proof as handshake payload;
+5. serve the IPC socket with the method table below.
+
+SIGINT or SIGTERM stops the IPC server (removing the socket), closes the
+network manager (withdrawing mDNS, closing connections) and then the logs;
+the exit status is 0.
+
+The method table maps IPC method names to handlers. A handler validates its
+params (``bad_request`` on anything wrong), calls the layer below, and turns
+the answer into plain maps with hex strings for keys and ids. Invitation
+methods go through :class:`InvitationBackend`, the shape of the invitations
+layer's manager; they are in the table only when a backend is given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import trio
+
+from .. import __version__
+from ..errors import IPCError, P2PInviteError
+from ..halo.credentials import Role
+from ..halo.identity import IdentityExists, IdentityService, NoIdentity
+from ..halo.keys import DeviceKeys
+from ..halo.spaces import SpaceExists, SpaceService, UnknownSpace
+from ..invitations.manager import InvitationManager
+from ..invitations.model import INVITABLE_ROLES, MAX_NOTE_LENGTH, MAX_USES_LIMIT, Invitation
+from ..invitations.store import InvitationStore
+from ..net.discovery import default_interfaces
+from ..net.manager import NetworkManager, open_network_manager
+from .config import DaemonConfig, hold_home_lock
+from .ipc import Call, CallError, Handler, serve_ipc
+from .logs import close_logging, setup_logging
+
+__all__ = [
+    "Daemon",
+    "invitation_methods",
+    "method_table",
+    "run",
+    "run_daemon",
+    "to_wire",
+]
+
+log = logging.getLogger("p2pinvite.daemon")
+
+#: Largest accepted name (identity, space) and code text on IPC.
+MAX_NAME: Final = 256
+MAX_CODE_TEXT: Final = 2048
+_KINDS: Final = frozenset({"device", "space"})
+_AUTHS: Final = frozenset({"pin", "none", "key", "short"})
+#: Where the invitation records live, inside the home.
+INVITATIONS_DIR: Final = "invitations"
+
+
+# -- params ------------------------------------------------------------------------
+
+
+def _bad(message: str) -> IPCError:
+    return IPCError(message, code="bad_request")
+
+
+def _check_keys(params: Mapping[str, Any], allowed: frozenset[str]) -> None:
+    extra = set(params) - allowed
+    if extra:
+        raise _bad(f"unknown params: {sorted(extra)}")
+
+
+def p_str(params: Mapping[str, Any], key: str, *, max_len: int = MAX_NAME,
+          required: bool = True) -> str | None:
+    """Param *key* as a string (``None`` if absent and not *required*)."""
+    v = params.get(key)
+    if v is None and not required:
+        return None
+    if not isinstance(v, str):
+        raise _bad(f"param {key!r} must be a string")
+    if len(v) > max_len:
+        raise _bad(f"param {key!r} is longer than {max_len} characters")
+    return v
+
+
+def p_name(params: Mapping[str, Any], key: str = "name") -> str:
+    """A display name: a non-blank string of at most :data:`MAX_NAME` characters."""
+    v = p_str(params, key)
+    assert v is not None
+    v = v.strip()
+    if not v or not v.isprintable():
+        raise _bad(f"param {key!r} must be a non-empty printable name")
+    return v
+
+
+def p_int(params: Mapping[str, Any], key: str, *, lo: int, hi: int) -> int | None:
+    """Param *key* as an integer in ``[lo, hi]``, or ``None`` if absent/nil."""
+    v = params.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise _bad(f"param {key!r} must be an integer in [{lo}, {hi}] or nil")
+    return v
+
+
+def p_bool(params: Mapping[str, Any], key: str, default: bool = False) -> bool:
+    """Param *key* as a boolean."""
+    v = params.get(key, default)
+    if not isinstance(v, bool):
+        raise _bad(f"param {key!r} must be a boolean")
+    return v
+
+
+def p_hex(params: Mapping[str, Any], key: str, size: int) -> bytes:
+    """Param *key* as lowercase/uppercase hex of exactly *size* bytes."""
+    v = p_str(params, key, max_len=2 * size)
+    assert v is not None
+    try:
+        raw = bytes.fromhex(v)
+    except ValueError:
+        raise _bad(f"param {key!r} must be hex") from None
+    if len(raw) != size:
+        raise _bad(f"param {key!r} must be {size} bytes of hex")
+    return raw
+
+
+# -- values to the wire ---------------------------------------------------------------
+
+
+def to_wire(value: Any) -> Any:
+    """Turn a result into IPC-friendly data: bytes -> lowercase hex, enums -> values.
+
+    Dataclasses become maps *without* their ``repr=False`` fields: those are
+    the secrets (PINs, code secrets, private keys) and never leave the daemon
+    by accident; a handler that must return one (the PIN of a new invitation)
+    adds it explicitly.
+    """
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, enum.Enum):
+        return to_wire(value.value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: to_wire(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if f.repr and not f.name.startswith("_")
+        }
+    if isinstance(value, Mapping):
+        return {str(k): to_wire(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [to_wire(v) for v in value]
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    return value
+
+
+def _ts(t: float | None) -> int | None:
+    return None if t is None else int(t)
+
+
+def invitation_to_wire(inv: Invitation, now: float) -> dict[str, Any]:
+    """The IPC map of a host-side invitation record (no secret material)."""
+    return {
+        "id": inv.id.hex(),
+        "kind": inv.kind.value,
+        "status": inv.status(now).value,
+        "auth": inv.auth.value,
+        "space_id": inv.target.hex() if inv.kind.value == "space" else None,
+        "identity_key": inv.target.hex() if inv.kind.value == "device" else None,
+        "role": inv.role,
+        "uses": inv.uses,
+        "max_uses": inv.max_uses,
+        "failed_attempts": inv.failed_attempts,
+        "max_attempts": inv.max_attempts,
+        "created_at": _ts(inv.created_at),
+        "expires_at": _ts(inv.expires_at),
+        "note": inv.note,
+        "accepted_by": [key.hex() for key, _at in inv.accepted_by],
+        "revoked_at": _ts(inv.revoked_at),
+    }
+
+
+# -- the invitation adapter -----------------------------------------------------------
+
+#: Final guest states and the IPC error each becomes (``wrong_pin`` is by reason).
+_FAILURE_CODES: Final = {
+    "timeout": "timeout",
+    "cancelled": "timeout",
+    "expired": "refused",
+    "locked": "refused",
+    "revoked": "refused",
+    "error": "refused",
+}
+#: Guest failure reasons with an IPC code of their own.
+_REASON_CODES: Final = {
+    "wrong_pin": "wrong_pin",
+    "wrong_code": "wrong_pin",
+    "invalid_code": "invalid_code",
+    "no_identity": "no_identity",
+    "pin_required": "bad_request",
+    "invalid_pin": "bad_request",
+    "admission_key_required": "bad_request",
+}
+
+
+def _accept_failure(state: str, reason: str | None, attempts_left: int | None) -> CallError:
+    """The IPC error that ends a failed ``invitations.accept``."""
+    code = _REASON_CODES.get(reason or "", _FAILURE_CODES.get(state, "refused"))
+    if reason is not None and reason.startswith("host unreachable"):
+        code = "unreachable"
+    details: dict[str, Any] = {"reason": reason or state}
+    if attempts_left is not None:
+        details["attempts_left"] = attempts_left
+    return CallError(f"invitation not accepted: {reason or state}", code=code, details=details)
+
+
+def invitation_methods(
+    manager: InvitationManager,
+    identity: IdentityService,
+    spaces: SpaceService,
+) -> dict[str, Handler]:
+    """The ``invitations.*`` handlers over the invitations layer's manager."""
+
+    async def create(call: Call) -> Any:
+        p = call.params
+        _check_keys(p, frozenset({"kind", "space", "role", "auth", "max_uses", "expires_in",
+                                  "note", "admission_key"}))
+        kind = p_str(p, "kind")
+        if kind not in _KINDS:
+            raise _bad("param 'kind' must be 'device' or 'space'")
+        auth = p_str(p, "auth", required=False) or "pin"
+        if auth not in _AUTHS:
+            raise _bad("param 'auth' must be one of pin, none, key, short")
+        space = p_str(p, "space", required=False)
+        role = p_str(p, "role", required=False)
+        if kind == "space":
+            if space is None:
+                raise _bad("a space invitation needs param 'space'")
+            space_id: bytes | None = resolve_space(spaces, space)
+            if role is not None:
+                role = role.lower()
+                if role not in INVITABLE_ROLES:
+                    raise _bad(f"role must be one of {sorted(INVITABLE_ROLES)} "
+                               "(the owner is named by the space itself)")
+        else:
+            if space is not None or role is not None:
+                raise _bad("a device invitation takes no 'space' or 'role'")
+            space_id = None
+        admission_key = p_hex(p, "admission_key", 32) if p.get("admission_key") else None
+        if (auth == "key") != (admission_key is not None):
+            raise _bad("param 'admission_key' is required with auth 'key', and only then")
+        created = await manager.create(
+            kind=kind, space_id=space_id, role=role, auth=auth,
+            max_uses=p_int(p, "max_uses", lo=1, hi=MAX_USES_LIMIT),
+            expires_in=p_int(p, "expires_in", lo=1, hi=10 * 365 * 86400),
+            note=p_str(p, "note", max_len=MAX_NOTE_LENGTH, required=False) or "",
+            admission_key=admission_key,
+        )
+        inv = created.invitation
+        out = {
+            "id": inv.id.hex(),
+            "code": created.code,
+            "expires_at": _ts(inv.expires_at),
+            "kind": inv.kind.value,
+            "auth": inv.auth.value,
+        }
+        if created.pin is not None:
+            out["pin"] = created.pin
+        return out
+
+    async def list_(call: Call) -> Any:
+        _check_keys(call.params, frozenset({"all"}))
+        include_all = p_bool(call.params, "all")
+        now = time.time()
+        return [invitation_to_wire(i, now) for i in manager.list(include_all=include_all)]
+
+    async def revoke(call: Call) -> Any:
+        _check_keys(call.params, frozenset({"id"}))
+        inv = await manager.revoke(p_hex(call.params, "id", 16))
+        return invitation_to_wire(inv, time.time())
+
+    async def validate(call: Call) -> Any:
+        _check_keys(call.params, frozenset({"code"}))
+        code = p_str(call.params, "code", max_len=MAX_CODE_TEXT)
+        assert code is not None
+        v = manager.validate(code)
+        if v.reason == "invalid_code":
+            raise IPCError(v.detail or "not a valid p2pinvite code", code="invalid_code")
+        return {
+            "valid": v.valid,
+            "reason": v.reason,
+            "kind": None if v.kind is None else v.kind.value,
+            "id": None if v.invitation_id is None else v.invitation_id.hex(),
+            "auth": None if v.auth is None else v.auth.value,
+            "expires_at": _ts(v.expires_at),
+            "local": v.local,
+            "status": None if v.status is None else v.status.value,
+            "space_id": None,
+            "identity_key": None,
+        }
+
+    def join_result(kind: str, target: bytes) -> dict[str, Any]:
+        if kind == "device":
+            return {"kind": kind, "identity_key": target.hex()}
+        space = spaces.open_space(target)
+        me = identity.identity_key
+        return {"kind": kind, "identity_key": me.hex(), "space_id": target.hex(),
+                "space_name": space.name, "role": _role(space.state.role_of(me))}
+
+    async def accept(call: Call) -> Any:
+        p = call.params
+        _check_keys(p, frozenset({"code", "pin", "name"}))
+        code = p_str(p, "code", max_len=MAX_CODE_TEXT)
+        assert code is not None
+        pin = p_str(p, "pin", max_len=64, required=False)
+        name = p_str(p, "name", required=False)
+        async for ev in manager.accept(code, pin=pin, name=name):
+            state = ev.state.value
+            if ev.ok and ev.result is not None:
+                result = join_result(ev.result.kind.value, ev.result.target)
+                await call.emit({"state": "admitted", **result})
+                return result
+            if ev.final:
+                await call.emit({"state": "failed", "reason": ev.reason or state})
+                raise _accept_failure(state, ev.reason, ev.attempts_left)
+            await call.emit({"state": state})
+        raise IPCError("the join ended without a result", code="internal")
+
+    async def subscribe(call: Call) -> Any:
+        _check_keys(call.params, frozenset())
+        async for ev in manager.subscribe():
+            try:
+                record = invitation_to_wire(manager.get(ev.invitation_id), time.time())
+            except P2PInviteError:
+                continue  # the record is gone; nothing to report
+            event: dict[str, Any] = {"change": ev.type, "invitation": record}
+            if ev.reason is not None:
+                event["reason"] = ev.reason
+            if ev.attempts_left is not None:
+                event["attempts_left"] = ev.attempts_left
+            if ev.peer is not None:
+                event["peer"] = ev.peer.hex()
+            await call.emit(event)
+        return None
+
+    return {
+        "invitations.create": create,
+        "invitations.list": list_,
+        "invitations.revoke": revoke,
+        "invitations.validate": validate,
+        "invitations.accept": accept,
+        "invitations.subscribe": subscribe,
+    }
+
+
+# -- the daemon -------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Daemon:
+    """The running daemon's parts, as the method handlers see them."""
+
+    config: DaemonConfig
+    identity: IdentityService
+    spaces: SpaceService
+    net: NetworkManager
+    mdns_interfaces: tuple[str, ...] | None
+    invitations: InvitationManager | None = None
+
+    @property
+    def keys(self) -> DeviceKeys:
+        """This device's keys."""
+        return self.identity.device
+
+
+#: Exceptions of the layers below that carry an IPC meaning.
+_TRANSLATIONS: Final[tuple[tuple[type[Exception], str], ...]] = (
+    (NoIdentity, "no_identity"),
+    (IdentityExists, "already_exists"),
+    (SpaceExists, "already_exists"),
+    (UnknownSpace, "not_found"),
+)
+
+
+def _translated(handler: Handler) -> Handler:
+    """Turn the halo layer's typed refusals into IPC error codes."""
+
+    async def wrapper(call: Call) -> Any:
+        try:
+            return await handler(call)
+        except tuple(t for t, _ in _TRANSLATIONS) as exc:
+            code = next(c for t, c in _TRANSLATIONS if isinstance(exc, t))
+            raise IPCError(str(exc), code=code) from None
+
+    return wrapper
+
+
+def _role(role: Role | None) -> str | None:
+    return None if role is None else role.value.lower()
+
+
+def resolve_space(spaces: SpaceService, text: str) -> bytes:
+    """The space id named by *text*: its full hex id, a unique name, or a unique id prefix.
+
+    Raises ``not_found`` or ``ambiguous`` (IPC errors).
+    """
+    ids = spaces.list_spaces()
+    lowered = text.strip().lower()
+    for sid in ids:
+        if sid.hex() == lowered:
+            return sid
+    named = [sid for sid in ids if spaces.open_space(sid).name == text]
+    if len(named) == 1:
+        return named[0]
+    if len(named) > 1:
+        raise IPCError(f"{len(named)} spaces are named {text!r}; use the space id",
+                       code="ambiguous")
+    if len(lowered) >= 8 and all(c in "0123456789abcdef" for c in lowered):
+        prefixed = [sid for sid in ids if sid.hex().startswith(lowered)]
+        if len(prefixed) == 1:
+            return prefixed[0]
+        if len(prefixed) > 1:
+            raise IPCError(f"space id prefix {text!r} is not unique", code="ambiguous")
+    raise IPCError(f"no space {text!r}", code="not_found")
+
+
+def method_table(d: Daemon) -> dict[str, Handler]:
+    """Every IPC method this daemon serves.
+
+    The halo calls below are synchronous (an fsync or two for a create);
+    they run on the event loop on purpose: no await inside them means no
+    other task sees a half-made identity or space.
+    """
+    ident = d.identity
+    spaces = d.spaces
+
+    async def status(call: Call) -> Any:
+        _check_keys(call.params, frozenset())
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "home": str(d.config.home),
+            "device_key": d.keys.device_public.hex(),
+            "identity": ident.identity_key.hex() if ident.has_identity else None,
+            "addresses": [[host, port] for host, port in d.net.addresses],
+            "mdns": d.mdns_interfaces is not None,
+        }
+
+    def identity_map() -> dict[str, Any]:
+        return {
+            "identity_key": ident.identity_key.hex(),
+            "name": ident.name,
+            "device_key": d.keys.device_public.hex(),
+        }
+
+    async def identity_create(call: Call) -> Any:
+        _check_keys(call.params, frozenset({"name"}))
+        name = p_name(call.params)
+        key = ident.create_identity(name)
+        log.info("identity created", extra={"identity": key.hex()})
+        return identity_map()
+
+    async def identity_show(call: Call) -> Any:
+        _check_keys(call.params, frozenset())
+        return identity_map()
+
+    async def devices_list(call: Call) -> Any:
+        _check_keys(call.params, frozenset())
+        me = d.keys.device_public
+        return [
+            {"device_key": dev.hex(), "this_device": dev == me, "added_at": None}
+            for dev in ident.devices()
+        ]
+
+    async def spaces_create(call: Call) -> Any:
+        _check_keys(call.params, frozenset({"name"}))
+        name = p_name(call.params)
+        space_id = spaces.create_space(name)
+        log.info("space created", extra={"space": space_id.hex()})
+        return {"space_id": space_id.hex(), "name": name}
+
+    async def spaces_list(call: Call) -> Any:
+        _check_keys(call.params, frozenset())
+        me = ident.identity_key if ident.has_identity else None
+        out = []
+        for sid in spaces.list_spaces():
+            space = spaces.open_space(sid)
+            out.append({
+                "space_id": sid.hex(),
+                "name": space.name,
+                "role": _role(space.state.role_of(me)) if me is not None else None,
+                "members": len(space.members()),
+            })
+        return out
+
+    async def spaces_members(call: Call) -> Any:
+        _check_keys(call.params, frozenset({"space"}))
+        text = p_str(call.params, "space")
+        assert text is not None
+        sid = resolve_space(spaces, text)
+        return [
+            {"identity_key": m.identity.hex(), "name": m.name, "role": _role(m.role)}
+            for m in spaces.members(sid)
+        ]
+
+    table: dict[str, Handler] = {
+        "status": status,
+        "identity.create": identity_create,
+        "identity.show": identity_show,
+        "devices.list": devices_list,
+        "spaces.create": spaces_create,
+        "spaces.list": spaces_list,
+        "spaces.members": spaces_members,
+    }
+    if d.invitations is not None:
+        table.update(invitation_methods(d.invitations, ident, spaces))
+    return {name: _translated(h) for name, h in table.items()}
+
+
+def _mdns_scope(config: DaemonConfig) -> tuple[str, ...] | None:
+    if not config.mdns:
+        return None
+    if config.mdns_interfaces:
+        return config.mdns_interfaces
+    found = tuple(default_interfaces())
+    return found or None
+
+
+async def run_daemon(
+    config: DaemonConfig, *, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run the daemon until SIGINT/SIGTERM (or cancellation); see the module docstring."""
+    # Signals first: a SIGTERM during start-up still ends in a clean shutdown.
+    with (
+        trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
+        hold_home_lock(config),
+        contextlib.ExitStack() as stack,
+    ):
+        identity = IdentityService.open(config.home)
+        stack.callback(identity.close)
+        spaces = SpaceService.open(identity)
+        stack.callback(spaces.close)
+        keys = identity.device
+        mdns = _mdns_scope(config)
+        async with open_network_manager(
+            static_key=keys.static_private,
+            payload=keys.binding_proof(),
+            listen=config.listen,
+            mdns_interfaces=mdns,
+        ) as net:
+            store = InvitationStore.open(config.home / INVITATIONS_DIR)
+            manager = InvitationManager(config.home, keys, identity, spaces, net, store,
+                                        mdns=mdns is not None)
+            daemon = Daemon(config, identity, spaces, net, mdns, manager)
+            async with manager, trio.open_nursery() as nursery:
+                await nursery.start(serve_ipc, config.socket_path, method_table(daemon))
+                log.info(
+                    "daemon ready",
+                    extra={
+                        "pid": os.getpid(),
+                        "home": str(config.home),
+                        "device_key": keys.device_public.hex(),
+                        "listen": " ".join(f"{h}:{p}" for h, p in net.addresses),
+                        "mdns": ",".join(mdns) if mdns else "off",
+                    },
+                )
+                task_status.started(daemon)
+                async for signum in signals:
+                    log.info("shutting down", extra={"signal": signal.Signals(signum).name})
+                    break
+                nursery.cancel_scope.cancel()
+    log.info("daemon stopped")
+
+
+def run(config: DaemonConfig) -> int:
+    """``p2pinvite daemon``: run in the foreground; return the process exit status."""
+    handler = setup_logging()
+    try:
+        trio.run(run_daemon, config)
+    except P2PInviteError as exc:
+        print(f"p2pinvite: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        # e.g. the listen address is taken or not local
+        print(f"p2pinvite: cannot start: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    finally:
+        close_logging(handler)
+    return 0
+
