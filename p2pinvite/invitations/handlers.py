@@ -1,0 +1,689 @@
+"""Trio drivers of the invitation protocol: the host side and the guest side.
+
+Theory of operation
+-------------------
+:mod:`.protocol` decides; this module does the I/O its events ask for. Each
+driver owns one :class:`~p2pinvite.net.secure.SecureStream` and one machine,
+and loops: read a message (under the per-step timeout), feed it, then work
+through the returned events in order with a dispatch table. ``SendMessage``
+goes to the peer; every other event is a question answered by the store, the
+identity or the space services, whose answer is fed back into the machine
+(which may produce more events).
+
+Host (:func:`serve_guest`), per connection on an invitation's topic:
+
+* the request names an invitation: the host answers for the topic's own
+  invitation only; an unusable one is refused uniformly and the precise
+  reason goes to the owner (:class:`InvitationEvent`);
+* an attempt is persisted (``store.begin_attempt``) *before* the proof is
+  checked, and taken back only on success;
+* admission: reserve a use, issue the credential and append it (fsync),
+  commit the use -- under a cancellation shield, so a revoke or a dropped
+  connection cannot interrupt it half way; any failure releases the use;
+* resume: a guest already admitted by *this* invitation (its credential is in
+  the log) gets the existing credential again, even once the invitation is
+  exhausted, so a connection lost after the host's fsync costs nothing.
+
+Guest (:func:`run_guest`): connect (hints and mDNS raced by the network
+manager), check the host's device and chain, authenticate, send the
+admission request, verify everything returned and install it, yielding an
+:class:`AcceptEvent` at each state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+import trio
+
+from ..errors import (
+    ConnectionClosed,
+    CredentialError,
+    InvitationError,
+    P2PInviteError,
+    RemoteProtocolError,
+)
+from ..halo.credentials import (
+    AuthorizedDevice,
+    Credential,
+    CredentialVerifier,
+    MalformedCredential,
+    Role,
+    SpaceMember,
+    decode_credential,
+)
+from ..halo.identity import IdentityService
+from ..halo.keys import DeviceKeys, Signer
+from ..halo.log import decode_entry
+from ..halo.spaces import SpaceService
+from ..net.manager import NetworkManager
+from ..net.secure import SecureStream
+from ..net.topics import Topic
+from . import protocol as p
+from .model import AuthMethod, Invitation, InvitationKind, InvitationStatus
+from .store import InvitationStore, Reservation
+
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_STEP_TIMEOUT",
+    "AcceptEvent",
+    "AcceptResult",
+    "GuestPlan",
+    "HostContext",
+    "InvitationEvent",
+    "run_guest",
+    "serve_guest",
+    "verify_device_chain",
+]
+
+log = logging.getLogger("p2pinvite.invitations")
+
+#: Longest wait for any one message of the protocol, in seconds.
+DEFAULT_STEP_TIMEOUT: Final = 30.0
+#: Longest the guest looks for the host before giving up.
+DEFAULT_CONNECT_TIMEOUT: Final = 30.0
+_ADMITTERS: Final = frozenset({Role.OWNER, Role.ADMIN})
+
+
+# --------------------------------------------------------------------------
+# Events for the owner (host) and the user (guest)
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InvitationEvent:
+    """A host-side change of an invitation, for ``InvitationManager.subscribe``.
+
+    ``type``: ``created``, ``guest_connected``, ``authenticating``,
+    ``admitted``, ``failed_attempt``, ``locked``, ``refused``, ``revoked``.
+    ``reason`` is precise (local owner only); ``peer`` is the guest's device key.
+    """
+
+    type: str
+    invitation_id: bytes
+    reason: str | None = None
+    attempts_left: int | None = None
+    peer: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptResult:
+    """What an accepted invitation gave us: the identity joined or the space imported."""
+
+    kind: InvitationKind
+    target: bytes
+    credential: bytes = field(repr=False)
+    resumed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptEvent:
+    """One state of a guest's accept; the last one is final (``state.final``).
+
+    Failures carry ``reason`` (as the host sent it, or a local reason) and,
+    after a wrong PIN or code, ``attempts_left``.
+    """
+
+    state: p.State
+    reason: str | None = None
+    attempts_left: int | None = None
+    result: AcceptResult | None = None
+
+    @property
+    def final(self) -> bool:
+        """True for the last event of an accept."""
+        return self.state in p.FINAL_STATES
+
+    @property
+    def ok(self) -> bool:
+        """True when the invitation was accepted."""
+        return self.state is p.State.SUCCESS
+
+
+# --------------------------------------------------------------------------
+# Shared helpers
+# --------------------------------------------------------------------------
+
+
+def verify_device_chain(verifier: CredentialVerifier, identity: bytes, device: bytes,
+                        chain: Sequence[bytes]) -> None:
+    """Check that *chain* proves *device* is authorized by *identity* (CredentialError).
+
+    The chain rules are the credential layer's (``CredentialVerifier.check_chain``):
+    applied to a statement "identity says X, signed by device" with this chain.
+    """
+    if len(chain) == 0:
+        raise CredentialError("a device chain cannot be empty", rule="bad_chain")
+    probe = Credential(issuer=identity, subject=identity, assertion=AuthorizedDevice(),
+                       issued_at=0, signer=device, chain=tuple(chain), signature=bytes(64))
+    verifier.check_chain(probe)
+
+
+def _credentials_in(entries: Sequence[bytes]) -> list[bytes]:
+    return [decode_entry(e)[2] for e in entries]
+
+
+def _session(stream: SecureStream, local_static: bytes) -> p.Session:
+    return p.Session(stream.handshake_hash, local_static, stream.remote_static,
+                     stream.remote_payload)
+
+
+class _Dropped(Exception):
+    """Internal: the peer went away or the step timed out (the machine knows which)."""
+
+
+async def _receive(stream: SecureStream, machine: p.HostProtocol | p.GuestProtocol,
+                   timeout: float) -> bytes:
+    try:
+        with trio.move_on_after(timeout):
+            return await stream.receive_message()
+    except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+        machine.connection_lost()
+        raise _Dropped from None
+    except RemoteProtocolError:
+        machine.connection_lost()  # the secure stream already judged the bytes
+        raise _Dropped from None
+    machine.timed_out()
+    raise _Dropped
+
+
+async def _send(stream: SecureStream, machine: p.HostProtocol | p.GuestProtocol,
+                data: bytes, timeout: float) -> None:
+    try:
+        with trio.fail_after(timeout):
+            await stream.send_message(data)
+    except trio.TooSlowError:
+        if machine.state not in p.FINAL_STATES:
+            machine.timed_out()
+        raise _Dropped from None
+    except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+        if machine.state not in p.FINAL_STATES:
+            machine.connection_lost()
+        raise _Dropped from None
+
+
+# --------------------------------------------------------------------------
+# Host
+# --------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class HostContext:
+    """What the host driver needs: the services, the store, the clock, the owner's feed.
+
+    ``active`` maps an invitation id to the cancel scopes of its handshakes in
+    progress, so revoking it can stop them.
+    """
+
+    keys: DeviceKeys
+    identity: IdentityService
+    spaces: SpaceService
+    store: InvitationStore
+    clock: Callable[[], float]
+    emit: Callable[[InvitationEvent], None]
+    step_timeout: float = DEFAULT_STEP_TIMEOUT
+    active: dict[bytes, set[trio.CancelScope]] = field(default_factory=dict)
+    attempt_locks: dict[bytes, trio.Lock] = field(default_factory=dict)
+
+    def attempt_lock(self, invitation_id: bytes) -> trio.Lock:
+        """The lock that serialises proof checks of one invitation.
+
+        The store counts attempts in flight against the budget; checking one
+        proof at a time (a local HMAC or signature check between two record
+        writes) keeps concurrent honest guests from locking the invitation.
+        """
+        lock = self.attempt_locks.get(invitation_id)
+        if lock is None:
+            lock = self.attempt_locks[invitation_id] = trio.Lock()
+        return lock
+
+
+def _password(inv: Invitation) -> bytes | None:
+    if inv.auth is AuthMethod.PIN:
+        assert inv.pin is not None
+        return inv.pin.encode("ascii")
+    if inv.auth is AuthMethod.SHORT:
+        assert inv.short_secret is not None
+        return inv.short_secret.encode("ascii")
+    return None
+
+
+class _HostDriver:
+    def __init__(self, ctx: HostContext, stream: SecureStream, invitation_id: bytes,
+                 scope: trio.CancelScope) -> None:
+        self.ctx = ctx
+        self.stream = stream
+        self.inv_id = invitation_id
+        self.scope = scope
+        self.host = p.HostProtocol()
+        self.resume_only = False
+        self.peer: bytes | None = None
+
+    def emit(self, type_: str, **kw: object) -> None:
+        self.ctx.emit(InvitationEvent(type_, self.inv_id, peer=self.peer, **kw))  # type: ignore[arg-type]
+
+    async def run(self) -> None:
+        try:
+            try:
+                self.host.connected(_session(self.stream, self.ctx.keys.static_public))
+            except RemoteProtocolError as exc:
+                self.emit("refused", reason=f"bad binding proof: {exc}")
+                return
+            self.peer = self.host.peer_device
+            self.emit("guest_connected")
+            while self.host.state not in p.FINAL_STATES:
+                data = await _receive(self.stream, self.host, self.ctx.step_timeout)
+                try:
+                    events = self.host.receive_message(data)
+                except RemoteProtocolError as exc:
+                    log.info("invitation %s: guest broke the protocol: %s",
+                             self.inv_id.hex()[:8], exc)
+                    self.emit("refused", reason=f"protocol violation: {exc}")
+                    await self._drain(self.host.refusal_for(exc))
+                    return
+                await self._drain(events)
+        except _Dropped:
+            self.emit("refused", reason=self.host.reason or "connection lost")
+        except trio.Cancelled:
+            # Revoked (or shutting down): tell the guest, uniformly, if we still can.
+            if self.host.state not in p.FINAL_STATES:
+                with (trio.CancelScope(shield=True), trio.move_on_after(1.0),
+                      contextlib.suppress(_Dropped)):
+                    await self._drain(self.host.cancel())
+            raise
+
+    async def _drain(self, events: list[p.Event]) -> None:
+        queue = deque(events)
+        while queue:
+            ev = queue.popleft()
+            if isinstance(ev, p.SendMessage):
+                await _send(self.stream, self.host, ev.data, self.ctx.step_timeout)
+                continue
+            handler = self._dispatch[type(ev)]
+            queue.extend(await handler(self, ev))
+
+    # -- decisions ---------------------------------------------------------------------
+
+    async def _on_request(self, ev: p.Event) -> list[p.Event]:
+        assert isinstance(ev, p.InvitationRequested)
+        ctx = self.ctx
+        now = ctx.clock()
+        try:
+            inv = ctx.store.get(self.inv_id)
+        except InvitationError as exc:
+            return self._refuse(exc.reason)
+        if ev.invitation_id is not None and ev.invitation_id != inv.id:
+            return self._refuse("unknown")
+        if ev.kind != inv.kind.value:
+            return self._refuse("kind mismatch")
+        status = inv.status(now)
+        if status is InvitationStatus.EXHAUSTED and self._admitted_device(inv):
+            self.resume_only = True
+        elif status is InvitationStatus.EXHAUSTED and inv.kind is InvitationKind.SPACE:
+            # The guest's identity is only known from its admit message: go on,
+            # and refuse there unless it is the identity this invitation admitted.
+            self.resume_only = True
+        elif not inv.is_usable(now):
+            return self._refuse(status.value)
+        try:
+            host = self._host_info(inv)
+        except (P2PInviteError, InvitationError) as exc:
+            return self._refuse(getattr(exc, "reason", None) or "cannot host")
+        self.emit("authenticating" if inv.auth is not AuthMethod.NONE else "admitting")
+        return self.host.offer(inv.auth.value, host, password=_password(inv),
+                               admission_key=inv.admission_key)
+
+    def _host_info(self, inv: Invitation) -> p.HostInfo:
+        ident = self.ctx.identity
+        if inv.kind is InvitationKind.SPACE:
+            role = self.ctx.spaces.open_space(inv.target).state.role_of(ident.identity_key)
+            if role not in _ADMITTERS:
+                raise InvitationError("this identity may not admit into the space",
+                                      reason="not_admin")
+        return p.HostInfo(ident.identity_key, self.ctx.keys.device_public,
+                          tuple(ident.device_chain()))
+
+    def _admitted_device(self, inv: Invitation) -> bool:
+        if inv.kind is not InvitationKind.DEVICE or self.peer is None:
+            return False
+        return self._existing_device_credential(inv, self.peer) is not None
+
+    async def _on_attempt(self, ev: p.Event) -> list[p.Event]:
+        assert isinstance(ev, p.AttemptMade)
+        ctx = self.ctx
+        async with ctx.attempt_lock(self.inv_id):
+            if self.resume_only:
+                # An exhausted invitation admits no one new; only the guest it
+                # already admitted gets this far, so nothing is counted.
+                left = ctx.store.get(self.inv_id).attempts_left
+            else:
+                try:
+                    left = await trio.to_thread.run_sync(ctx.store.begin_attempt, self.inv_id,
+                                                         ctx.clock())
+                except InvitationError as exc:
+                    return self._refuse(exc.reason)
+            events = self.host.check_attempt(left)
+            if any(isinstance(e, p.AuthSucceeded) for e in events) and not self.resume_only:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(ctx.store.attempt_succeeded, self.inv_id)
+        for e in events:
+            if isinstance(e, p.AuthFailed):
+                self.emit("locked" if e.attempts_left == 0 else "failed_attempt",
+                          reason=self.host.reason, attempts_left=e.attempts_left)
+        return [e for e in events if isinstance(e, p.SendMessage)]
+
+    async def _on_admission(self, ev: p.Event) -> list[p.Event]:
+        assert isinstance(ev, p.AdmissionRequested)
+        ctx = self.ctx
+        try:
+            inv = ctx.store.get(self.inv_id)
+        except InvitationError as exc:
+            return self._refuse(exc.reason)
+        try:
+            if inv.kind is InvitationKind.DEVICE:
+                credential, entries, resumed = await self._admit_device(inv, ev)
+            else:
+                credential, entries, resumed = await self._admit_member(inv, ev)
+        except InvitationError as exc:
+            return self._refuse(exc.reason)
+        except CredentialError as exc:
+            return self._refuse(exc.rule)
+        self.emit("admitted", reason="resumed" if resumed else None)
+        return self.host.admit(credential, entries)
+
+    def _existing_device_credential(self, inv: Invitation, device: bytes) -> bytes | None:
+        ident = self.ctx.identity
+        if not ident.state.is_device(device):
+            return None
+        for cred_bytes in _credentials_in(ident.raw_entries()):
+            cred = decode_credential(cred_bytes)
+            if (isinstance(cred.assertion, AuthorizedDevice) and cred.subject == device
+                    and cred.assertion.invitation == inv.id):
+                return cred_bytes
+        return None
+
+    def _existing_member_credential(self, inv: Invitation, identity: bytes) -> bytes | None:
+        space = self.ctx.spaces.open_space(inv.target)
+        if not space.state.is_member(identity) or not space.state.redeemed(inv.id):
+            return None
+        for cred_bytes in reversed(_credentials_in(space.raw_entries())):
+            cred = decode_credential(cred_bytes)
+            if cred.subject == identity and isinstance(cred.assertion, SpaceMember):
+                ok = cred.assertion.invitation == inv.id
+                return cred_bytes if ok else None
+        return None
+
+    async def _admit_device(self, inv: Invitation, ev: p.AdmissionRequested
+                            ) -> tuple[bytes, list[bytes], bool]:
+        ident = self.ctx.identity
+        existing = self._existing_device_credential(inv, ev.device)
+        if existing is not None:
+            return existing, ident.raw_entries(), True
+        if ident.state.is_device(ev.device):
+            raise InvitationError("device already belongs to this identity",
+                                  reason=p.REASON_ALREADY_MEMBER)
+        if self.resume_only:
+            raise InvitationError("invitation exhausted", reason="exhausted")
+
+        async def issue() -> bytes:
+            return (await ident.authorize_device(ev.device, invitation=inv.id)).credential
+
+        credential = await self._with_use(inv, ev.device, issue)
+        return credential, ident.raw_entries(), False
+
+    async def _admit_member(self, inv: Invitation, ev: p.AdmissionRequested
+                            ) -> tuple[bytes, list[bytes], bool]:
+        assert ev.identity is not None
+        ctx = self.ctx
+        verify_device_chain(ctx.identity.verifier, ev.identity, ev.device, ev.chain)
+        space = ctx.spaces.open_space(inv.target)
+        existing = self._existing_member_credential(inv, ev.identity)
+        if existing is not None:
+            return existing, space.raw_entries(), True
+        if space.state.is_member(ev.identity):
+            raise InvitationError("identity is already a member",
+                                  reason=p.REASON_ALREADY_MEMBER)
+        if self.resume_only:
+            raise InvitationError("invitation exhausted", reason="exhausted")
+        assert inv.role is not None
+        role = Role(inv.role.upper())
+        identity = ev.identity
+
+        async def issue() -> bytes:
+            issued = await ctx.spaces.admit(inv.target, identity, role, ev.name,
+                                            invitation_id=inv.id)
+            return issued.credential
+
+        credential = await self._with_use(inv, identity, issue)
+        return credential, space.raw_entries(), False
+
+    async def _with_use(self, inv: Invitation, accepted_by: bytes,
+                        issue: Callable[[], Awaitable[bytes]]) -> bytes:
+        """Reserve a use, issue (append + fsync), commit; shielded so it completes."""
+        store = self.ctx.store
+        reservation: Reservation = store.reserve_use(inv.id, self.ctx.clock())
+        try:
+            with trio.CancelScope(shield=True):
+                credential = await issue()
+                await trio.to_thread.run_sync(store.commit_use, reservation, accepted_by,
+                                              self.ctx.clock())
+        finally:
+            store.release(reservation)
+        return credential
+
+    def _refuse(self, reason: str) -> list[p.Event]:
+        self.emit("refused", reason=reason)
+        return self.host.refuse(reason)
+
+    _dispatch: Final = {
+        p.InvitationRequested: _on_request,
+        p.AttemptMade: _on_attempt,
+        p.AdmissionRequested: _on_admission,
+    }
+
+
+async def serve_guest(stream: SecureStream, ctx: HostContext, invitation_id: bytes) -> None:
+    """Serve one guest that connected on the topic of *invitation_id*.
+
+    Registered by the manager as the topic's handler; returns when the
+    handshake ends (the network manager closes the stream). Never raises for
+    anything the guest does.
+    """
+    scope = trio.CancelScope()
+    ctx.active.setdefault(invitation_id, set()).add(scope)
+    try:
+        with scope:
+            await _HostDriver(ctx, stream, invitation_id, scope).run()
+    finally:
+        scopes = ctx.active.get(invitation_id)
+        if scopes is not None:
+            scopes.discard(scope)
+            if not scopes:
+                del ctx.active[invitation_id]
+
+
+# --------------------------------------------------------------------------
+# Guest
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GuestPlan:
+    """Everything the guest driver needs, decided from the code before connecting.
+
+    ``target``: the identity (device kind) or space (space kind) the code
+    names, ``None`` for short codes. ``host_device``: the device key a link
+    code names. ``hints``: addresses from the link code.
+    """
+
+    kind: InvitationKind
+    method: AuthMethod
+    topic: Topic
+    invitation_id: bytes | None = None
+    target: bytes | None = None
+    host_device: bytes | None = None
+    hints: tuple[tuple[str, int], ...] = ()
+    password: bytes | None = field(default=None, repr=False)
+    admission_key: Signer | None = field(default=None, repr=False)
+    name: str = ""
+
+
+class _GuestDriver:
+    def __init__(self, plan: GuestPlan, identity: IdentityService, spaces: SpaceService,
+                 network: NetworkManager, *, mdns: bool, step_timeout: float,
+                 connect_timeout: float) -> None:
+        self.plan = plan
+        self.identity = identity
+        self.spaces = spaces
+        self.network = network
+        self.mdns = mdns
+        self.step_timeout = step_timeout
+        self.connect_timeout = connect_timeout
+        ident_key = identity.identity_key if plan.kind is InvitationKind.SPACE else None
+        chain = tuple(identity.device_chain()) if ident_key is not None else ()
+        self.guest = p.GuestProtocol(p.GuestRequest(
+            kind=plan.kind.value,
+            method=plan.method.value,
+            device=identity.device.device_public, invitation_id=plan.invitation_id,
+            host_device=plan.host_device, password=plan.password,
+            admission_key=plan.admission_key, identity=ident_key, chain=chain,
+            name=plan.name))
+        self.host_identity: bytes | None = None
+        self.result: AcceptResult | None = None
+
+    def _event(self, **kw: object) -> AcceptEvent:
+        g = self.guest
+        refused = g.refused
+        reason = g.reason if g.state in p.FINAL_STATES and g.state is not p.State.SUCCESS else None
+        return AcceptEvent(g.state, reason=reason,
+                           attempts_left=refused.attempts_left if refused else None,
+                           result=self.result, **kw)
+
+    async def run(self) -> AsyncIterator[AcceptEvent]:
+        guest = self.guest
+        guest.connecting()
+        yield self._event()
+        try:
+            stream = await self.network.connect(self.plan.topic, hints=self.plan.hints,
+                                                mdns=self.mdns, timeout=self.connect_timeout)
+        except ConnectionClosed as exc:
+            guest.fail(f"host unreachable: {exc.reason}")
+            yield self._event()
+            return
+        try:
+            async for ev in self._converse(stream):
+                yield ev
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(2.0):
+                await stream.aclose()
+
+    async def _converse(self, stream: SecureStream) -> AsyncIterator[AcceptEvent]:
+        guest = self.guest
+        try:
+            events = guest.connected(_session(stream, self.identity.device.static_public))
+        except RemoteProtocolError:
+            yield self._event()
+            return
+        last = guest.state
+        yield self._event()
+        try:
+            queue = deque(events)
+            while guest.state not in p.FINAL_STATES:
+                while queue:
+                    ev = queue.popleft()
+                    if isinstance(ev, p.SendMessage):
+                        await _send(stream, guest, ev.data, self.step_timeout)
+                    else:
+                        queue.extend(await self._decide(ev))
+                    if guest.state is not last:
+                        last = guest.state
+                        yield self._event()
+                if guest.state in p.FINAL_STATES:
+                    break
+                data = await _receive(stream, guest, self.step_timeout)
+                with contextlib.suppress(RemoteProtocolError):  # the machine is in ERROR
+                    queue.extend(guest.receive_message(data))
+                if guest.state is not last:
+                    last = guest.state
+                    yield self._event()
+        except _Dropped:
+            yield self._event()
+
+    async def _decide(self, ev: p.Event) -> list[p.Event]:
+        guest = self.guest
+        if isinstance(ev, p.HostChallenged):
+            try:
+                self._check_host(ev.host)
+            except CredentialError as exc:
+                return guest.fail(f"host is not authorized: {exc}")
+            return guest.host_verified()
+        if isinstance(ev, p.AdmissionReceived):
+            try:
+                self.result = await self._install(ev)
+            except (P2PInviteError, OSError) as exc:
+                return guest.fail(f"admission did not verify: {exc}")
+            return guest.admission_verified()
+        return []  # Authenticated, Refused: reported through the state
+
+    def _check_host(self, host: p.HostInfo) -> None:
+        plan = self.plan
+        verify_device_chain(self.identity.verifier, host.identity, host.device, host.chain)
+        if (plan.kind is InvitationKind.DEVICE and plan.target is not None
+                and host.identity != plan.target):
+            raise CredentialError("host speaks for another identity than the code names",
+                                  rule="wrong_identity")
+        self.host_identity = host.identity
+
+    async def _install(self, ev: p.AdmissionReceived) -> AcceptResult:
+        plan = self.plan
+        try:
+            cred = decode_credential(ev.credential)
+        except MalformedCredential as exc:
+            raise CredentialError(f"credential: {exc}", rule="malformed") from None
+        if ev.credential not in _credentials_in(ev.entries):
+            raise CredentialError("our credential is not in the log", rule="not_admitted")
+        if cred.issuer != self.host_identity:
+            raise CredentialError("credential not issued by the host's identity",
+                                  rule="wrong_issuer")
+        a = cred.assertion
+        me = self.identity.device.device_public
+        if plan.kind is InvitationKind.DEVICE:
+            if not isinstance(a, AuthorizedDevice) or cred.subject != me:
+                raise CredentialError("credential does not authorize this device",
+                                      rule="not_admitted")
+            if plan.invitation_id is not None and a.invitation != plan.invitation_id:
+                raise CredentialError("credential is for another invitation",
+                                      rule="wrong_invitation")
+            target = await trio.to_thread.run_sync(
+                self.identity.join_identity_from_entries, list(ev.entries))
+        else:
+            if not isinstance(a, SpaceMember) or cred.subject != self.identity.identity_key:
+                raise CredentialError("credential does not admit our identity",
+                                      rule="not_admitted")
+            if plan.target is not None and a.space != plan.target:
+                raise CredentialError("credential is for another space", rule="wrong_space")
+            target = await trio.to_thread.run_sync(
+                lambda: self.spaces.import_space(list(ev.entries), expected=plan.target))
+        return AcceptResult(plan.kind, target, ev.credential)
+
+
+async def run_guest(plan: GuestPlan, identity: IdentityService, spaces: SpaceService,
+                    network: NetworkManager, *, mdns: bool,
+                    step_timeout: float = DEFAULT_STEP_TIMEOUT,
+                    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+                    ) -> AsyncIterator[AcceptEvent]:
+    """Accept an invitation as the guest; yield an :class:`AcceptEvent` per state.
+
+    The last event is final: SUCCESS with ``result``, or a failure with its
+    reason. Never raises for what the host or the network does.
+    """
+    driver = _GuestDriver(plan, identity, spaces, network, mdns=mdns,
+                          step_timeout=step_timeout, connect_timeout=connect_timeout)
+    async for ev in driver.run():
+        yield ev
+

@@ -1,0 +1,515 @@
+"""The invitation manager: create, list, revoke, validate, accept, and host.
+
+Theory of operation
+-------------------
+One :class:`InvitationManager` per daemon. It owns no protocol logic: it
+ties the durable :class:`~.store.InvitationStore`, this device's identity and
+spaces, and the :class:`~p2pinvite.net.manager.NetworkManager` together.
+
+* **Hosting.** Every usable invitation is joined on the network manager under
+  its topic: link invitations under ``Topic.from_secret(secret)`` (XXpsk3,
+  advertised over mDNS when mDNS is on), short codes under
+  ``Topic.for_discriminator``. Each connection on the topic runs
+  :func:`~.handlers.serve_guest`. Revoking leaves the topic and cancels the
+  handshakes in progress (their guests are told the uniform refusal).
+* **Accepting.** :meth:`accept` turns a code into a :class:`~.handlers.GuestPlan`,
+  runs :func:`~.handlers.run_guest` in the manager's nursery and streams its
+  events through a channel, so abandoning the iterator (or :meth:`cancel`)
+  stops the attempt cleanly.
+* **Restart.** Entering the manager reconciles the store's use counters with
+  the logs (an admission whose log record was fsynced but whose use was not
+  yet committed when the daemon died is counted now), then re-hosts every
+  usable invitation.
+
+Time comes from the injected ``clock`` (unix seconds), so tests drive expiry
+with trio's autojump clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import trio
+
+from ..errors import CodeError, InvitationError, LocalProtocolError, P2PInviteError
+from ..halo.credentials import AuthorizedDevice, Role, SpaceMember, decode_credential
+from ..halo.identity import IdentityService
+from ..halo.keys import DeviceKeys, Signer
+from ..halo.log import decode_entry
+from ..halo.spaces import SpaceService
+from ..net.manager import NetworkManager
+from ..net.topics import Topic
+from .codes import LINK_PREFIX, MAX_HINTS, LinkCode, ShortCode, parse_pin
+from .handlers import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_STEP_TIMEOUT,
+    AcceptEvent,
+    GuestPlan,
+    HostContext,
+    InvitationEvent,
+    run_guest,
+    serve_guest,
+)
+from .model import AuthMethod, Invitation, InvitationKind, InvitationStatus
+from .protocol import State
+from .store import InvitationStore
+
+__all__ = [
+    "CreatedInvitation",
+    "InvitationManager",
+    "ValidationResult",
+]
+
+log = logging.getLogger("p2pinvite.invitations")
+
+_ADMITTERS: Final = frozenset({Role.OWNER, Role.ADMIN})
+_SUBSCRIBER_BUFFER: Final = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedInvitation:
+    """A new invitation and what to hand the guest: the code, and the PIN for auth pin."""
+
+    invitation: Invitation
+    code: str = field(repr=False)
+    pin: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationResult:
+    """What :meth:`InvitationManager.validate` found, without consuming anything.
+
+    ``reason`` is precise (this is for the local user): ``invalid_code``,
+    ``expired``, ``revoked``, ``locked``, ``exhausted``, ``already_has_identity``,
+    ``no_identity``, ``already_member``. ``local`` is true when the code is one
+    of this device's own invitations (then ``status`` is the record's status).
+    """
+
+    valid: bool
+    reason: str | None = None
+    kind: InvitationKind | None = None
+    invitation_id: bytes | None = None
+    auth: AuthMethod | None = None
+    expires_at: float | None = None
+    local: bool = False
+    status: InvitationStatus | None = None
+    detail: str = ""
+
+
+def _hint_ok(host: str) -> bool:
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return not addr.is_unspecified and not (isinstance(addr, ipaddress.IPv6Address)
+                                            and addr.scope_id is not None)
+
+
+class InvitationManager:
+    """Invitations of this device, host and guest side. Use ``async with manager:``.
+
+    *clock* returns unix seconds (default :func:`time.time`). *mdns*: whether
+    the network manager runs mDNS (advertise link topics, look short codes up).
+    """
+
+    def __init__(
+        self,
+        home: Path,
+        keys: DeviceKeys,
+        identity: IdentityService,
+        spaces: SpaceService,
+        network: NetworkManager,
+        store: InvitationStore,
+        clock: Callable[[], float] = time.time,
+        *,
+        mdns: bool = False,
+        step_timeout: float = DEFAULT_STEP_TIMEOUT,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    ) -> None:
+        self.home = home
+        self._keys = keys
+        self._identity = identity
+        self._spaces = spaces
+        self._network = network
+        self._store = store
+        self._clock = clock
+        self._mdns = mdns
+        self._step_timeout = step_timeout
+        self._connect_timeout = connect_timeout
+        self._subscribers: set[trio.MemorySendChannel[InvitationEvent]] = set()
+        self._ctx = HostContext(keys=keys, identity=identity, spaces=spaces, store=store,
+                                clock=clock, emit=self._emit, step_timeout=step_timeout)
+        self._hosted: dict[bytes, Topic] = {}
+        self._accepting: dict[int, tuple[bytes | str, trio.CancelScope]] = {}
+        self._stack: AsyncExitStack | None = None
+        self._nursery: trio.Nursery | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def __aenter__(self) -> InvitationManager:
+        stack = AsyncExitStack()
+        self._nursery = await stack.enter_async_context(trio.open_nursery())
+        self._stack = stack
+        try:
+            await self.start()
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        stack, self._stack = self._stack, None
+        try:
+            for topic in list(self._hosted.values()):
+                await self._network.leave(topic)
+            self._hosted.clear()
+        finally:
+            if self._nursery is not None:
+                self._nursery.cancel_scope.cancel()
+            self._nursery = None
+            if stack is not None:
+                await stack.aclose()
+
+    async def start(self) -> None:
+        """Reconcile use counters with the logs, then host every usable invitation."""
+        now = self._clock()
+        for inv in self._store.list(now, include_all=True):
+            try:
+                self._reconcile(inv)
+            except P2PInviteError as exc:
+                log.warning("invitation %s: could not reconcile uses: %s", inv.id.hex()[:8], exc)
+        for inv in self._store.list(self._clock()):
+            await self._host(inv)
+
+    def _redeemers(self, inv: Invitation) -> list[bytes]:
+        """Subjects the log admitted through *inv*, in log order."""
+        if inv.kind is InvitationKind.DEVICE:
+            if not self._identity.has_identity:
+                return []
+            entries = self._identity.raw_entries()
+        else:
+            if inv.target not in self._spaces.list_spaces():
+                return []
+            entries = self._spaces.open_space(inv.target).raw_entries()
+        out = []
+        for body in entries:
+            cred = decode_credential(decode_entry(body)[2])
+            a = cred.assertion
+            if isinstance(a, AuthorizedDevice | SpaceMember) and a.invitation == inv.id:
+                out.append(cred.subject)
+        return out
+
+    def _reconcile(self, inv: Invitation) -> None:
+        redeemed = self._redeemers(inv)
+        missing = len(redeemed) - inv.uses
+        if missing <= 0:
+            return
+        log.info("invitation %s: counting %d admission(s) found in the log", inv.id.hex()[:8],
+                 missing)
+        for subject in redeemed[-missing:]:
+            try:
+                res = self._store.reserve_use(inv.id, self._clock())
+            except InvitationError as exc:
+                log.warning("invitation %s: cannot count a use (%s)", inv.id.hex()[:8],
+                            exc.reason)
+                return
+            try:
+                self._store.commit_use(res, subject, self._clock())
+            finally:
+                self._store.release(res)
+
+    # -- host side ---------------------------------------------------------------------
+
+    def _topic(self, inv: Invitation) -> Topic:
+        if inv.auth is AuthMethod.SHORT:
+            assert inv.short_discriminator is not None
+            return Topic.for_discriminator(inv.short_discriminator)
+        return Topic.from_secret(inv.secret)
+
+    async def _host(self, inv: Invitation) -> None:
+        if inv.id in self._hosted:
+            return
+        topic = self._topic(inv)
+        ctx, inv_id = self._ctx, inv.id
+
+        async def handler(stream: object) -> None:
+            from ..net.secure import SecureStream
+            assert isinstance(stream, SecureStream)
+            await serve_guest(stream, ctx, inv_id)
+
+        await self._network.join(topic, handler, advertise=self._mdns)
+        self._hosted[inv.id] = topic
+
+    async def _unhost(self, inv_id: bytes) -> None:
+        for scope in list(self._ctx.active.get(inv_id, ())):
+            scope.cancel()
+        topic = self._hosted.pop(inv_id, None)
+        if topic is not None:
+            await self._network.leave(topic)
+
+    def _emit(self, event: InvitationEvent) -> None:
+        for chan in list(self._subscribers):
+            try:
+                chan.send_nowait(event)
+            except trio.WouldBlock:
+                log.warning("invitation event subscriber is not keeping up; event dropped")
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._subscribers.discard(chan)
+
+    def _identity_key(self) -> bytes:
+        if not self._identity.has_identity:
+            raise InvitationError("this device has no identity yet", reason="no_identity")
+        return self._identity.identity_key
+
+    async def create(
+        self,
+        *,
+        kind: InvitationKind | str,
+        space_id: bytes | None = None,
+        role: str | None = None,
+        auth: AuthMethod | str = AuthMethod.NONE,
+        max_uses: int | None = 1,
+        expires_in: float | None = None,
+        note: str = "",
+        admission_key: bytes | None = None,
+        max_attempts: int | None = None,
+    ) -> CreatedInvitation:
+        """Create an invitation, start hosting it, and return it with its code.
+
+        *kind* ``device`` invites a new device into our identity; ``space``
+        invites another identity into *space_id* with *role* (``reader`` by
+        default; ``admin`` needs us to be OWNER). Only an OWNER or ADMIN of
+        the space may create space invitations (``InvitationError`` with
+        reason ``not_admin``). *auth*: ``none``, ``pin`` (a PIN is generated
+        and returned), ``short`` (the short code is the code) or ``key``
+        (*admission_key* names the guest's Ed25519 admission public key).
+        *expires_in*: seconds (default 7 days, 15 minutes for short codes).
+        """
+        kind = InvitationKind(kind)
+        auth = AuthMethod(auth)
+        me = self._identity_key()
+        now = self._clock()
+        if kind is InvitationKind.DEVICE:
+            if space_id is not None or role is not None:
+                raise LocalProtocolError("a device invitation has no space and no role")
+            target = me
+        else:
+            if space_id is None:
+                raise LocalProtocolError("a space invitation needs a space_id")
+            state = self._spaces.open_space(space_id).state
+            mine = state.role_of(me)
+            if mine not in _ADMITTERS:
+                raise InvitationError("only an OWNER or ADMIN of the space may invite",
+                                      reason="not_admin")
+            role = (role or "reader").lower()
+            if role in ("admin", "owner") and mine is not Role.OWNER:
+                raise InvitationError("only an OWNER may invite an ADMIN",
+                                      reason="owner_required")
+            target = space_id
+        expires_at = None if expires_in is None else now + expires_in
+        inv = await trio.to_thread.run_sync(lambda: self._store.create(
+            kind=kind, target=target, created_by=me, now=now, role=role, auth=auth,
+            expires_at=expires_at, max_uses=max_uses, max_attempts=max_attempts, note=note,
+            admission_key=admission_key))
+        await self._host(inv)
+        self._emit(InvitationEvent("created", inv.id))
+        if auth is AuthMethod.SHORT:
+            assert inv.short_discriminator is not None
+            assert inv.short_secret is not None
+            code = ShortCode(inv.short_discriminator, inv.short_secret).encode()
+        else:
+            hints = tuple(a for a in self._network.addresses if _hint_ok(a[0]))[:MAX_HINTS]
+            code = LinkCode.for_invitation(inv, host_device_key=self._keys.device_public,
+                                           hints=hints).encode()
+        return CreatedInvitation(inv, code, inv.pin)
+
+    def list(self, *, include_all: bool = False) -> list[Invitation]:
+        """Usable invitations (pending/accepted), or every record with *include_all*."""
+        return self._store.list(self._clock(), include_all=include_all)
+
+    def get(self, invitation_id: bytes) -> Invitation:
+        """The record of *invitation_id* (``InvitationError(reason="unknown")``)."""
+        return self._store.get(invitation_id)
+
+    async def revoke(self, invitation_id: bytes) -> Invitation:
+        """Revoke: keep a tombstone, stop its handshakes in progress, leave its topic."""
+        me = self._identity_key()
+        now = self._clock()  # read on the trio thread: the clock may be trio's
+        inv = await trio.to_thread.run_sync(
+            lambda: self._store.revoke(invitation_id, by=me, now=now))
+        await self._unhost(invitation_id)
+        self._emit(InvitationEvent("revoked", invitation_id))
+        return inv
+
+    async def subscribe(self) -> AsyncIterator[InvitationEvent]:
+        """Host-side events of every invitation, from now on, until the iterator is closed."""
+        send, recv = trio.open_memory_channel[InvitationEvent](_SUBSCRIBER_BUFFER)
+        self._subscribers.add(send)
+        try:
+            async with recv:
+                async for event in recv:
+                    yield event
+        finally:
+            self._subscribers.discard(send)
+            send.close()
+
+    # -- codes -----------------------------------------------------------------------------
+
+    def validate(self, code: str) -> ValidationResult:
+        """Decode *code* and check it without consuming anything (see :class:`ValidationResult`)."""
+        now = self._clock()
+        try:
+            parsed: LinkCode | ShortCode = self._parse(code)
+        except CodeError as exc:
+            return ValidationResult(False, "invalid_code", detail=str(exc))
+        if isinstance(parsed, ShortCode):
+            mine = [i for i in self._store.find_short(parsed.discriminator, now)
+                    if i.short_secret == parsed.secret]
+            if mine:
+                return self._local_result(mine[0], now)
+            kind = (InvitationKind.SPACE if self._identity.has_identity
+                    else InvitationKind.DEVICE)
+            return ValidationResult(True, kind=kind, auth=AuthMethod.SHORT)
+        if parsed.invitation_id in self._store:
+            return self._local_result(self._store.get(parsed.invitation_id), now)
+        reason = self._guest_refusal(parsed.kind, parsed.target)
+        if reason is None and parsed.expires_at <= now:
+            reason = "expired"
+        return ValidationResult(reason is None, reason, parsed.kind, parsed.invitation_id,
+                                parsed.auth, float(parsed.expires_at))
+
+    @staticmethod
+    def _local_result(inv: Invitation, now: float) -> ValidationResult:
+        status = inv.status(now)
+        usable = inv.is_usable(now)
+        return ValidationResult(usable, None if usable else status.value, inv.kind, inv.id,
+                                inv.auth, inv.expires_at, local=True, status=status)
+
+    def _guest_refusal(self, kind: InvitationKind, target: bytes | None) -> str | None:
+        has = self._identity.has_identity
+        if kind is InvitationKind.DEVICE:
+            return "already_has_identity" if has else None
+        if not has:
+            return "no_identity"
+        if target is not None and target in self._spaces.list_spaces():
+            return "already_member"
+        return None
+
+    @staticmethod
+    def _parse(code: str) -> LinkCode | ShortCode:
+        if not isinstance(code, str):
+            raise CodeError("not a valid p2pinvite code: not a string")
+        if code.strip()[: len(LINK_PREFIX)].lower() == LINK_PREFIX:
+            return LinkCode.parse(code)
+        return ShortCode.parse(code)
+
+    # -- guest side ------------------------------------------------------------------------
+
+    def _plan(self, code: str, pin: str | None, name: str | None,
+              admission_key: Signer | None) -> GuestPlan | AcceptEvent:
+        """The guest plan for *code*, or the final event explaining why there is none."""
+        def fail(reason: str, state: State = State.ERROR) -> AcceptEvent:
+            return AcceptEvent(state, reason=reason)
+
+        try:
+            parsed = self._parse(code)
+        except CodeError:
+            return fail("invalid_code")
+        if isinstance(parsed, ShortCode):
+            kind = (InvitationKind.SPACE if self._identity.has_identity
+                    else InvitationKind.DEVICE)
+            topic = Topic.for_discriminator(parsed.discriminator)
+            plan = GuestPlan(kind, AuthMethod.SHORT, topic, password=parsed.password)
+        else:
+            reason = self._guest_refusal(parsed.kind, parsed.target)
+            if reason is not None:
+                return fail(reason)
+            if parsed.expires_at <= self._clock():
+                return fail("expired", State.EXPIRED)
+            password = None
+            if parsed.auth is AuthMethod.PIN:
+                if pin is None:
+                    return fail("pin_required")
+                try:
+                    password = parse_pin(pin).encode("ascii")
+                except CodeError:
+                    return fail("invalid_pin")
+            if parsed.auth is AuthMethod.KEY and admission_key is None:
+                return fail("admission_key_required")
+            plan = GuestPlan(parsed.kind, parsed.auth, Topic.from_secret(parsed.secret),
+                             invitation_id=parsed.invitation_id, target=parsed.target,
+                             host_device=parsed.host_device_key, hints=parsed.hints,
+                             password=password)
+        if name is None:
+            name = self._identity.name if plan.kind is InvitationKind.SPACE else ""
+        return dataclasses.replace(plan, admission_key=admission_key, name=name)
+
+    async def accept(self, code: str, *, pin: str | None = None, name: str | None = None,
+                     admission_key: Signer | None = None) -> AsyncIterator[AcceptEvent]:
+        """Accept *code* as the guest; yield an :class:`AcceptEvent` per state.
+
+        The last event is final (``event.final``): SUCCESS with the result, or
+        a failure with a reason (``wrong_pin`` with ``attempts_left``, the
+        uniform refusal, ``expired``, ``host unreachable ...``). A retry after a
+        lost connection resumes where the host got to.
+        """
+        plan = self._plan(code, pin, name, admission_key)
+        if isinstance(plan, AcceptEvent):
+            yield plan
+            return
+        nursery = self._nursery
+        if nursery is None:
+            raise LocalProtocolError("the invitation manager is not running (use async with)")
+        send, recv = trio.open_memory_channel[AcceptEvent](math.inf)
+        scope = trio.CancelScope()
+        token = id(scope)
+        key: bytes | str = plan.invitation_id or plan.topic.txt_value
+        self._accepting[token] = (key, scope)
+
+        async def produce() -> None:
+            async with send:
+                last: AcceptEvent | None = None
+                with scope:
+                    async for ev in run_guest(plan, self._identity, self._spaces,
+                                              self._network, mdns=self._mdns,
+                                              step_timeout=self._step_timeout,
+                                              connect_timeout=self._connect_timeout):
+                        last = ev
+                        send.send_nowait(ev)
+                if scope.cancelled_caught and (last is None or not last.final):
+                    send.send_nowait(AcceptEvent(State.CANCELLED, reason="cancelled"))
+
+        nursery.start_soon(produce)
+        try:
+            async with recv:
+                async for ev in recv:
+                    yield ev
+        finally:
+            scope.cancel()
+            self._accepting.pop(token, None)
+
+    def cancel(self, invitation_id: bytes | None = None) -> int:
+        """Cancel accepts in progress (of *invitation_id*, or all) and, as host, the
+        handshakes in progress for *invitation_id* (without revoking it).
+
+        Returns how many were cancelled.
+        """
+        n = 0
+        for key, scope in list(self._accepting.values()):
+            if invitation_id is None or key == invitation_id:
+                scope.cancel()
+                n += 1
+        if invitation_id is not None:
+            for scope in list(self._ctx.active.get(invitation_id, ())):
+                scope.cancel()
+                n += 1
+        return n

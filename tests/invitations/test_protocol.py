@@ -1,0 +1,611 @@
+"""The sans-IO invitation machines, driven synchronously against each other.
+
+No sockets and no trio: a :class:`Run` plays both drivers with recording
+dummies (the "store" and the "log" are lists), and the tests assert the exact
+sequence of events and side effects.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2pinvite.errors import (
+    UNIFORM_REFUSAL,
+    DecodeError,
+    HandshakeError,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from p2pinvite.halo.keys import DeviceKeys, SigningKey
+from p2pinvite.invitations import protocol as p
+from p2pinvite.invitations.protocol import (
+    AdmissionReceived,
+    AdmissionRequested,
+    AdmitMsg,
+    AdmittedMsg,
+    AttemptMade,
+    AuthFailed,
+    AuthSucceeded,
+    ChallengeMsg,
+    ConfirmMsg,
+    GuestProtocol,
+    GuestRequest,
+    HostChallenged,
+    HostInfo,
+    HostProtocol,
+    InvitationRequested,
+    KeyProofMsg,
+    PakeMsg,
+    ProtocolViolation,
+    Refused,
+    RefusedMsg,
+    RequestMsg,
+    SendMessage,
+    Session,
+    State,
+    decode_message,
+    encode_message,
+)
+
+PIN = b"493817"
+INV = bytes(range(16))
+
+
+HOST_KEYS = DeviceKeys.generate()
+GUEST_KEYS = DeviceKeys.generate()
+HOST_IDENTITY = SigningKey.generate().public_key
+HOST_INFO = HostInfo(HOST_IDENTITY, HOST_KEYS.device_public, (b"chain-credential",))
+
+
+def sessions(hh: bytes | None = None, host: DeviceKeys = HOST_KEYS,
+             guest: DeviceKeys = GUEST_KEYS) -> tuple[Session, Session]:
+    """The (guest, host) view of one Noise session."""
+    hh = hh or os.urandom(64)
+    g = Session(hh, guest.static_public, host.static_public, host.binding_proof())
+    h = Session(hh, host.static_public, guest.static_public, guest.binding_proof())
+    return g, h
+
+
+def sends(events: list[p.Event]) -> list[bytes]:
+    return [e.data for e in events if isinstance(e, SendMessage)]
+
+
+def kinds(events: list[p.Event]) -> list[str]:
+    """Event names, with the type of each sent message: a readable exact trace."""
+    return [f"Send({e.message.T})" if isinstance(e, SendMessage) else type(e).__name__
+            for e in events]
+
+
+def one(events: list[p.Event]) -> bytes:
+    (data,) = sends(events)
+    return data
+
+
+class Run:
+    """Both drivers, with a recording store (attempt counter) and log."""
+
+    def __init__(self, *, method: p.Method = "pin", kind: p.Kind = "device",
+                 guest_password: bytes | None = PIN, host_password: bytes | None = PIN,
+                 max_attempts: int = 3, failed: int = 0) -> None:
+        self.admission = SigningKey.generate()
+        identity = SigningKey.generate().public_key if kind == "space" else None
+        self.request = GuestRequest(
+            kind=kind, method=method, device=GUEST_KEYS.device_public, invitation_id=INV,
+            host_device=HOST_KEYS.device_public,
+            password=guest_password if method in ("pin", "short") else None,
+            admission_key=self.admission if method == "key" else None,
+            identity=identity, chain=(b"guest-chain",) if identity else (), name="Bob")
+        self.guest = GuestProtocol(self.request)
+        self.host = HostProtocol()
+        self.method = method
+        self.host_password = host_password
+        self.max_attempts = max_attempts
+        self.failed = failed
+        self.effects: list[str] = []
+        self.trace: list[tuple[str, list[str]]] = []
+        self.gs, self.hs = sessions()
+
+    def g(self, events: list[p.Event]) -> list[p.Event]:
+        self.trace.append(("guest", kinds(events)))
+        return events
+
+    def h(self, events: list[p.Event]) -> list[p.Event]:
+        self.trace.append(("host", kinds(events)))
+        return events
+
+    def run(self) -> None:
+        """Play the whole handshake, answering every decision like a real driver."""
+        self.g(self.guest.connecting())
+        request = one(self.g(self.guest.connected(self.gs)))
+        self.h(self.host.connected(self.hs))
+        ev = self.h(self.host.receive_message(request))
+        assert ev == [InvitationRequested(INV, self.request.kind)]
+        self.effects.append("store.lookup")
+        out = self.h(self.host.offer(self.method, HOST_INFO, password=self.host_password,
+                                     admission_key=self.admission.public_key))
+        ev = self.g(self.guest.receive_message(one(out)))
+        assert ev == [HostChallenged(self.method, HOST_INFO)]
+        self.effects.append("guest.verify_chain")
+        to_host = sends(self.g(self.guest.host_verified()))
+        pending = list(to_host)
+        while pending and self.host.state not in p.FINAL_STATES:
+            data = pending.pop(0)
+            for e in self.h(self.host.receive_message(data)):
+                pending.extend(self._host_event(e))
+            if self.guest.state in p.FINAL_STATES:
+                break
+
+    def _host_event(self, e: p.Event) -> list[bytes]:
+        if isinstance(e, SendMessage):
+            return self._to_guest(e.data)
+        if isinstance(e, AttemptMade):
+            self.failed += 1
+            self.effects.append(f"store.begin_attempt -> failed={self.failed}")
+            out = self.h(self.host.check_attempt(self.max_attempts - self.failed))
+            result: list[bytes] = []
+            for x in out:
+                if isinstance(x, AuthSucceeded):
+                    self.failed -= 1
+                    self.effects.append("store.attempt_succeeded")
+                elif isinstance(x, AuthFailed):
+                    self.effects.append(f"attempt failed, {x.attempts_left} left")
+                else:
+                    result += self._host_event(x)
+            return result
+        if isinstance(e, AdmissionRequested):
+            self.effects += ["store.reserve_use", "log.append+fsync", "store.commit_use"]
+            out = self.h(self.host.admit(b"credential", [b"genesis", b"credential"]))
+            return self._to_guest(one(out))
+        raise AssertionError(e)
+
+    def _to_guest(self, data: bytes) -> list[bytes]:
+        out: list[bytes] = []
+        for e in self.g(self.guest.receive_message(data)):
+            if isinstance(e, SendMessage):
+                out.append(e.data)
+            elif isinstance(e, AdmissionReceived):
+                self.effects.append("guest.import_log")
+                self.g(self.guest.admission_verified())
+            elif isinstance(e, Refused):
+                self.effects.append(f"guest refused: {e.reason} {e.attempts_left}")
+        return out
+
+
+def test_pin_run_exact_trace() -> None:
+    r = Run(method="pin")
+    r.run()
+    assert r.trace == [
+        ("guest", []),
+        ("guest", ["Send(request)"]),
+        ("host", []),
+        ("host", ["InvitationRequested"]),
+        ("host", ["Send(challenge)"]),
+        ("guest", ["HostChallenged"]),
+        ("guest", ["Send(pake)"]),
+        ("host", ["Send(pake)"]),
+        ("guest", ["Send(confirm)"]),
+        ("host", ["AttemptMade"]),
+        ("host", ["AuthSucceeded", "Send(confirm)"]),
+        ("guest", ["Authenticated", "Send(admit)"]),
+        ("host", ["AdmissionRequested"]),
+        ("host", ["Send(admitted)"]),
+        ("guest", ["AdmissionReceived"]),
+        ("guest", []),
+    ]
+    assert r.effects == [
+        "store.lookup", "guest.verify_chain", "store.begin_attempt -> failed=1",
+        "store.attempt_succeeded", "store.reserve_use", "log.append+fsync", "store.commit_use",
+        "guest.import_log",
+    ]
+    assert r.host.state is State.SUCCESS
+    assert r.guest.state is State.SUCCESS
+    assert r.failed == 0
+    assert r.host.peer_device == GUEST_KEYS.device_public
+    assert r.guest.peer_device == HOST_KEYS.device_public
+
+
+def test_short_method_uses_pake_too() -> None:
+    r = Run(method="short", guest_password=b"90125", host_password=b"90125")
+    r.run()
+    assert r.guest.state is State.SUCCESS
+    assert ("guest", ["Authenticated", "Send(admit)"]) in r.trace
+
+
+def test_none_run_exact_trace() -> None:
+    r = Run(method="none")
+    r.run()
+    assert r.trace[5:] == [
+        ("guest", ["HostChallenged"]),
+        ("guest", ["Send(admit)"]),
+        ("host", ["AdmissionRequested"]),
+        ("host", ["Send(admitted)"]),
+        ("guest", ["AdmissionReceived"]),
+        ("guest", []),
+    ]
+    assert "store.begin_attempt -> failed=1" not in r.effects
+    assert r.host.state is r.guest.state is State.SUCCESS
+
+
+def test_key_run_pipelines_proof_and_admit() -> None:
+    r = Run(method="key", kind="space")
+    r.run()
+    assert r.trace[5:] == [
+        ("guest", ["HostChallenged"]),
+        ("guest", ["Send(key_proof)", "Send(admit)"]),
+        ("host", ["AttemptMade"]),
+        ("host", ["AuthSucceeded"]),
+        ("host", ["AdmissionRequested"]),
+        ("host", ["Send(admitted)"]),
+        ("guest", ["AdmissionReceived"]),
+        ("guest", []),
+    ]
+    assert r.effects[2:4] == ["store.begin_attempt -> failed=1", "store.attempt_succeeded"]
+    assert r.host.state is r.guest.state is State.SUCCESS
+
+
+def test_space_admission_carries_identity_and_chain() -> None:
+    r = Run(method="none", kind="space")
+    r.g(r.guest.connecting())
+    r.host.connected(r.hs)
+    r.host.receive_message(one(r.guest.connected(r.gs)))
+    r.guest.receive_message(one(r.host.offer("none", HOST_INFO)))
+    admit = one(r.guest.host_verified())
+    ev = r.host.receive_message(admit)
+    assert ev == [AdmissionRequested(GUEST_KEYS.device_public, r.request.identity,
+                                     (b"guest-chain",), "Bob")]
+
+
+def test_wrong_key_is_a_counted_failed_attempt() -> None:
+    r = Run(method="key")
+    r.request = GuestRequest(**{**{f: getattr(r.request, f) for f in r.request.__slots__},
+                                "admission_key": SigningKey.generate()})
+    r.guest = GuestProtocol(r.request)
+    r.run()
+    assert "store.begin_attempt -> failed=1" in r.effects
+    assert "attempt failed, 2 left" in r.effects
+    assert "guest refused: wrong_key 2" in r.effects
+    assert r.host.state is State.ERROR
+    assert r.guest.state is State.ERROR
+    assert r.failed == 1
+
+
+def test_wrong_pin_exact_trace_and_attempts() -> None:
+    r = Run(guest_password=b"000000")
+    r.run()
+    assert r.trace[9:] == [
+        ("host", ["AttemptMade"]),
+        ("host", ["AuthFailed", "Send(refused)"]),
+        ("guest", ["Refused"]),
+    ]
+    assert r.effects[-2:] == ["attempt failed, 2 left", "guest refused: wrong_pin 2"]
+    assert r.failed == 1
+    assert r.host.state is State.ERROR
+    assert r.host.reason == "wrong_pin"
+    assert r.guest.state is State.ERROR
+    assert r.guest.refused == Refused("wrong_pin", 2)
+
+
+def test_last_wrong_pin_locks_both_sides() -> None:
+    r = Run(guest_password=b"000000", failed=2)
+    r.run()
+    assert r.host.state is State.LOCKED
+    assert r.guest.state is State.LOCKED
+    assert r.guest.refused == Refused("wrong_pin", 0)
+
+
+def test_host_refusal_is_uniform_on_the_wire_but_precise_locally() -> None:
+    for reason, state in [("expired", State.EXPIRED), ("revoked", State.REVOKED),
+                          ("locked", State.LOCKED), ("unknown", State.ERROR),
+                          ("kind mismatch", State.ERROR)]:
+        gs, hs = sessions()
+        guest = GuestProtocol(Run().request)
+        host = HostProtocol()
+        host.connected(hs)
+        host.receive_message(one(guest.connected(gs)))
+        out = host.refuse(reason)
+        assert host.state is state
+        assert host.reason == reason
+        assert decode_message(one(out)) == RefusedMsg(UNIFORM_REFUSAL)
+        assert guest.receive_message(one(out)) == [Refused(UNIFORM_REFUSAL)]
+        assert guest.state is State.ERROR
+
+
+def test_already_member_is_shared() -> None:
+    r = Run(method="none")
+    r.host.connected(r.hs)
+    r.host.receive_message(one(r.guest.connected(r.gs)))
+    r.guest.receive_message(one(r.host.offer("none", HOST_INFO)))
+    r.host.receive_message(one(r.guest.host_verified()))
+    out = r.host.refuse(p.REASON_ALREADY_MEMBER)
+    assert r.guest.receive_message(one(out)) == [Refused("already_member")]
+
+
+def test_man_in_the_middle_relaying_cpace_admits_no_one() -> None:
+    """Two Noise sessions (different handshake hashes): relayed CPace fails, PIN unseen."""
+    mitm = DeviceKeys.generate()
+    guest_side, _ = sessions(host=mitm)          # guest <-> mitm (posing as the host)
+    _, host_side = sessions(guest=mitm)          # mitm <-> host (posing as a guest)
+    req = Run().request
+    guest = GuestProtocol(GuestRequest(**{**{f: getattr(req, f) for f in req.__slots__},
+                                          "host_device": None}))
+    host = HostProtocol()
+    seen: list[bytes] = []
+
+    def relay(data: bytes) -> bytes:
+        seen.append(data)
+        return data
+
+    host.connected(host_side)
+    host.receive_message(relay(one(guest.connected(guest_side))))
+    challenge = relay(one(host.offer("pin", HOST_INFO, password=PIN)))
+    with pytest.raises(HandshakeError):
+        # The guest refuses the real challenge: its device is not the MITM's...
+        guest.receive_message(challenge)
+    # ...so replay the whole thing with the MITM forging its own challenge.
+    guest = GuestProtocol(GuestRequest(**{**{f: getattr(req, f) for f in req.__slots__},
+                                          "host_device": None}))
+    host = HostProtocol()
+    host.connected(host_side)
+    host.receive_message(relay(one(guest.connected(guest_side))))
+    host.offer("pin", HOST_INFO, password=PIN)
+    forged = HostInfo(HOST_IDENTITY, mitm.device_public, ())
+    guest.receive_message(relay(encode_message(ChallengeMsg("pin", forged))))
+    pake_a = one(guest.host_verified())
+    pake_b = one(host.receive_message(relay(pake_a)))
+    confirm = one(guest.receive_message(relay(pake_b)))
+    assert host.receive_message(relay(confirm)) == [AttemptMade("pin")]
+    out = host.check_attempt(2)
+    assert kinds(out) == ["AuthFailed", "Send(refused)"]
+    assert host.state is State.ERROR
+    assert guest.state is State.AUTHENTICATING
+    assert all(PIN not in data for data in seen)
+
+
+def test_first_challenge_from_the_wrong_device_is_refused() -> None:
+    mitm = DeviceKeys.generate()
+    gs, _ = sessions(host=mitm)
+    guest = GuestProtocol(Run().request)
+    with pytest.raises(HandshakeError, match="not the device the code names"):
+        guest.connected(gs)
+    assert guest.state is State.ERROR
+
+
+def test_challenge_device_must_match_handshake() -> None:
+    req = Run().request
+    guest = GuestProtocol(req)
+    gs, _ = sessions()
+    guest.connected(gs)
+    other = HostInfo(HOST_IDENTITY, DeviceKeys.generate().device_public, ())
+    with pytest.raises(HandshakeError):
+        guest.receive_message(encode_message(ChallengeMsg("pin", other)))
+    assert guest.state is State.ERROR
+
+
+def test_method_downgrade_is_refused() -> None:
+    guest = GuestProtocol(Run(method="pin").request)
+    gs, _ = sessions()
+    guest.connected(gs)
+    with pytest.raises(ProtocolViolation, match="another method"):
+        guest.receive_message(encode_message(ChallengeMsg("none", HOST_INFO)))
+    assert guest.state is State.ERROR
+
+
+def test_binding_proof_must_match_static_key() -> None:
+    hh = os.urandom(64)
+    bad = Session(hh, HOST_KEYS.static_public, DeviceKeys.generate().static_public,
+                  GUEST_KEYS.binding_proof())
+    host = HostProtocol()
+    with pytest.raises(HandshakeError):
+        host.connected(bad)
+    assert host.state is State.ERROR
+
+
+def test_admit_for_another_device_is_a_violation() -> None:
+    r = Run(method="none")
+    r.host.connected(r.hs)
+    r.host.receive_message(one(r.guest.connected(r.gs)))
+    r.host.offer("none", HOST_INFO)
+    forged = encode_message(AdmitMsg(DeviceKeys.generate().device_public, None, (), "x"))
+    with pytest.raises(ProtocolViolation) as info:
+        r.host.receive_message(forged)
+    assert info.value.refusal == UNIFORM_REFUSAL
+    assert r.host.state is State.ERROR
+    assert decode_message(one(r.host.refusal_for(info.value))) == RefusedMsg(UNIFORM_REFUSAL)
+
+
+def test_admit_kind_shape_is_enforced() -> None:
+    r = Run(method="none", kind="device")
+    r.host.connected(r.hs)
+    r.host.receive_message(one(r.guest.connected(r.gs)))
+    r.host.offer("none", HOST_INFO)
+    with pytest.raises(ProtocolViolation):
+        r.host.receive_message(encode_message(
+            AdmitMsg(GUEST_KEYS.device_public, os.urandom(32), (), "x")))
+
+
+def test_messages_out_of_order_are_remote_violations() -> None:
+    r = Run()
+    r.host.connected(r.hs)
+    with pytest.raises(ProtocolViolation, match="unexpected 'confirm'"):
+        r.host.receive_message(encode_message(ConfirmMsg(bytes(64))))
+    assert r.host.state is State.ERROR
+    with pytest.raises(LocalProtocolError):
+        r.host.receive_message(b"")  # nothing is read after the end
+
+
+def test_pake_before_offer_and_double_request_are_violations() -> None:
+    r = Run()
+    r.host.connected(r.hs)
+    req = one(r.guest.connected(r.gs))
+    r.host.receive_message(req)
+    with pytest.raises(ProtocolViolation):
+        r.host.receive_message(req)
+
+
+def test_unsupported_version_is_refused() -> None:
+    host = HostProtocol()
+    _, hs = sessions()
+    host.connected(hs)
+    with pytest.raises(ProtocolViolation, match="version"):
+        host.receive_message(encode_message(RequestMsg(INV, "device", version=2)))
+
+
+def test_invalid_pake_share_is_a_violation() -> None:
+    r = Run()
+    r.host.connected(r.hs)
+    r.host.receive_message(one(r.guest.connected(r.gs)))
+    r.host.offer("pin", HOST_INFO, password=PIN)
+    low_order = bytes(32)
+    from p2pinvite.crypto.cpace import lv_cat
+    with pytest.raises(ProtocolViolation):
+        r.host.receive_message(encode_message(PakeMsg(lv_cat(low_order, b""))))
+    assert r.host.state is State.ERROR
+
+
+def test_guest_rejects_a_wrong_host_confirmation() -> None:
+    r = Run()
+    r.host.connected(r.hs)
+    r.host.receive_message(one(r.guest.connected(r.gs)))
+    r.guest.receive_message(one(r.host.offer("pin", HOST_INFO, password=PIN)))
+    pake_b = one(r.host.receive_message(one(r.guest.host_verified())))
+    r.guest.receive_message(pake_b)
+    with pytest.raises(HandshakeError, match="could not confirm"):
+        r.guest.receive_message(encode_message(ConfirmMsg(bytes(64))))
+    assert r.guest.state is State.ERROR
+
+
+def test_local_misuse_leaves_state_unchanged() -> None:
+    r = Run()
+    with pytest.raises(LocalProtocolError):
+        r.host.check_attempt(3)
+    assert r.host.state is State.INIT
+    r.host.connected(r.hs)
+    with pytest.raises(LocalProtocolError):
+        r.host.offer("pin", HOST_INFO, password=PIN)
+    with pytest.raises(LocalProtocolError):
+        r.host.admit(b"c", [])
+    assert r.host.state is State.CONNECTED
+    r.host.receive_message(one(r.guest.connected(r.gs)))
+    with pytest.raises(LocalProtocolError, match="needs a password"):
+        r.host.offer("pin", HOST_INFO)
+    with pytest.raises(LocalProtocolError):
+        r.guest.admission_verified()
+    assert r.host.state is State.READY_FOR_AUTHENTICATION
+
+
+def test_cancel_timeout_and_lost() -> None:
+    r = Run()
+    r.host.connected(r.hs)
+    assert decode_message(one(r.host.cancel())) == RefusedMsg(UNIFORM_REFUSAL)
+    assert r.host.state is State.CANCELLED
+    with pytest.raises(LocalProtocolError):
+        r.host.timed_out()
+    g = GuestProtocol(Run().request)
+    g.connecting()
+    assert g.timed_out() == []
+    assert g.state is State.TIMEOUT
+    g2 = GuestProtocol(Run().request)
+    assert g2.connection_lost() == []
+    assert g2.state is State.ERROR
+    g3 = GuestProtocol(Run().request)
+    g3.cancel()
+    assert g3.state is State.CANCELLED
+
+
+def test_final_states_forget_the_cpace_run() -> None:
+    r = Run(guest_password=b"111111")
+    r.run()
+    assert r.host._cpace is None
+    assert r.guest.state is State.ERROR
+    assert r.guest._cpace is None
+
+
+def test_secrets_never_in_reprs() -> None:
+    r = Run()
+    r.run()
+    texts = [repr(r.request), repr(r.guest), repr(r.host)]
+    texts += [repr(x) for x in [PakeMsg(b"m" * 33), ConfirmMsg(b"t" * 64)]]
+    assert all("493817" not in t for t in texts)
+    assert "password" not in repr(r.request)
+
+
+def test_every_step_is_reachable_and_public() -> None:
+    steps = set(p._Step)
+    assert steps == set(p._PUBLIC)
+    for table in (p._HOST_TRANSITIONS, p._GUEST_TRANSITIONS):
+        targets = {s for row in table.values() for s in row.values()} | {p._Step.INIT}
+        assert set(table) <= targets
+        assert not set(table) & p._FINAL_STEPS
+
+
+# -- decoding --------------------------------------------------------------
+
+ALL_MESSAGES: list[p.Message] = [
+    RequestMsg(INV, "device"), RequestMsg(None, "space"),
+    ChallengeMsg("key", HOST_INFO), PakeMsg(b"x" * 33), ConfirmMsg(b"t" * 64),
+    KeyProofMsg(b"k" * 32, b"s" * 64), AdmitMsg(b"d" * 32, None, (), "n"),
+    AdmitMsg(b"d" * 32, b"i" * 32, (b"c",), "n"), AdmittedMsg(b"c", (b"e1", b"e2")),
+    RefusedMsg("wrong_pin", 2), RefusedMsg(UNIFORM_REFUSAL),
+]
+
+
+@pytest.mark.parametrize("msg", ALL_MESSAGES, ids=lambda m: m.T)
+def test_messages_round_trip(msg: p.Message) -> None:
+    assert decode_message(encode_message(msg)) == msg
+
+
+@pytest.mark.parametrize("msg", ALL_MESSAGES, ids=lambda m: m.T)
+def test_unknown_fields_and_missing_fields_are_refused(msg: p.Message) -> None:
+    from p2pinvite.wire import pack
+    m = msg.to_map()
+    with pytest.raises(DecodeError, match="unexpected"):
+        decode_message(pack({**m, "zz": 1}))
+    field_name = next(k for k in m if k != "t")
+    del m[field_name]
+    with pytest.raises(DecodeError):
+        decode_message(pack(m))
+
+
+@pytest.mark.parametrize("bad", [
+    {"t": "request", "v": 1, "kind": "person"},
+    {"t": "request", "v": 1, "kind": "device", "invitation": b"short"},
+    {"t": "request", "v": True, "kind": "device"},
+    {"t": "challenge", "method": "magic", "host": HOST_INFO.to_map()},
+    {"t": "challenge", "method": "pin", "host": {**HOST_INFO.to_map(), "chain": ["str"]}},
+    {"t": "challenge", "method": "pin", "host": {**HOST_INFO.to_map(),
+                                                 "chain": [b"c"] * 17}},
+    {"t": "confirm", "tag": b"short"},
+    {"t": "admit", "device": b"d" * 32, "profile": {"name": "x" * 129}},
+    {"t": "admit", "device": b"d" * 32, "profile": {"name": "x"}, "identity": b"i" * 32},
+    {"t": "refused", "reason": "x" * 65},
+    {"t": "refused", "reason": "r", "attempts_left": -1},
+    {"t": "nope"},
+    {"type": "request"},
+])
+def test_malformed_messages_raise_decode_error(bad: dict[str, object]) -> None:
+    from p2pinvite.wire import pack
+    with pytest.raises(DecodeError):
+        decode_message(pack(bad))
+
+
+def test_non_map_and_garbage() -> None:
+    from p2pinvite.wire import pack
+    with pytest.raises(DecodeError):
+        decode_message(pack([1, 2]))
+    with pytest.raises(DecodeError):
+        decode_message(b"\xc1")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200))
+def test_fuzzed_input_only_raises_remote_errors(data: bytes) -> None:
+    r = Run()
+    r.host.connected(r.hs)
+    try:
+        r.host.receive_message(data)
+    except RemoteProtocolError:
+        assert r.host.state is State.ERROR
