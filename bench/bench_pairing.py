@@ -10,10 +10,12 @@ temporary directory, real fsyncs):
   space and a single-use PIN space invitation (not timed), so every sample
   is the same work (a 3-entry log); the clock starts when the guest calls
   ``InvitationManager.accept`` (its first step is the TCP connect) and stops
-  when the accept yields SUCCESS, i.e. after the host counted and took back
-  the attempt (two record writes), appended and fsynced the SpaceMember
-  credential, committed the use (a record write), and the guest verified
-  every log entry and installed the space log (fsync, rename, checkpoint).
+  when the accept yields SUCCESS, i.e. after the host counted the attempt
+  (a record write), appended and fsynced the SpaceMember credential,
+  committed the use and took the attempt back (one record write), and the
+  guest verified every log entry and installed the space log in place
+  (log file fsync + link + directory fsync, the log's checkpoint, and an
+  fsync of the spaces directory for the new space directory).
   Samples run one after the other; 3 warm-up samples are not counted.
 * **throughput**: a fresh host and G guests (default 200), one multi-use
   PIN device invitation; all G accepts start at once and the rate is G /

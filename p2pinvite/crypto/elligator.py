@@ -84,14 +84,58 @@ def _sgn0(x: int) -> int:
     return (x % P) & 1
 
 
+# Constants of RFC 9380 appendix G.2.1 (public values, computed once).
+_C1: Final = (P + 3) // 8
+_C2: Final = pow(2, _C1, P)
+_C4: Final = (P - 5) // 8
+
+
 def map_to_curve_elligator2(u: int) -> tuple[int, int]:
     """Map field element *u* to a point ``(s, t)`` on Curve25519 (RFC 9380 6.7.1).
 
-    Curve25519 is ``K*t^2 = s^3 + J*s^2 + s`` with J = A, K = 1, so the
-    generic steps simplify; they are kept in the RFC's order so the code can
-    be read against the text. The result is always on the curve (never on the
-    twist); CPace keeps only ``s``, the u-coordinate.
+    Computed with the straight-line method of RFC 9380 appendix G.2.1: one
+    exponentiation yields both the square test of g(x1) and the square root,
+    and one more turns the projective ``x = xn / xd`` into the affine
+    u-coordinate. The direct transcription of section 6.7.1 needs three
+    (``inv0``, ``is_square``, ``sqrt``); :func:`_map_to_curve_elligator2_reference`
+    keeps it, and the tests check both agree. The inversion is a Fermat
+    power (fixed public exponent) rather than ``pow(x, -1, P)``, whose
+    extended-Euclid running time would depend on the secret input more.
+
+    The result is always on the curve (never on the twist); CPace keeps only
+    ``s``, the u-coordinate.
     """
+    u %= P
+    tv1 = 2 * u * u % P                 # Z * u^2
+    xd = (tv1 + 1) % P                  # nonzero: -1/Z is not a square mod P
+    x1n = -A % P                        # x1 = x1n / xd
+    tv2 = xd * xd % P
+    gxd = tv2 * xd % P                  # xd^3
+    gx1 = (A * tv1 % P) * x1n % P
+    gx1 = (gx1 + tv2) * x1n % P         # x1n^3 + A x1n^2 xd + x1n xd^2
+    tv3 = gxd * gxd % P
+    tv2 = tv3 * tv3 % P                 # gxd^4
+    tv3 = tv3 * gxd % P * gx1 % P       # gx1 gxd^3
+    tv2 = tv2 * tv3 % P                 # gx1 gxd^7
+    y11 = pow(tv2, _C4, P) * tv3 % P    # candidate sqrt(gx1 / gxd)
+    y12 = y11 * _SQRT_M1 % P
+    e1 = y11 * y11 % P * gxd % P == gx1
+    y1 = y11 if e1 else y12
+    x2n = x1n * tv1 % P                 # x2 = x2n / xd
+    y21 = y11 * u % P * _C2 % P
+    y22 = y21 * _SQRT_M1 % P
+    gx2 = gx1 * tv1 % P
+    e2 = y21 * y21 % P * gxd % P == gx2
+    y2 = y21 if e2 else y22
+    e3 = y1 * y1 % P * gxd % P == gx1   # g(x1) is square: x = x1
+    xn, y = (x1n, y1) if e3 else (x2n, y2)
+    if e3 != (_sgn0(y) == 1):
+        y = -y % P
+    return xn * pow(xd, P - 2, P) % P, y
+
+
+def _map_to_curve_elligator2_reference(u: int) -> tuple[int, int]:
+    """RFC 9380 6.7.1 transcribed step by step (three exponentiations); for tests."""
     u %= P
     x1 = (-A * _inv0(1 + Z * u * u)) % P
     if x1 == 0:  # cannot happen for Curve25519 (-1/Z is not a square); kept per RFC

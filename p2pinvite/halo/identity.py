@@ -12,18 +12,16 @@ A device has at most one identity. It gets one by creating it
 genesis and this device's ``AuthorizedDevice``, then is dropped) or by being
 admitted through a device invitation (:meth:`join_identity_from_entries`).
 
-New logs appear atomically: they are built in a hidden temporary directory,
-checked, closed, and the directory is renamed into place
-(:func:`install_log`). A crash leaves either no identity or a complete one,
-and the leftover temporary directory is removed on the next open.
+New logs appear atomically (:func:`install_log`): every entry is verified
+and the result accepted *before* the log file is written, and the file then
+appears whole (temporary file, fsync, link, directory fsync). A crash leaves
+either no identity or a complete one. Hidden temporary directories that
+earlier versions built logs in are removed on open.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import os
-import secrets
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,7 +36,7 @@ from .credentials import (
     issue_identity_genesis,
 )
 from .keys import DeviceKeys, SigningKey, load_or_create_device_keys
-from .log import GENESIS_PREV_HASH, SpaceLog, encode_entry, entry_hash
+from .log import GENESIS_PREV_HASH, InvalidEntries, SpaceLog, encode_entry, entry_hash
 from .state import LogKind, MembershipState
 
 __all__ = [
@@ -93,7 +91,7 @@ def _remove_tree(path: Path) -> None:
 
 
 def remove_stale_installs(parent: Path) -> None:
-    """Remove temporary directories an interrupted :func:`install_log` left in *parent*."""
+    """Remove temporary install directories an interrupted older version left in *parent*."""
     if not parent.is_dir():
         return
     for p in parent.iterdir():
@@ -101,50 +99,95 @@ def remove_stale_installs(parent: Path) -> None:
             _remove_tree(p)
 
 
+class _AcceptOnLast:
+    """The validator of an import: a :class:`MembershipState` that, once the last
+    entry is applied, asks *accept* whether the resulting state may be installed.
+
+    :meth:`SpaceLog.import_entries` checks and applies every entry *before* it
+    writes anything, so a log that *accept* refuses is never written: no
+    second verification pass and no temporary directory are needed.
+    """
+
+    __slots__ = ("_accept", "_applied", "_total", "refused", "state")
+
+    def __init__(self, state: MembershipState, total: int,
+                 accept: Callable[[MembershipState], None]) -> None:
+        self.state = state
+        self._total = total
+        self._accept = accept
+        self._applied = 0
+        self.refused: CredentialError | None = None
+
+    def check(self, credential: bytes, *, verify_signatures: bool) -> object:
+        """Delegate to the state."""
+        return self.state.check(credential, verify_signatures=verify_signatures)
+
+    def apply(self, checked: object) -> None:
+        """Delegate to the state; after the last imported entry, run *accept*."""
+        self.state.apply(checked)
+        self._applied += 1
+        if self._applied == self._total:
+            try:
+                self._accept(self.state)
+            except CredentialError as exc:
+                self.refused = exc
+                raise
+
+    def snapshot(self) -> bytes:
+        """Delegate to the state."""
+        return self.state.snapshot()
+
+    def restore(self, data: bytes) -> None:
+        """Delegate to the state."""
+        self.state.restore(data)
+
+
 def install_log(
     parent: Path,
+    directory: str,
     log_name: str,
     entries: Sequence[bytes],
-    new_state: Callable[[], MembershipState],
+    state: MembershipState,
     *,
-    final_name: Callable[[MembershipState], str],
     accept: Callable[[MembershipState], None] = lambda state: None,
-) -> tuple[Path, SpaceLog, MembershipState]:
-    """Verify *entries* into a new log and move it into place atomically.
+) -> tuple[Path, SpaceLog]:
+    """Verify *entries* into the new log ``parent/directory/log_name``, atomically.
 
-    The log is imported (every signature and rule checked) into a hidden
-    temporary directory of *parent*; *accept* may refuse the resulting state
-    by raising; the directory is then renamed to ``final_name(state)`` and the
-    log reopened there. Raises :class:`FileExistsError` if that name exists.
-    Returns the final directory, the open log and its state.
+    Every entry is checked (signatures, rules) into the fresh *state*, then
+    *accept* may refuse the final state by raising ``CredentialError``; only
+    then is the file written, appearing whole or not at all
+    (:meth:`SpaceLog.import_entries`: temporary file, fsync, link, directory
+    fsync). A directory created here is made durable in *parent* too. A crash
+    can leave at most an empty directory, which holds no log and is reused.
+    Raises :class:`FileExistsError` if the log exists, ``InvalidEntries`` for
+    entries that do not verify (or an empty list), and *accept*'s error.
+    Returns the directory and the open log (its validator wraps *state*).
     """
+    if not entries:
+        raise InvalidEntries("an imported log cannot be empty", index=0)
     ensure_private_dir(parent)
-    tmp = parent / f".install-{secrets.token_hex(8)}{_TMP_SUFFIX}"
+    final = parent / directory
+    path = final / log_name
+    if path.exists():
+        raise FileExistsError(path)
+    created = not final.exists()
+    ensure_private_dir(final)
+    guard = _AcceptOnLast(state, len(entries), accept)
     try:
-        ensure_private_dir(tmp)
-        state = new_state()
-        log = SpaceLog.import_entries(tmp / log_name, entries, state)
-        try:
-            accept(state)
-        finally:
-            log.close()
-        final = parent / final_name(state)
-        if final.exists():
-            raise FileExistsError(final)
-        try:
-            os.rename(tmp, final)
-        except OSError as exc:
-            # rename(2) onto a non-empty directory fails with ENOTEMPTY (or
-            # EEXIST): someone installed the same log meanwhile.
-            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                raise FileExistsError(final) from None
-            raise
-    except BaseException:
-        _remove_tree(tmp)
+        log = SpaceLog.import_entries(path, entries, guard)
+    except BaseException as exc:
+        if created:
+            with contextlib.suppress(OSError):
+                final.rmdir()  # only if still empty
+        if isinstance(exc, InvalidEntries) and guard.refused is not None \
+                and exc.__cause__ is guard.refused:
+            raise guard.refused from None
+        if isinstance(exc, StorageError) and path.exists():
+            raise FileExistsError(path) from None  # someone installed it meanwhile
         raise
-    fsync_dir(parent)
-    state = new_state()
-    return final, SpaceLog.open(final / log_name, state), state
+    if created:
+        fsync_dir(parent)
+    return final, log
 
 
 class IdentityService:
@@ -295,11 +338,10 @@ class IdentityService:
                     "the identity log does not authorize this device", rule="device_not_authorized"
                 )
 
+        state = self._new_state(key)
         try:
-            _, log, state = install_log(
-                self._home, IDENTITY_LOG, entries, lambda: self._new_state(key),
-                final_name=lambda _state: IDENTITY_DIR, accept=accept,
-            )
+            _, log = install_log(self._home, IDENTITY_DIR, IDENTITY_LOG, entries, state,
+                                 accept=accept)
         except FileExistsError:
             raise IdentityExists("this device already has an identity") from None
         self._log, self._state = log, state

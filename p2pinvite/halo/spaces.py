@@ -11,7 +11,8 @@ A space is created with a fresh space key that signs the genesis (naming our
 identity as owner) and our OWNER membership, and is then dropped. Everything
 after that is issued by a member identity and signed by one of its devices,
 carrying the device chain. Logs received from a host (a guest joining) are
-verified in full and installed atomically (:func:`~.identity.install_log`).
+verified in full and installed atomically (:func:`~.identity.install_log`),
+directly under their final name.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Final
 
-from ..errors import CredentialError, LocalProtocolError
+from ..errors import CredentialError, DecodeError, LocalProtocolError
 from ..fsutil import ensure_private_dir
 from .credentials import (
+    MalformedCredential,
     Role,
+    decode_credential,
     issue_member_removal,
     issue_space_genesis,
     issue_space_member,
@@ -36,7 +39,7 @@ from .identity import (
     remove_stale_installs,
 )
 from .keys import SigningKey
-from .log import SpaceLog
+from .log import InvalidEntries, SpaceLog, decode_entry
 from .state import LogKind, Member, MembershipState
 
 __all__ = [
@@ -104,6 +107,17 @@ class Space:
         return f"<Space {self.space_id.hex()[:16]} {self.name!r} length={self._log.length}>"
 
 
+def _genesis_key(entries: Sequence[bytes]) -> bytes:
+    """The key a log's genesis claims (decoded, not verified: the import verifies it)."""
+    try:
+        if not entries or not isinstance(entries[0], bytes):
+            raise DecodeError("an imported log cannot be empty")
+        cred = decode_credential(decode_entry(entries[0])[2])
+    except (DecodeError, MalformedCredential) as exc:
+        raise InvalidEntries(f"genesis: {exc}", index=0) from exc
+    return cred.issuer
+
+
 def _profile_name(profile: Mapping[str, str] | str) -> str:
     if isinstance(profile, str):
         return profile
@@ -142,6 +156,12 @@ class SpaceService:
             for p in self._dir.iterdir()
             if _SPACE_DIR_RE.fullmatch(p.name) and (p / SPACE_LOG).exists()
         )
+
+    def has_space(self, space_id: bytes) -> bool:
+        """Whether this device holds space *space_id* (one ``stat``, no directory scan)."""
+        if space_id in self._open:
+            return True
+        return len(space_id) == 32 and (self._dir / space_id.hex() / SPACE_LOG).exists()
 
     def open_space(self, space_id: bytes) -> Space:
         """The open space *space_id* (opened on first use); :class:`UnknownSpace` if absent."""
@@ -197,8 +217,9 @@ class SpaceService:
 
     def _install(self, entries: Sequence[bytes], *, expected: bytes | None) -> bytes:
         me = self._identity.identity_key
-        if expected is not None and expected in self.list_spaces():
-            raise SpaceExists(f"space {expected.hex()} is already on this device")
+        key = expected if expected is not None else _genesis_key(entries)
+        if self.has_space(key):
+            raise SpaceExists(f"space {key.hex()} is already on this device")
 
         def accept(state: MembershipState) -> None:
             if not state.is_member(me):
@@ -206,20 +227,15 @@ class SpaceService:
                     "the space log does not admit our identity", rule="not_admitted"
                 )
 
-        def final_name(state: MembershipState) -> str:
-            assert state.space_key is not None
-            return state.space_key.hex()
-
+        # The state is pinned to `key` (rule wrong_genesis), so the directory
+        # name, chosen before verifying, is the space key of what gets written.
+        state = self._new_state(key)
         try:
-            final, log, state = install_log(
-                self._dir, SPACE_LOG, entries, lambda: self._new_state(expected),
-                final_name=final_name, accept=accept,
-            )
+            _, log = install_log(self._dir, key.hex(), SPACE_LOG, entries, state, accept=accept)
         except FileExistsError:
             raise SpaceExists("that space is already on this device") from None
-        space_id = bytes.fromhex(final.name)
-        self._open[space_id] = Space(space_id, log, state)
-        return space_id
+        self._open[key] = Space(key, log, state)
+        return key
 
     async def admit(
         self,

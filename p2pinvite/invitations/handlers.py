@@ -16,7 +16,9 @@ Host (:func:`serve_guest`), per connection on an invitation's topic:
   invitation only; an unusable one is refused uniformly and the precise
   reason goes to the owner (:class:`InvitationEvent`);
 * an attempt is persisted (``store.begin_attempt``) *before* the proof is
-  checked, and taken back only on success;
+  checked, and taken back only on success -- in memory at once, on disk with
+  the admission's use commit (one record write), or by a flush when the
+  handshake ends without one;
 * admission: reserve a use, issue the credential and append it (fsync),
   commit the use -- under a cancellation shield, so a revoke or a dropped
   connection cannot interrupt it half way; any failure releases the use;
@@ -262,12 +264,30 @@ class _HostDriver:
         self.scope = scope
         self.host = p.HostProtocol()
         self.resume_only = False
+        self.undo_pending = False  # a taken-back attempt not yet on disk
         self.peer: bytes | None = None
 
     def emit(self, type_: str, **kw: object) -> None:
         self.ctx.emit(InvitationEvent(type_, self.inv_id, peer=self.peer, **kw))  # type: ignore[arg-type]
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            if self.undo_pending:
+                await self._flush_undo()
+
+    async def _flush_undo(self) -> None:
+        """Persist a taken-back attempt that no use commit wrote (refusal, drop, resume)."""
+        self.undo_pending = False
+        with trio.CancelScope(shield=True):
+            try:
+                await trio.to_thread.run_sync(self.ctx.store.flush, self.inv_id)
+            except P2PInviteError as exc:  # the disk keeps the safe (higher) count
+                log.warning("invitation %s: could not persist a taken-back attempt: %s",
+                            self.inv_id.hex()[:8], exc)
+
+    async def _run(self) -> None:
         try:
             try:
                 self.host.connected(_session(self.stream, self.ctx.keys.static_public))
@@ -369,8 +389,11 @@ class _HostDriver:
                     return self._refuse(exc.reason)
             events = self.host.check_attempt(left)
             if any(isinstance(e, p.AuthSucceeded) for e in events) and not self.resume_only:
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(ctx.store.attempt_succeeded, self.inv_id)
+                # Taken back in memory now (the budget other guests see), on disk
+                # with the admission's use commit: one record write instead of two.
+                # Until then the disk errs on the safe side (the attempt spent).
+                ctx.store.attempt_succeeded(self.inv_id, durable=False)
+                self.undo_pending = True
         for e in events:
             if isinstance(e, p.AuthFailed):
                 self.emit("locked" if e.attempts_left == 0 else "failed_attempt",
@@ -470,8 +493,10 @@ class _HostDriver:
         try:
             with trio.CancelScope(shield=True):
                 credential = await issue()
+                # One write: the use, and the taken-back attempt of this guest's proof.
                 await trio.to_thread.run_sync(store.commit_use, reservation, accepted_by,
                                               self.ctx.clock())
+                self.undo_pending = False
         finally:
             store.release(reservation)
         return credential

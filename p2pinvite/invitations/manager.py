@@ -197,7 +197,7 @@ class InvitationManager:
                 return []
             entries = self._identity.raw_entries()
         else:
-            if inv.target not in self._spaces.list_spaces():
+            if not self._spaces.has_space(inv.target):
                 return []
             entries = self._spaces.open_space(inv.target).raw_entries()
         out = []
@@ -400,7 +400,7 @@ class InvitationManager:
             return "already_has_identity" if has else None
         if not has:
             return "no_identity"
-        if target is not None and target in self._spaces.list_spaces():
+        if target is not None and self._spaces.has_space(target):
             return "already_member"
         return None
 

@@ -29,8 +29,16 @@ checks the proof first, so both know the peer's device key.
                                       <----     confirm {tag_b}   |  refused wrong_pin
     [key]         key_proof {key,sig} ---->     AttemptMade -> (persist) -> check_attempt()
     admit {device, identity, chain}   ---->     AdmissionRequested -> admit()/refuse()
-    AdmissionReceived                 <----     admitted {credential, entries}
-      -> admission_verified()
+    AdmissionReceived                 <----     admitted {credential, entries[, count]}
+      -> admission_verified()                   [entries {entries}] ... until count
+
+A log too large for one message travels in bounded chunks: ``admitted``
+carries the first chunk and the total ``count``, then ``entries`` messages
+follow until ``count`` entries arrived (every chunk at most
+:data:`MAX_CHUNK_BYTES` encoded, the whole log at most
+:data:`MAX_LOG_ENTRIES` entries and :data:`MAX_LOG_BYTES` bytes, so a host
+cannot make a guest buffer without bound). A log that fits one chunk is one
+``admitted`` without ``count``, as in the first version of the protocol.
 
 A failed-attempt count is persisted by the host's driver *between*
 :class:`AttemptMade` and :meth:`HostProtocol.check_attempt`: the machine will
@@ -75,9 +83,12 @@ from ..wire import expect_bytes, expect_int, expect_map, expect_str, pack, unpac
 __all__ = [
     "ADMISSION_KEY_CONTEXT",
     "MAX_CHAIN",
+    "MAX_CHUNK_BYTES",
     "MAX_CREDENTIAL",
     "MAX_ENTRIES",
     "MAX_ENTRY",
+    "MAX_LOG_BYTES",
+    "MAX_LOG_ENTRIES",
     "MAX_NAME",
     "PROTOCOL_VERSION",
     "REASON_ALREADY_MEMBER",
@@ -95,6 +106,7 @@ __all__ = [
     "Authenticated",
     "ChallengeMsg",
     "ConfirmMsg",
+    "EntriesMsg",
     "Event",
     "GuestProtocol",
     "GuestRequest",
@@ -116,6 +128,7 @@ __all__ = [
     "Session",
     "State",
     "admission_key_message",
+    "chunk_entries",
     "cpace_channel_id",
     "decode_message",
     "wire_reason",
@@ -138,17 +151,27 @@ SHAREABLE_REASONS: Final = frozenset({REASON_WRONG_PIN, REASON_WRONG_CODE, REASO
 #: Limits of the decoder (docs/protocol/invitations.md, "Limits").
 MAX_CHAIN: Final = 16
 MAX_CREDENTIAL: Final = 4096
+#: Most log entries in one ``admitted`` or ``entries`` message.
 MAX_ENTRIES: Final = 4096
 MAX_ENTRY: Final = 8192
+#: Largest encoded application message of this protocol (an ``admitted`` or
+#: ``entries`` chunk, or anything else).
+MAX_CHUNK_BYTES: Final = 256 * 1024
+#: Most entries, and most entry bytes, of one delivered log (all chunks).
+MAX_LOG_ENTRIES: Final = 1_000_000
+MAX_LOG_BYTES: Final = 512 * 1024 * 1024
 MAX_NAME: Final = 128
 _MAX_REASON: Final = 64
 _MAX_ATTEMPTS_LEFT: Final = 1_000_000
 _INVITATION_ID_SIZE: Final = 16
 _KEY: Final = 32
 _SIG: Final = 64
-# Largest application message: an ``admitted`` with the most entries of the
-# largest size; the secure stream chunks it.
-_MAX_WIRE: Final = MAX_ENTRIES * (MAX_ENTRY + 8) + MAX_CREDENTIAL + 256
+_MAX_WIRE: Final = MAX_CHUNK_BYTES
+# Encoded overhead of a chunk message besides its entries: map, type, field
+# names, array header, and the credential of an ``admitted`` with its header
+# (msgpack bin16: 3 bytes); each entry adds its length and a 3-byte header at most.
+_CHUNK_OVERHEAD: Final = 64 + MAX_CREDENTIAL + 3
+_ENTRY_HEADER: Final = 3
 
 Kind: TypeAlias = Literal["device", "space"]
 Method: TypeAlias = Literal["none", "pin", "short", "key"]
@@ -377,22 +400,83 @@ class AdmitMsg:
 
 @dataclass(frozen=True, slots=True)
 class AdmittedMsg:
-    """H→G: the guest's new credential and the log entries from genesis up to it."""
+    """H→G: the guest's new credential and the log entries from genesis up to it.
+
+    ``entries`` is the first chunk of the log; ``count`` is present only when
+    more follows in :class:`EntriesMsg` chunks, and is then the total number
+    of entries (greater than ``len(entries)``).
+    """
 
     T: ClassVar[str] = "admitted"
     credential: bytes
     entries: tuple[bytes, ...] = field(repr=False)
+    count: int | None = None
 
     def to_map(self) -> dict[str, Any]:
         """The message as a map."""
-        return {"t": self.T, "credential": self.credential, "entries": list(self.entries)}
+        m: dict[str, Any] = {"t": self.T, "credential": self.credential,
+                             "entries": list(self.entries)}
+        if self.count is not None:
+            m["count"] = self.count
+        return m
 
     @classmethod
     def from_map(cls, m: Mapping[str, Any]) -> AdmittedMsg:
-        """Decode, strictly."""
-        _only(m, frozenset({"t", "credential", "entries"}), what="admitted")
-        return cls(expect_bytes(m, "credential", max_size=MAX_CREDENTIAL),
-                   _expect_list(m, "entries", max_items=MAX_ENTRIES, max_size=MAX_ENTRY))
+        """Decode, strictly: a ``count`` must announce more than this chunk holds."""
+        _only(m, frozenset({"t", "credential", "entries"}), frozenset({"count"}), "admitted")
+        credential = expect_bytes(m, "credential", max_size=MAX_CREDENTIAL)
+        entries = _expect_list(m, "entries", max_items=MAX_ENTRIES, max_size=MAX_ENTRY)
+        if "count" not in m:
+            if not entries:
+                raise DecodeError("admitted: the log cannot be empty")
+            return cls(credential, entries)
+        count = expect_int(m, "count", lo=1, hi=MAX_LOG_ENTRIES)
+        if count <= len(entries):
+            raise DecodeError("admitted: count present but nothing more announced")
+        return cls(credential, entries, count)
+
+
+@dataclass(frozen=True, slots=True)
+class EntriesMsg:
+    """H→G: the next chunk of the log after an ``admitted`` that announced a ``count``."""
+
+    T: ClassVar[str] = "entries"
+    entries: tuple[bytes, ...] = field(repr=False)
+
+    def to_map(self) -> dict[str, Any]:
+        """The message as a map."""
+        return {"t": self.T, "entries": list(self.entries)}
+
+    @classmethod
+    def from_map(cls, m: Mapping[str, Any]) -> EntriesMsg:
+        """Decode, strictly (a chunk is never empty)."""
+        _only(m, frozenset({"t", "entries"}), what="entries")
+        entries = _expect_list(m, "entries", max_items=MAX_ENTRIES, max_size=MAX_ENTRY)
+        if not entries:
+            raise DecodeError("entries: a chunk cannot be empty")
+        return cls(entries)
+
+
+def chunk_entries(entries: Sequence[bytes]) -> list[tuple[bytes, ...]]:
+    """Split a log into chunks that each fit one message (the first one an ``admitted``).
+
+    Greedy, in order: a chunk takes entries while the encoded message stays
+    within :data:`MAX_CHUNK_BYTES` and :data:`MAX_ENTRIES` items.
+    """
+    budget = MAX_CHUNK_BYTES - _CHUNK_OVERHEAD
+    chunks: list[tuple[bytes, ...]] = []
+    current: list[bytes] = []
+    used = 0
+    for e in entries:
+        cost = len(e) + _ENTRY_HEADER
+        if current and (used + cost > budget or len(current) == MAX_ENTRIES):
+            chunks.append(tuple(current))
+            current, used = [], 0
+        current.append(e)
+        used += cost
+    if current:
+        chunks.append(tuple(current))
+    return chunks
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,12 +505,12 @@ class RefusedMsg:
 
 
 Message: TypeAlias = (RequestMsg | ChallengeMsg | PakeMsg | ConfirmMsg | KeyProofMsg | AdmitMsg
-                      | AdmittedMsg | RefusedMsg)
+                      | AdmittedMsg | EntriesMsg | RefusedMsg)
 
 _DECODERS: Final[dict[str, Callable[[Mapping[str, Any]], Message]]] = {
     cls.T: cls.from_map
     for cls in (RequestMsg, ChallengeMsg, PakeMsg, ConfirmMsg, KeyProofMsg, AdmitMsg,
-                AdmittedMsg, RefusedMsg)
+                AdmittedMsg, EntriesMsg, RefusedMsg)
 }
 
 
@@ -584,6 +668,7 @@ class _Step(enum.Enum):
     AWAIT_ADMIT = enum.auto()           # host
     DECIDE_ADMISSION = enum.auto()      # host: driver validates, appends, fsyncs
     AWAIT_ADMITTED = enum.auto()        # guest: admit sent
+    AWAIT_ENTRIES = enum.auto()         # guest: more chunks of the log announced
     VERIFY_ADMISSION = enum.auto()      # guest: driver verifies and stores the log
     SUCCESS = enum.auto()
     CANCELLED = enum.auto()
@@ -608,6 +693,7 @@ _PUBLIC: Final[dict[_Step, State]] = {
     _Step.AWAIT_ADMIT: State.ADMITTING,
     _Step.DECIDE_ADMISSION: State.ADMITTING,
     _Step.AWAIT_ADMITTED: State.ADMITTING,
+    _Step.AWAIT_ENTRIES: State.ADMITTING,
     _Step.VERIFY_ADMISSION: State.ADMITTING,
     _Step.SUCCESS: State.SUCCESS,
     _Step.CANCELLED: State.CANCELLED,
@@ -632,6 +718,9 @@ class _In(enum.Enum):
     KEY_PROOF = KeyProofMsg.T
     ADMIT = AdmitMsg.T
     ADMITTED = AdmittedMsg.T
+    ADMITTED_PARTIAL = "admitted, with a count (chunks follow)"
+    ENTRIES = EntriesMsg.T
+    ENTRIES_LAST = "entries, completing the count"
     REFUSED = RefusedMsg.T
     REFUSED_LOCKED = "refused, no attempts left"
     # driver calls
@@ -662,7 +751,7 @@ class _In(enum.Enum):
 _MESSAGE_INPUT: Final[dict[type, _In]] = {
     RequestMsg: _In.REQUEST, ChallengeMsg: _In.CHALLENGE, PakeMsg: _In.PAKE,
     ConfirmMsg: _In.CONFIRM, KeyProofMsg: _In.KEY_PROOF, AdmitMsg: _In.ADMIT,
-    AdmittedMsg: _In.ADMITTED, RefusedMsg: _In.REFUSED,
+    AdmittedMsg: _In.ADMITTED, EntriesMsg: _In.ENTRIES, RefusedMsg: _In.REFUSED,
 }
 
 _S = _Step
@@ -727,8 +816,14 @@ _GUEST_TRANSITIONS: Final[dict[_Step, dict[_In, _Step]]] = {
     },
     _S.AWAIT_ADMITTED: {
         _In.ADMITTED: _S.VERIFY_ADMISSION,
+        _In.ADMITTED_PARTIAL: _S.AWAIT_ENTRIES,
         _In.REFUSED: _S.ERROR,
         _In.REFUSED_LOCKED: _S.LOCKED,
+    },
+    # Once admitted, the host only sends the rest of the log (no refusal).
+    _S.AWAIT_ENTRIES: {
+        _In.ENTRIES: _S.AWAIT_ENTRIES,
+        _In.ENTRIES_LAST: _S.VERIFY_ADMISSION,
     },
     _S.VERIFY_ADMISSION: {_In.ADMISSION_OK: _S.SUCCESS},
 }
@@ -826,13 +921,17 @@ class _Machine:
             msg = decode_message(data)
         except DecodeError as exc:
             raise self._violation(exc) from None
-        inp = _MESSAGE_INPUT[type(msg)]
-        if isinstance(msg, RefusedMsg) and msg.attempts_left == 0:
-            inp = _In.REFUSED_LOCKED
+        inp = self._refine(msg, _MESSAGE_INPUT[type(msg)])
         if not self._can(inp):
             raise self._violation(ProtocolViolation(
                 f"{self._role}: unexpected {msg.T!r} message in step {self._step.name}"))
         return msg, inp
+
+    def _refine(self, msg: Message, inp: _In) -> _In:
+        """The table input for *msg*, where its content decides the next step."""
+        if isinstance(msg, RefusedMsg) and msg.attempts_left == 0:
+            return _In.REFUSED_LOCKED
+        return inp
 
     def _verify_peer(self, session: Session) -> None:
         try:
@@ -988,14 +1087,24 @@ class HostProtocol(_Machine):
         return [AuthFailed(attempts_left), self._send(RefusedMsg(reason, attempts_left))]
 
     def admit(self, credential: bytes, entries: Sequence[bytes]) -> list[Event]:
-        """Answer the admission request: the issued credential and the log entries."""
+        """Answer the admission request: the issued credential and the log entries.
+
+        Returns one ``admitted`` message when the log fits one chunk, else an
+        ``admitted`` with the first chunk and the total count followed by
+        ``entries`` messages (:func:`chunk_entries`), to be sent in order.
+        """
         self._require(_In.ADMIT_OK)
-        msg = AdmittedMsg(credential, tuple(entries))
-        if len(credential) > MAX_CREDENTIAL or len(msg.entries) > MAX_ENTRIES or any(
-                len(e) > MAX_ENTRY for e in msg.entries):
+        log = tuple(entries)
+        if (len(credential) > MAX_CREDENTIAL or not 1 <= len(log) <= MAX_LOG_ENTRIES
+                or any(len(e) > MAX_ENTRY for e in log)
+                or sum(map(len, log)) > MAX_LOG_BYTES):
             raise LocalProtocolError("admission exceeds the protocol limits")
+        chunks = chunk_entries(log)
+        count = len(log) if len(chunks) > 1 else None
+        out: list[Event] = [self._send(AdmittedMsg(credential, chunks[0], count))]
+        out += [self._send(EntriesMsg(chunk)) for chunk in chunks[1:]]
         self._go(_In.ADMIT_OK)
-        return [self._send(msg)]
+        return out
 
     def refuse(self, reason: str) -> list[Event]:
         """Refuse the request or the admission for the precise local *reason*.
@@ -1065,6 +1174,19 @@ class GuestProtocol(_Machine):
             raise LocalProtocolError("profile name too long")
         self._request = request
         self.refused: Refused | None = None
+        # The log being received in chunks: the credential, the entries so far,
+        # how many are still announced, and their bytes so far.
+        self._credential = b""
+        self._log: list[bytes] = []
+        self._remaining = 0
+        self._log_bytes = 0
+
+    def _refine(self, msg: Message, inp: _In) -> _In:
+        if isinstance(msg, AdmittedMsg) and msg.count is not None:
+            return _In.ADMITTED_PARTIAL
+        if isinstance(msg, EntriesMsg) and len(msg.entries) >= self._remaining:
+            return _In.ENTRIES_LAST
+        return super()._refine(msg, inp)
 
     def connecting(self) -> list[Event]:
         """The driver started looking for the host."""
@@ -1122,9 +1244,33 @@ class GuestProtocol(_Machine):
             self._go(inp)
             return [Authenticated(), self._send(self._admit_message())]
         if isinstance(msg, AdmittedMsg):
+            if msg.count is None:
+                self._go(inp)
+                return [AdmissionReceived(msg.credential, msg.entries)]
+            self._credential, self._log = msg.credential, list(msg.entries)
+            self._remaining = msg.count - len(msg.entries)
+            self._log_bytes = sum(map(len, msg.entries))
             self._go(inp)
-            return [AdmissionReceived(msg.credential, msg.entries)]
+            return []
+        if isinstance(msg, EntriesMsg):
+            return self._receive_chunk(msg, inp)
         raise self._violation(ProtocolViolation(f"guest: unexpected {msg.T!r} message"))
+
+    def _receive_chunk(self, msg: EntriesMsg, inp: _In) -> list[Event]:
+        if len(msg.entries) > self._remaining:
+            raise self._violation(ProtocolViolation(
+                "entries: more entries than the admitted count announced", refusal=None))
+        self._log_bytes += sum(map(len, msg.entries))
+        if self._log_bytes > MAX_LOG_BYTES:
+            raise self._violation(ProtocolViolation(
+                f"entries: the log exceeds {MAX_LOG_BYTES} bytes", refusal=None))
+        self._log += msg.entries
+        self._remaining -= len(msg.entries)
+        self._go(inp)
+        if self._remaining:
+            return []
+        log, self._log = tuple(self._log), []
+        return [AdmissionReceived(self._credential, log)]
 
     def _admit_message(self) -> AdmitMsg:
         r = self._request

@@ -7,7 +7,9 @@ replaced with :func:`p2pinvite.fsutil.atomic_write` on every mutation: the
 file is fsynced, renamed over the old one and the directory fsynced *before*
 the method returns, so a crash leaves either the old or the new record. The
 in-memory copy is updated only after the write succeeded, so memory never
-runs ahead of the disk.
+runs ahead of the disk -- with one deliberate exception: a taken-back attempt
+(``attempt_succeeded(durable=False)``) may wait in memory for the record's
+next write, because the disk then errs on the safe side (more attempts spent).
 
 Two counters need care because a guest controls when connections drop:
 
@@ -149,6 +151,9 @@ class InvitationStore:
         self._reserved: dict[bytes, set[int]] = {}
         self._in_flight: dict[bytes, int] = {}
         self._tokens = itertools.count(1)
+        # Records whose in-memory copy holds a change not yet written (only
+        # ever a taken-back attempt: memory is then *more* lenient than disk).
+        self._dirty: set[bytes] = set()
 
     # -- opening ---------------------------------------------------------------
 
@@ -361,12 +366,20 @@ class InvitationStore:
             self._in_flight[inv_id] = self._in_flight.get(inv_id, 0) + 1
             return new.attempts_left
 
-    def attempt_succeeded(self, inv_id: bytes) -> Invitation:
-        """Take back the attempt of a PAKE that succeeded (persisted).
+    def attempt_succeeded(self, inv_id: bytes, *, durable: bool = True) -> Invitation:
+        """Take back the attempt of a PAKE that succeeded.
 
         Each call must match one earlier :meth:`begin_attempt` in this process;
         an unmatched call raises LocalProtocolError rather than handing out a
         free attempt. After a restart in-flight attempts stay spent.
+
+        With ``durable=False`` only the in-memory record changes (at once, so
+        concurrent guests see the budget right) and the record is marked
+        dirty: the next write of it persists the undo -- typically
+        :meth:`commit_use` of the same admission, so one write does both.
+        Until then the disk holds the *higher* count, which is the safe
+        direction: a crash can cost an honest guest its attempt, never give
+        anyone a free one. Call :meth:`flush` if no such write follows.
         """
         with self._lock:
             pending = self._in_flight.get(inv_id, 0)
@@ -374,7 +387,11 @@ class InvitationStore:
                 raise LocalProtocolError("attempt_succeeded without a matching begin_attempt")
             inv = self.get(inv_id)
             new = dataclasses.replace(inv, failed_attempts=inv.failed_attempts - 1)
-            self._write(new)
+            if durable:
+                self._write(new)
+            else:
+                self._records[inv_id] = new
+                self._dirty.add(inv_id)
             if pending == 1:
                 del self._in_flight[inv_id]
             else:
@@ -421,6 +438,21 @@ class InvitationStore:
             self._drop_token(reservation)
             return new
 
+    def flush(self, inv_id: bytes) -> bool:
+        """Persist *inv_id*'s record if memory holds an unwritten change; return whether it wrote.
+
+        The only such change is a non-durable :meth:`attempt_succeeded`.
+        """
+        with self._lock:
+            if inv_id not in self._dirty:
+                return False
+            self._write(self.get(inv_id))
+            return True
+
+    def is_dirty(self, inv_id: bytes) -> bool:
+        """Whether memory holds a change of *inv_id* not yet on disk (see :meth:`flush`)."""
+        return inv_id in self._dirty
+
     def release(self, reservation: Reservation) -> None:
         """Give back an uncommitted reservation; a no-op if committed or released.
 
@@ -450,3 +482,4 @@ class InvitationStore:
             # A leftover temporary file, if any, is removed by the next open().
             raise StorageError(f"{path}: cannot write invitation record: {exc}") from None
         self._records[inv.id] = inv
+        self._dirty.discard(inv.id)

@@ -288,3 +288,33 @@ async def test_space_log_reopens_to_the_same_state(devices: list[Device]) -> Non
         finally:
             log.close()
     phone.reopen()
+
+
+async def test_install_writes_in_place_and_a_refused_log_leaves_nothing(
+        devices: list[Device]) -> None:
+    phone, laptop, bob = devices
+    phone.identity.create_identity("Alice")
+    space_id = phone.spaces.create_space("S")
+    bob.identity.create_identity("Bob")
+    entries = phone.spaces.open_space(space_id).raw_entries()
+    spaces_dir = bob.home / "spaces"
+    with pytest.raises(CredentialError):
+        bob.spaces.import_space(entries)  # not admitted: verified, refused, never written
+    assert list(spaces_dir.iterdir()) == []
+    assert not bob.spaces.has_space(space_id)
+    # A crash that left an empty directory (no log) is harmless and reused.
+    (spaces_dir / space_id.hex()).mkdir(mode=0o700)
+    assert bob.spaces.list_spaces() == []
+    with pytest.raises(InvalidEntries):
+        bob.spaces.import_space([])
+    # The joining laptop gets its identity without any temporary directory.
+    with trio.fail_after(10):
+        await phone.identity.authorize_device(laptop.identity.device.device_public)
+    phone_entries = phone.identity.raw_entries()
+    assert laptop.identity.join_identity_from_entries(phone_entries) == \
+        phone.identity.identity_key
+    assert not [p for p in laptop.home.iterdir() if p.name.startswith(".")]
+    assert phone.spaces.has_space(space_id)
+    assert not phone.spaces.has_space(b"short")
+    laptop.reopen()
+    assert laptop.identity.devices() == phone.identity.devices()
