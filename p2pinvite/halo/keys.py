@@ -130,6 +130,15 @@ class SigningKey:
         return self._key.sign(message)
 
 
+def _clamp_x25519(scalar: bytes) -> bytes:
+    """The RFC 7748 clamped form of a 32-byte X25519 private key."""
+    k = bytearray(scalar)
+    k[0] &= 248
+    k[31] &= 127
+    k[31] |= 64
+    return bytes(k)
+
+
 def _binding_message(static_public: bytes) -> bytes:
     return BINDING_CONTEXT + static_public
 
@@ -153,6 +162,9 @@ class DeviceKeys:
     def __post_init__(self) -> None:
         if len(self.static_private) != 32:
             raise InvalidKey("an X25519 private key is 32 bytes")
+        # Keep the static key clamped (RFC 7748): X25519 ignores the clamped bits,
+        # so storing them canonical is what lets a flip of one of them be noticed.
+        object.__setattr__(self, "static_private", _clamp_x25519(self.static_private))
         signer = _ed25519_from_seed(self.device_seed)
         static = X25519PrivateKey.from_private_bytes(self.static_private)
         static_public = static.public_key().public_bytes_raw()
@@ -218,6 +230,8 @@ class DeviceKeys:
             raise KeyFileError(f"{where}: not a p2pinvite device key file (bad magic)")
         off = len(_MAGIC)
         seed, static, dev_pub, st_pub = (data[off + 32 * i : off + 32 * (i + 1)] for i in range(4))
+        if static != _clamp_x25519(static):
+            raise KeyFileError(f"{where}: static key is not in clamped form (corrupted)")
         try:
             keys = cls(seed, static)
         except (InvalidKey, ValueError):

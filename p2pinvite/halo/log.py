@@ -791,7 +791,10 @@ class SpaceLog:
         report = OpenReport(entries=n, truncated_bytes=0, verified_signatures=n,
                             from_checkpoint=0)
         log = cls(path, fd, validator, scan, report, 0, checkpoint_every)
-        log._checkpoint_if_behind()
+        # A short log replays faster on reopen than its checkpoint costs to write
+        # now (two fsyncs on a guest's join path); close() writes one anyway.
+        if n >= checkpoint_every:
+            log._checkpoint_if_behind()
         return log
 
     # -- properties ---------------------------------------------------------

@@ -105,10 +105,11 @@ def test_bad_magic_refused(tmp_path: Path) -> None:
 @settings(max_examples=60, deadline=None)
 @given(offset=st.integers(16, KEY_FILE_SIZE - 1), bit=st.integers(0, 7))
 def test_any_flipped_key_bit_is_detected(offset: int, bit: int) -> None:
+    # Includes the bits X25519 clamping ignores: stored clamped, their flips show.
     keys = DeviceKeys.from_private(b"\x01" * 32, b"\x02" * 32)
     data = bytearray(keys.to_file_bytes())
     data[offset] ^= 1 << bit
-    with pytest.raises(KeyFileError, match="do not match") as info:
+    with pytest.raises(KeyFileError, match=r"do not match|clamped") as info:
         DeviceKeys.from_file_bytes(bytes(data))
     assert (b"\x01" * 32).hex() not in str(info.value)
 
@@ -201,3 +202,12 @@ def test_signing_key_signs_verifiably() -> None:
     assert verify_ed25519(sk.public_key, sig, b"msg")
     assert not verify_ed25519(sk.public_key, sig, b"msh")
     assert not verify_ed25519(b"short", sig, b"msg")
+
+
+@pytest.mark.parametrize(("byte", "bit"), [(0, 0), (0, 1), (0, 2), (31, 6), (31, 7)])
+def test_flips_of_clamped_static_bits_are_detected(byte: int, bit: int) -> None:
+    # X25519 ignores these bits, so only the canonical (clamped) storage reveals a flip.
+    data = bytearray(DeviceKeys.from_private(b"\x01" * 32, b"\x02" * 32).to_file_bytes())
+    data[48 + byte] ^= 1 << bit
+    with pytest.raises(KeyFileError, match="clamped"):
+        DeviceKeys.from_file_bytes(bytes(data))
