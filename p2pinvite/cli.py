@@ -308,10 +308,9 @@ def cmd_invite_validate(c: Client, a: argparse.Namespace) -> None:
         _print_json(info)
     elif info.valid:
         print(f"valid: {_describe(info)}")
-    else:
-        print(f"not usable ({info.reason or 'unknown reason'}): {_describe(info)}")
     if not info.valid:
-        raise CliError("", EXIT_FAILED)
+        raise CliError(f"not usable ({info.reason or 'unknown reason'}): {_describe(info)}",
+                       EXIT_FAILED)
 
 
 def _join_once(c: Client, a: argparse.Namespace, pin: str | None) -> JoinResult:
@@ -336,6 +335,8 @@ def cmd_join(c: Client, a: argparse.Namespace) -> None:
     if info.auth == "pin" and pin is None:
         pin = getpass.getpass("PIN: ")
         prompted = True
+    # The daemon answers every failed proof with wrong_pin; name what the user typed.
+    wrong = {"short": "wrong code", "key": "wrong admission key"}.get(info.auth or "", "wrong PIN")
     while True:
         try:
             result = _join_once(c, a, pin)
@@ -345,11 +346,11 @@ def cmd_join(c: Client, a: argparse.Namespace) -> None:
             if exc.code != "wrong_pin":
                 raise
             if prompted and left and sys.stdin.isatty():
-                print(f"wrong PIN ({left} attempt{'s' if left != 1 else ''} left)", file=sys.stderr)
+                print(f"{wrong} ({left} attempt{'s' if left != 1 else ''} left)", file=sys.stderr)
                 pin = getpass.getpass("PIN: ")
                 continue
             tail = "" if left is None else f"; {left} attempt{'s' if left != 1 else ''} left"
-            raise CliError(f"wrong PIN{tail}") from None
+            raise CliError(f"{wrong}{tail}") from None
     if a.json:
         _print_json(result)
     elif result.kind == "device":

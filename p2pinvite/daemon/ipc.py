@@ -386,12 +386,14 @@ async def serve_ipc(
 
                 async def _serve(stream: trio.SocketStream = stream) -> None:
                     nonlocal active
-                    active += 1
                     try:
                         await _Connection(stream, methods).serve()
                     finally:
                         active -= 1
 
+                # Counted here, not in the task: a burst of connects is accepted
+                # before any new task runs, and each must see the ones before it.
+                active += 1
                 nursery.start_soon(_serve)
     finally:
         _unlink_if(path, ident)  # first: aclose() may raise Cancelled after closing

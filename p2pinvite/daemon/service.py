@@ -29,6 +29,7 @@ import enum
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Mapping
@@ -39,6 +40,7 @@ import trio
 
 from .. import __version__
 from ..errors import IPCError, P2PInviteError
+from ..fsutil import atomic_write
 from ..halo.credentials import Role
 from ..halo.identity import IdentityExists, IdentityService, NoIdentity
 from ..halo.keys import DeviceKeys
@@ -46,7 +48,6 @@ from ..halo.spaces import SpaceExists, SpaceService, UnknownSpace
 from ..invitations.manager import InvitationManager
 from ..invitations.model import INVITABLE_ROLES, MAX_NOTE_LENGTH, MAX_USES_LIMIT, Invitation
 from ..invitations.store import InvitationStore
-from ..net.discovery import default_interfaces
 from ..net.manager import NetworkManager, open_network_manager
 from .config import DaemonConfig, hold_home_lock
 from .ipc import Call, CallError, Handler, serve_ipc
@@ -537,8 +538,44 @@ def _mdns_scope(config: DaemonConfig) -> tuple[str, ...] | None:
         return None
     if config.mdns_interfaces:
         return config.mdns_interfaces
+    from ..net.discovery import default_interfaces  # zeroconf loads only when mDNS is on
+
     found = tuple(default_interfaces())
     return found or None
+
+
+#: The TCP port the daemon last listened on, so ``--listen HOST:0`` re-binds it
+#: after a restart and the address hints in link codes issued before stay true.
+LAST_PORT_FILE: Final = "listen.port"
+
+
+def _listen_address(config: DaemonConfig) -> tuple[str, int]:
+    """The address to bind: the configured one, or with port 0 the last port if it is free."""
+    host, port = config.listen
+    if port != 0:
+        return config.listen
+    try:
+        previous = int((config.home / LAST_PORT_FILE).read_text())
+    except (OSError, ValueError):
+        return config.listen
+    if not 1 <= previous <= 65535:
+        return config.listen
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # Same option as trio's listener, so the probe answers what the bind will do.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, previous))
+        except OSError:
+            return config.listen  # taken by someone else now: any free port will do
+    return host, previous
+
+
+def _remember_port(config: DaemonConfig, net: NetworkManager) -> None:
+    try:
+        atomic_write(config.home / LAST_PORT_FILE, f"{net.addresses[0][1]}\n".encode())
+    except OSError as exc:  # only a convenience: never a reason not to start
+        log.warning("cannot remember the listen port", extra={"error": str(exc)})
 
 
 async def run_daemon(
@@ -560,9 +597,10 @@ async def run_daemon(
         async with open_network_manager(
             static_key=keys.static_private,
             payload=keys.binding_proof(),
-            listen=config.listen,
+            listen=_listen_address(config),
             mdns_interfaces=mdns,
         ) as net:
+            _remember_port(config, net)
             store = InvitationStore.open(config.home / INVITATIONS_DIR)
             manager = InvitationManager(config.home, keys, identity, spaces, net, store,
                                         mdns=mdns is not None)

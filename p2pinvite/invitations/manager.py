@@ -27,6 +27,7 @@ with trio's autojump clock.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import logging
@@ -476,9 +477,11 @@ class InvitationManager:
         self._accepting[token] = (key, scope)
 
         async def produce() -> None:
+            # The consumer may vanish at any point (an IPC client that hit Ctrl-C):
+            # its closed channel must end this join, never the daemon's nursery.
             async with send:
                 last: AcceptEvent | None = None
-                with scope:
+                with scope, contextlib.suppress(trio.BrokenResourceError):
                     async for ev in run_guest(plan, self._identity, self._spaces,
                                               self._network, mdns=self._mdns,
                                               step_timeout=self._step_timeout,
@@ -486,7 +489,8 @@ class InvitationManager:
                         last = ev
                         send.send_nowait(ev)
                 if scope.cancelled_caught and (last is None or not last.final):
-                    send.send_nowait(AcceptEvent(State.CANCELLED, reason="cancelled"))
+                    with contextlib.suppress(trio.BrokenResourceError):
+                        send.send_nowait(AcceptEvent(State.CANCELLED, reason="cancelled"))
 
         nursery.start_soon(produce)
         try:

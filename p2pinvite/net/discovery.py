@@ -43,7 +43,6 @@ import secrets
 import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 import ifaddr
@@ -52,6 +51,7 @@ from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo
 
 from ..errors import LocalProtocolError
+from .peers import PeerEvent, PeerFound, PeerLost
 from .topics import Topic
 
 __all__ = [
@@ -82,22 +82,6 @@ class InterfaceNotFound(LocalProtocolError):
     """An mDNS interface name or address that this host does not have."""
 
 
-@dataclass(frozen=True, slots=True)
-class PeerFound:
-    """A service instance advertising the browsed topic, with its TCP addresses."""
-
-    instance: str
-    addresses: tuple[tuple[str, int], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class PeerLost:
-    """A previously found instance withdrew (goodbye) or expired."""
-
-    instance: str
-
-
-PeerEvent = PeerFound | PeerLost
 
 
 def default_interfaces() -> list[str]:

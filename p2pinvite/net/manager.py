@@ -46,7 +46,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import trio
 
@@ -60,9 +60,12 @@ from ..errors import (
     RemoteProtocolError,
 )
 from ..wire import expect_bytes, expect_int, expect_map, frame, pack, unpack
-from .discovery import Discovery, PeerFound, PeerLost, open_discovery
+from .peers import PeerFound, PeerLost
 from .secure import SecureStream, open_secure_stream
 from .topics import TOPIC_ID_SIZE, Topic
+
+if TYPE_CHECKING:
+    from .discovery import Discovery
 
 __all__ = [
     "ACCEPT",
@@ -499,6 +502,8 @@ async def open_network_manager(
     async with AsyncExitStack() as stack:
         discovery = None
         if mdns_interfaces is not None:
+            from .discovery import open_discovery  # zeroconf loads only when mDNS is on
+
             discovery = await stack.enter_async_context(open_discovery(mdns_interfaces))
         listeners = await trio.open_tcp_listeners(port, host=host)
         for listener in listeners:
