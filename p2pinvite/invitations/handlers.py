@@ -512,6 +512,22 @@ class _HostDriver:
     }
 
 
+#: Handshakes one invitation serves at once. A short code's channel has no PSK,
+#: so anyone on the LAN can finish Noise and then idle until the step timeout;
+#: the small cap bounds what that costs (honest guests type one code at a time).
+#: A link code's PSK already keeps strangers out, so its cap only bounds memory.
+MAX_SESSIONS_SHORT: Final = 16
+MAX_SESSIONS_LINK: Final = 1024
+
+
+def _session_cap(ctx: HostContext, invitation_id: bytes) -> int:
+    try:
+        inv = ctx.store.get(invitation_id)
+    except InvitationError:
+        return MAX_SESSIONS_LINK  # unknown now: the driver refuses it uniformly
+    return MAX_SESSIONS_SHORT if inv.auth is AuthMethod.SHORT else MAX_SESSIONS_LINK
+
+
 async def serve_guest(stream: SecureStream, ctx: HostContext, invitation_id: bytes) -> None:
     """Serve one guest that connected on the topic of *invitation_id*.
 
@@ -519,8 +535,13 @@ async def serve_guest(stream: SecureStream, ctx: HostContext, invitation_id: byt
     handshake ends (the network manager closes the stream). Never raises for
     anything the guest does.
     """
+    running = ctx.active.setdefault(invitation_id, set())
+    if len(running) >= _session_cap(ctx, invitation_id):
+        log.warning("invitation busy: connection dropped",
+                     extra={"invitation": invitation_id.hex()[:8], "sessions": len(running)})
+        return  # the network manager closes the stream; nothing was said or counted
     scope = trio.CancelScope()
-    ctx.active.setdefault(invitation_id, set()).add(scope)
+    running.add(scope)
     try:
         with scope:
             await _HostDriver(ctx, stream, invitation_id, scope).run()
