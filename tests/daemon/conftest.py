@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from p2pinvite import ipc_codec
+
 PY = sys.executable
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 20.0
@@ -184,3 +186,22 @@ def short_tmp() -> Iterator[Path]:
         yield base
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def raw_ipc(d: DaemonProc, *, timeout: float = 10) -> socket.socket:
+    """A plain Unix socket connected to *d*'s IPC socket (for bad-input tests)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    s.connect(str(d.socket_path))
+    return s
+
+
+def read_reply(s: socket.socket) -> ipc_codec.Reply | None:
+    """One framed IPC reply from *s*, or None when the daemon closed the connection."""
+    buf = b""
+    while len(buf) < 4 or len(buf) < 4 + int.from_bytes(buf[:4], "big"):
+        chunk = s.recv(65536)
+        if not chunk:
+            return None
+        buf += chunk
+    return ipc_codec.decode_reply(buf[4 : 4 + int.from_bytes(buf[:4], "big")])

@@ -17,7 +17,16 @@ from p2pinvite import ipc_codec
 from p2pinvite.client import RequestError, connect, connect_async
 from p2pinvite.errors import DaemonNotRunning
 
-from .conftest import PY, REPO, DaemonFactory, DaemonProc, run_cli, socket_answers
+from .conftest import (
+    PY,
+    REPO,
+    DaemonFactory,
+    DaemonProc,
+    raw_ipc,
+    read_reply,
+    run_cli,
+    socket_answers,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -249,22 +258,6 @@ def test_blocking_client_and_cli_do_not_import_trio(daemon: DaemonProc) -> None:
 # -- bad input on the IPC socket ---------------------------------------------------------
 
 
-def _raw(d: DaemonProc) -> socket.socket:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(10)
-    s.connect(str(d.socket_path))
-    return s
-
-
-def _read_reply(s: socket.socket) -> ipc_codec.Reply | None:
-    """One reply, or None when the daemon closed the connection."""
-    buf = b""
-    while len(buf) < 4 or len(buf) < 4 + int.from_bytes(buf[:4], "big"):
-        chunk = s.recv(65536)
-        if not chunk:
-            return None
-        buf += chunk
-    return ipc_codec.decode_reply(buf[4:])
 
 
 def _status_works(d: DaemonProc) -> bool:
@@ -273,41 +266,41 @@ def _status_works(d: DaemonProc) -> bool:
 
 
 def test_garbage_frame_gets_error_and_connection_keeps_serving(daemon: DaemonProc) -> None:
-    with _raw(daemon) as s:
+    with raw_ipc(daemon) as s:
         s.sendall((5).to_bytes(4, "big") + b"\xc1junk")  # 0xc1 is never valid msgpack
-        reply = _read_reply(s)
+        reply = read_reply(s)
         assert isinstance(reply, ipc_codec.ErrorReply)
         assert (reply.id, reply.code) == (None, "bad_request")
         body = msgpack.packb({"id": 9, "method": "status", "params": {}})
         s.sendall(len(body).to_bytes(4, "big") + body)
-        ok = _read_reply(s)
+        ok = read_reply(s)
         assert isinstance(ok, ipc_codec.Result)
         assert ok.id == 9
     assert _status_works(daemon)
 
 
 def test_request_without_method_gets_error_with_its_id(daemon: DaemonProc) -> None:
-    with _raw(daemon) as s:
+    with raw_ipc(daemon) as s:
         body = msgpack.packb({"id": 4, "params": {}})
         s.sendall(len(body).to_bytes(4, "big") + body)
-        reply = _read_reply(s)
+        reply = read_reply(s)
         assert isinstance(reply, ipc_codec.ErrorReply)
         assert (reply.id, reply.code) == (4, "bad_request")
 
 
 def test_oversized_frame_is_refused_and_closed(daemon: DaemonProc) -> None:
-    with _raw(daemon) as s:
+    with raw_ipc(daemon) as s:
         s.sendall((ipc_codec.MAX_IPC_FRAME + 1).to_bytes(4, "big") + b"x" * 100)
-        reply = _read_reply(s)
+        reply = read_reply(s)
         assert isinstance(reply, ipc_codec.ErrorReply)
         assert reply.code == "bad_request"
-        assert _read_reply(s) is None  # then closed
+        assert read_reply(s) is None  # then closed
     assert _status_works(daemon)
 
 
 def test_truncated_frame_then_hangup_leaves_daemon_serving(daemon: DaemonProc) -> None:
     for _ in range(3):
-        with _raw(daemon) as s:
+        with raw_ipc(daemon) as s:
             s.sendall((100).to_bytes(4, "big") + b"\x83\xa2id")  # promised 100, sent 4
     assert _status_works(daemon)
     assert daemon.proc.poll() is None

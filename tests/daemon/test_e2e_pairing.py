@@ -30,7 +30,7 @@ from p2pinvite.net.manager import MAX_PREAMBLE, encode_preamble
 from p2pinvite.net.topics import Topic
 from p2pinvite.wire import frame
 
-from .conftest import PY, DaemonFactory, DaemonProc, run_cli
+from .conftest import PY, DaemonFactory, DaemonProc, raw_ipc, read_reply, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -308,46 +308,31 @@ def _send_tcp_garbage(addr: tuple[str, int], topic: Topic) -> None:
             assert _dropped(s), f"daemon kept the connection after: {what}"
 
 
-def _ipc(d: DaemonProc) -> socket.socket:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(5)
-    s.connect(str(d.socket_path))
-    return s
-
-
-def _read_reply(s: socket.socket) -> ipc_codec.Reply | None:
-    buf = b""
-    while len(buf) < 4 or len(buf) < 4 + int.from_bytes(buf[:4], "big"):
-        chunk = s.recv(65536)
-        if not chunk:
-            return None
-        buf += chunk
-    return ipc_codec.decode_reply(buf[4 : 4 + int.from_bytes(buf[:4], "big")])
 
 
 def _send_ipc_garbage(d: DaemonProc) -> None:
     # Random bytes: the daemon answers what it can and eventually hangs up or waits.
     for _ in range(3):
-        s = _ipc(d)
+        s = raw_ipc(d, timeout=5)
         with contextlib.suppress(OSError):
             s.sendall(os.urandom(8192))
         s.close()
     # A huge length prefix: refused with bad_request, then closed.
-    with contextlib.closing(_ipc(d)) as s:
+    with contextlib.closing(raw_ipc(d, timeout=5)) as s:
         s.sendall(b"\xff\xff\xff\xff" + os.urandom(64))
-        reply = _read_reply(s)
+        reply = read_reply(s)
         assert isinstance(reply, ipc_codec.ErrorReply)
         assert reply.code == "bad_request"
         assert _dropped(s)
     # A well-framed request map that is nonsense: an error with its id, still served.
-    with contextlib.closing(_ipc(d)) as s:
+    with contextlib.closing(raw_ipc(d, timeout=5)) as s:
         body = msgpack.packb({"id": 3, "method": "x" * 65, "params": [1, 2]})
         s.sendall(len(body).to_bytes(4, "big") + body)
-        reply = _read_reply(s)
+        reply = read_reply(s)
         assert isinstance(reply, ipc_codec.ErrorReply)
         assert (reply.id, reply.code) == (3, "bad_request")
     # More connections than the daemon serves at once: some get busy.
-    held = [_ipc(d) for _ in range(70)]
+    held = [raw_ipc(d, timeout=5) for _ in range(70)]
     try:
         assert _count_busy(held, wanted=1) >= 1
     finally:
@@ -363,7 +348,7 @@ def _count_busy(conns: list[socket.socket], wanted: int) -> int:
         readable, _, _ = select.select(list(waiting), [], [], 0.2)
         for s in readable:
             waiting.discard(s)
-            reply = _read_reply(s)
+            reply = read_reply(s)
             if isinstance(reply, ipc_codec.ErrorReply) and reply.code == "busy":
                 busy += 1
     return busy
@@ -374,12 +359,12 @@ def test_ipc_serves_at_most_64_connections_at_once(daemon: DaemonProc) -> None:
     # A burst of connects is where an off-by-some cap shows; three bursts.
     request = ipc_codec.encode(ipc_codec.Request(1, "status", {}))
     for _ in range(3):
-        held = [_ipc(daemon) for _ in range(70)]
+        held = [raw_ipc(daemon, timeout=5) for _ in range(70)]
         try:
             for s in held:
                 with contextlib.suppress(OSError):  # a refused one may be closed already
                     s.sendall(request)
-            replies = [_read_reply(s) for s in held]
+            replies = [read_reply(s) for s in held]
         finally:
             for s in held:
                 s.close()
