@@ -316,6 +316,9 @@ class InvitationInfo:
     expires_at: int | None
     note: str
     accepted_by: tuple[str, ...]
+    identity_key: str | None = None
+    max_attempts: int | None = None
+    revoked_at: int | None = None
 
     @classmethod
     def from_wire(cls, v: Any) -> InvitationInfo:
@@ -339,6 +342,9 @@ class InvitationInfo:
             expires_at=_opt_int(m, "expires_at", w),
             note=_opt_str(m, "note", w) or "",
             accepted_by=tuple(accepted),
+            identity_key=_opt_str(m, "identity_key", w),
+            max_attempts=_opt_int(m, "max_attempts", w),
+            revoked_at=_opt_int(m, "revoked_at", w),
         )
 
 

@@ -421,8 +421,8 @@ def test_three_wrong_pins_lock_the_invitation(daemons: DaemonFactory) -> None:
         assert line == f"p2pinvite: wrong PIN; {left}", line
 
     [record] = ok_json(p.host, "invite", "list", "--all")
-    assert (record["id"], record["status"], record["failed_attempts"], record["uses"]) == (
-        inv["id"], "locked", 3, 0)
+    assert (record["id"], record["status"], record["failed_attempts"], record["max_attempts"],
+            record["uses"]) == (inv["id"], "locked", 3, 3, 0)
     assert ok_json(p.host, "invite", "list") == []
     # The owner sees why: validate of an unusable code exits 1, the JSON on stdout
     # and one line on stderr both say "locked".
