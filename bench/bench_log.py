@@ -26,25 +26,13 @@ from _report import Row, parser, report
 
 from p2pinvite.halo.credentials import decode_credential
 from p2pinvite.halo.log import (
-    GENESIS_PREV_HASH,
     LOG_MAGIC,
     SpaceLog,
-    encode_entry,
-    entry_hash,
+    entries_from_credentials,
     frame_record,
 )
 from p2pinvite.halo.state import MembershipState
 from tests.halo.strategies import build_space_log
-
-
-def entries_of(creds: list[bytes]) -> list[bytes]:
-    """Encoded, chained entries for *creds*."""
-    out, prev = [], GENESIS_PREV_HASH
-    for seq, cred in enumerate(creds):
-        body = encode_entry(seq, prev, cred)
-        out.append(body)
-        prev = entry_hash(body)
-    return out
 
 
 def write_log_file(path: Path, creds: list[bytes]) -> None:
@@ -53,7 +41,7 @@ def write_log_file(path: Path, creds: list[bytes]) -> None:
     import zlib
 
     data = [header + zlib.crc32(header).to_bytes(4, "big")]
-    data += [frame_record(b) for b in entries_of(creds)]
+    data += [frame_record(b) for b in entries_from_credentials(creds)]
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(b"".join(data))
@@ -63,7 +51,7 @@ async def append_rate(path: Path, base: list[bytes], creds: list[bytes], writers
                       ) -> tuple[float, int]:
     """Appends/s for *creds* from *writers* concurrent tasks; also the commit count."""
     state = MembershipState()
-    log = SpaceLog.import_entries(path, entries_of(base), state)
+    log = SpaceLog.import_entries(path, entries_from_credentials(base), state)
     it = iter(creds)
 
     async def writer() -> None:

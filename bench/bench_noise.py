@@ -165,6 +165,18 @@ def raw_aead(size: int, total: int) -> Rate:
     return Rate(n * size, time.process_time() - c0, time.perf_counter() - w0)
 
 
+def _round_trips(encrypt: Callable[[bytes], bytes], decrypt: Callable[[bytes], bytes],
+                 size: int, total: int) -> Rate:
+    """Encrypt then decrypt *size*-byte messages, split as on the wire, *total* bytes in all."""
+    chunks = [os.urandom(size)[k : k + MAX_PLAINTEXT] for k in range(0, size, MAX_PLAINTEXT)]
+    n = max(1, total // size)
+    c0, w0 = time.process_time(), time.perf_counter()
+    for _ in range(n):
+        for ch in chunks:
+            decrypt(encrypt(ch))
+    return Rate(n * size, time.process_time() - c0, time.perf_counter() - w0)
+
+
 def ours_in_memory(size: int, total: int) -> Rate:
     i = HandshakeState(PROTOCOL_XX, initiator=True, s=KEY_I)
     r = HandshakeState(PROTOCOL_XX, initiator=False, s=KEY_R)
@@ -172,24 +184,12 @@ def ours_in_memory(size: int, total: int) -> Rate:
     i.read_message(r.write_message())
     r.read_message(i.write_message())
     ti, tr = i.transport(), r.transport()
-    chunks = [os.urandom(size)[k : k + MAX_PLAINTEXT] for k in range(0, size, MAX_PLAINTEXT)]
-    n = max(1, total // size)
-    c0, w0 = time.process_time(), time.perf_counter()
-    for _ in range(n):
-        for ch in chunks:
-            tr.decrypt(ti.encrypt(ch))
-    return Rate(n * size, time.process_time() - c0, time.perf_counter() - w0)
+    return _round_trips(ti.encrypt, tr.decrypt, size, total)
 
 
 def theirs_in_memory(size: int, total: int) -> Rate:
     i, r = their_transports()
-    chunks = [os.urandom(size)[k : k + MAX_PLAINTEXT] for k in range(0, size, MAX_PLAINTEXT)]
-    n = max(1, total // size)
-    c0, w0 = time.process_time(), time.perf_counter()
-    for _ in range(n):
-        for ch in chunks:
-            r.decrypt(i.encrypt(ch))
-    return Rate(n * size, time.process_time() - c0, time.perf_counter() - w0)
+    return _round_trips(i.encrypt, r.decrypt, size, total)
 
 
 # -- links: the same message transfer done three ways ------------------------------

@@ -52,9 +52,8 @@ from p2pinvite.halo.credentials import (
     issue_authorized_device,
     issue_identity_genesis,
 )
-from p2pinvite.halo.identity import entries_from_credentials
 from p2pinvite.halo.keys import DeviceKeys, SigningKey, verify_binding_proof
-from p2pinvite.halo.log import decode_entry
+from p2pinvite.halo.log import decode_entry, entries_from_credentials
 from p2pinvite.halo.state import LogKind, MembershipState
 from p2pinvite.invitations.handlers import verify_device_chain
 from p2pinvite.invitations.protocol import State, cpace_channel_id

@@ -22,7 +22,7 @@ Two clients with the same shape:
 Failures raise :class:`RequestError` (an :class:`~p2pinvite.errors.IPCError`;
 ``code`` is one of :data:`~p2pinvite.ipc_codec.ERROR_CODES`, ``wrong_pin``
 carries ``attempts_left``) or :class:`~p2pinvite.errors.DaemonNotRunning`
-when nothing listens on the home's socket. The wire is docs/protocol/ipc.md.
+when nothing listens on the home's socket. The wire is docs/PROTOCOL.md Part 10.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ AuthMethod = Literal["pin", "none", "key", "short"]
 class RequestError(IPCError):
     """The daemon answered a request with an error.
 
-    ``code`` is machine-readable (see docs/protocol/ipc.md); ``details`` holds
+    ``code`` is machine-readable (see docs/PROTOCOL.md Part 10); ``details`` holds
     the error's extra fields. ``reason`` (for ``refused``) and
     ``attempts_left`` (for ``wrong_pin``) are read from it.
     """

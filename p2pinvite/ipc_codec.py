@@ -1,7 +1,7 @@
 """The IPC message layer shared by the daemon and its clients (sans-IO, no trio).
 
 The daemon's Unix socket carries frames of a 4-byte big-endian length and a
-msgpack map (see docs/protocol/ipc.md). This module turns those maps into
+msgpack map (see docs/PROTOCOL.md Part 10). This module turns those maps into
 small typed messages and back, and holds the constants both sides must agree
 on. It imports nothing heavier than msgpack so that the blocking client and
 the CLI start quickly.
@@ -54,7 +54,7 @@ SOCKET_NAME: Final = "daemon.sock"
 MAX_ID: Final = 2**63 - 1
 MAX_METHOD_LEN: Final = 64
 
-#: The closed set of error codes a daemon may send (docs/protocol/ipc.md).
+#: The closed set of error codes a daemon may send (docs/PROTOCOL.md Part 10).
 ERROR_CODES: Final = frozenset(
     {
         "bad_request",  # malformed frame, request or params

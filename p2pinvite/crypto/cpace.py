@@ -4,7 +4,7 @@ CPace is a balanced PAKE: two parties that share a low-entropy password (a
 6-digit PIN, the secret part of a short code) derive a strong shared key, and
 an attacker gets one password guess per interaction, never an offline
 dictionary attack. p2pinvite runs it inside an already established Noise
-channel; docs/protocol/cpace.md says exactly how (inputs, encodings, labels).
+channel; docs/PROTOCOL.md Part 6 says exactly how (inputs, encodings, labels).
 
 Theory of operation
 -------------------
@@ -36,7 +36,7 @@ receiving, an initiator before). Every result (ISK, tags, sid output) exists
 only from ESTABLISHED on, and FAILED forgets all of them, so a caller that
 ignores an exception still cannot use a key from a broken run.
 
-Beyond the draft (documented in docs/protocol/cpace.md):
+Beyond the draft (documented in docs/PROTOCOL.md Part 6):
 
 * a peer share must be a *canonical* u-coordinate (``< 2**255 - 19``, so bit
   255 clear). X25519 outputs always are; only a forged message is not.

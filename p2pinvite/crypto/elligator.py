@@ -8,7 +8,7 @@ v-coordinate is computed anyway so tests can check the point really is on the
 curve (``v**2 == u**3 + A*u**2 + u``).
 
 Arithmetic is plain Python ``int`` modulo ``P = 2**255 - 19``. Python's big
-integers are not constant-time; see docs/protocol/cpace.md for what that
+integers are not constant-time; see docs/PROTOCOL.md Part 6 for what that
 means for us (the map runs once per CPace run, on a hash of PIN and
 session-bound inputs).
 """

@@ -3,7 +3,7 @@
 A credential says "*issuer* asserts something about *subject*": this device
 belongs to this identity (:class:`AuthorizedDevice`), this identity is a
 member of this space with this role (:class:`SpaceMember`), or it starts a log
-(:class:`IdentityGenesis`, :class:`SpaceGenesis`). docs/protocol/credentials.md
+(:class:`IdentityGenesis`, :class:`SpaceGenesis`). docs/PROTOCOL.md Part 8
 is the normative description; the short version:
 
 * Encoding: one canonical msgpack map (:func:`p2pinvite.wire.pack` rules: keys

@@ -1,6 +1,6 @@
 """This device's identity: its keys, its identity's HALO log, and its device chain.
 
-Layout under the home (docs/protocol/credentials.md, "On disk")::
+Layout under the home (docs/PROTOCOL.md Part 8, "On disk")::
 
     <home>/                      0700
       keys/device.key            0600  device + Noise static private keys
@@ -36,7 +36,7 @@ from .credentials import (
     issue_identity_genesis,
 )
 from .keys import DeviceKeys, SigningKey, load_or_create_device_keys
-from .log import GENESIS_PREV_HASH, InvalidEntries, SpaceLog, encode_entry, entry_hash
+from .log import InvalidEntries, SpaceLog, entries_from_credentials
 from .state import LogKind, MembershipState
 
 __all__ = [
@@ -46,7 +46,6 @@ __all__ = [
     "IdentityService",
     "Issued",
     "NoIdentity",
-    "entries_from_credentials",
     "install_log",
     "remove_stale_installs",
 ]
@@ -72,17 +71,6 @@ class Issued:
 
     credential: bytes
     seq: int
-
-
-def entries_from_credentials(credentials: Sequence[bytes]) -> list[bytes]:
-    """Encoded log entries (``{seq, prev_hash, credential}``) for a new log."""
-    out: list[bytes] = []
-    prev = GENESIS_PREV_HASH
-    for seq, cred in enumerate(credentials):
-        body = encode_entry(seq, prev, cred)
-        prev = entry_hash(body)
-        out.append(body)
-    return out
 
 
 def _remove_tree(path: Path) -> None:
@@ -310,7 +298,7 @@ class IdentityService:
             ).encode(),
         ]
         # Python cannot wipe the key's memory; dropping the last reference is
-        # what "discarded" can mean here (docs/protocol/credentials.md).
+        # what "discarded" can mean here (docs/PROTOCOL.md Part 8).
         del identity_key
         self._install(entries_from_credentials(creds), key=public)
         return public

@@ -26,7 +26,7 @@ derived from the private halves, which catches a truncated, bit-flipped or
 foreign file before it signs anything.
 
 Identity keys and space keys are :class:`SigningKey` objects that are never
-stored: they sign once and are dropped (docs/protocol/credentials.md).
+stored: they sign once and are dropped (docs/PROTOCOL.md Part 8).
 """
 
 from __future__ import annotations

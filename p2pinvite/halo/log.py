@@ -1,6 +1,6 @@
 """The space log: one local, append-only, hash-chained, crash-safe file per space.
 
-docs/protocol/log.md is the normative description of the bytes; this is the
+docs/PROTOCOL.md Part 9 is the normative description of the bytes; this is the
 theory of operation.
 
 File and records
@@ -100,6 +100,7 @@ __all__ = [
     "SpaceLog",
     "decode_entry",
     "encode_entry",
+    "entries_from_credentials",
     "entry_hash",
     "frame_record",
 ]
@@ -108,7 +109,7 @@ _log = logging.getLogger(__name__)
 
 #: First 8 bytes of every log file.
 LOG_MAGIC: Final = b"\x89p2plog\n"
-#: Version of the file format described in docs/protocol/log.md.
+#: Version of the file format described in docs/PROTOCOL.md Part 9.
 FORMAT_VERSION: Final = 1
 #: First 8 bytes of every checkpoint file.
 CHECKPOINT_MAGIC: Final = b"\x89p2pckp\n"
@@ -267,6 +268,17 @@ def encode_entry(seq: int, prev_hash: bytes, credential: bytes) -> bytes:
     n = len(credential)
     bin_head = bytes((0xC4, n)) if n <= 0xFF else b"\xc5" + n.to_bytes(2, "big")
     return b"".join((_K_SEQ, _uint(seq), _K_PREV, prev_hash, _K_CRED, bin_head, credential))
+
+
+def entries_from_credentials(credentials: Sequence[bytes]) -> list[bytes]:
+    """Encoded, chained entries (``{seq, prev_hash, credential}``) of a new log."""
+    out: list[bytes] = []
+    prev = GENESIS_PREV_HASH
+    for seq, cred in enumerate(credentials):
+        body = encode_entry(seq, prev, cred)
+        prev = entry_hash(body)
+        out.append(body)
+    return out
 
 
 def decode_entry(body: bytes) -> tuple[int, bytes, bytes]:

@@ -1,6 +1,6 @@
 """Spaces this device's identity belongs to: create, list, open, admit, import.
 
-Layout under the home (docs/protocol/credentials.md, "On disk")::
+Layout under the home (docs/PROTOCOL.md Part 8, "On disk")::
 
     <home>/spaces/                         0700
       <space key, 64 lowercase hex>/       0700
@@ -34,12 +34,11 @@ from .credentials import (
 from .identity import (
     IdentityService,
     Issued,
-    entries_from_credentials,
     install_log,
     remove_stale_installs,
 )
 from .keys import SigningKey
-from .log import InvalidEntries, SpaceLog, decode_entry
+from .log import InvalidEntries, SpaceLog, decode_entry, entries_from_credentials
 from .state import LogKind, Member, MembershipState
 
 __all__ = [

@@ -26,8 +26,8 @@ A log has a *kind*, fixed by its first entry:
   ``space_member(OWNER)`` signed by the space key, then ``space_member``
   credentials issued by members, signed by their devices.
 
-Rules, by the name carried in ``CredentialError.rule`` (docs/protocol/
-credentials.md has the normative list)::
+Rules, by the name carried in ``CredentialError.rule`` (docs/PROTOCOL.md
+Part 8 has the normative list)::
 
     malformed            not a canonical credential
     bad_signature        signer's signature is wrong
@@ -401,7 +401,7 @@ class MembershipState:
     # -- snapshot ------------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
-        """Canonical encoding of the whole state (see docs/protocol/credentials.md)."""
+        """Canonical encoding of the whole state (see docs/PROTOCOL.md Part 8)."""
         return pack(
             {
                 "v": SNAPSHOT_VERSION,

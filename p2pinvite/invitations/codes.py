@@ -2,7 +2,7 @@
 
 * :class:`LinkCode` -- ``p2pinvite:`` + RFC 4648 base32 of a compact binary
   record ending in a CRC-32. Everything a guest needs to find the host and
-  check it is the right one (the exact layout is in docs/protocol/codes.md).
+  check it is the right one (the exact layout is in docs/PROTOCOL.md Part 3).
 * :class:`ShortCode` -- 12 digits, ``DDDD-SSSS-SSSC``: a public 4-digit
   discriminator, a 7-digit secret (the CPace password) and a Damm check digit.
 * PINs -- 6 digits from the CSPRNG, shown on the host, typed on the guest.

@@ -300,7 +300,7 @@ class Invitation:
     # -- encoding -----------------------------------------------------------
 
     def to_map(self) -> dict[str, Any]:
-        """The record as a msgpack-ready map (format in docs/protocol/codes.md)."""
+        """The record as a msgpack-ready map (format in docs/PROTOCOL.md Part 3)."""
         return {
             "v": RECORD_VERSION,
             "id": self.id,

@@ -8,7 +8,7 @@ driver (``offer``, ``check_attempt``, ``admit``, ...); every call returns the
 list of *events* it produced, in order. One kind of event, :class:`SendMessage`,
 names bytes the driver must send to the peer; the others ask the driver for a
 decision that needs I/O (a store lookup, a persisted attempt, a log append)
-or report progress. docs/protocol/invitations.md is the wire specification.
+or report progress. docs/PROTOCOL.md Part 7 is the wire specification.
 
 Theory of operation
 -------------------
@@ -148,7 +148,7 @@ REASON_ALREADY_MEMBER: Final = "already_member"
 SHAREABLE_REASONS: Final = frozenset({REASON_WRONG_PIN, REASON_WRONG_CODE, REASON_WRONG_KEY,
                                       REASON_ALREADY_MEMBER, UNIFORM_REFUSAL})
 
-#: Limits of the decoder (docs/protocol/invitations.md, "Limits").
+#: Limits of the decoder (docs/PROTOCOL.md Part 7, "Limits").
 MAX_CHAIN: Final = 16
 MAX_CREDENTIAL: Final = 4096
 #: Most log entries in one ``admitted`` or ``entries`` message.

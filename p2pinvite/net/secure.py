@@ -5,7 +5,7 @@ Theory of operation
 :func:`open_secure_stream` runs one Noise ``XX`` (or ``XXpsk3``) handshake
 over any :class:`trio.abc.Stream` under a single deadline, then returns a
 :class:`SecureStream`. Every Noise message travels as a frame: a 2-byte
-big-endian length, then the message (docs/protocol/noise.md has the exact
+big-endian length, then the message (docs/PROTOCOL.md Part 5 has the exact
 bytes).
 
 After the handshake the stream carries a *byte stream*: ``send_all`` cuts the

@@ -19,7 +19,7 @@ A :class:`Topic` names a rendezvous. Three kinds exist:
 
 Every derivation is ``BLAKE2b(data, digest_size=32, key=K, person=LABEL)``
 with the exact labels below (ASCII, zero-padded to 16 bytes by BLAKE2b);
-docs/protocol/discovery.md repeats them for other implementations.
+docs/PROTOCOL.md Part 4 repeats them for other implementations.
 """
 
 from __future__ import annotations

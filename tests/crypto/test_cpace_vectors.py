@@ -342,7 +342,7 @@ def test_json_has_no_unchecked_values() -> None:
 # --------------------------------------------------------------------------
 # Key confirmation (draft 10.4 with MAC = HMAC-SHA512). The draft publishes no
 # vectors for it, so these are p2pinvite's own, pinned here so a change in the
-# formula is caught and docs/protocol/cpace.md can quote them. They are also
+# formula is caught and docs/PROTOCOL.md Part 6 can quote them. They are also
 # recomputed with `cryptography`'s HMAC, an implementation the module does not use.
 # --------------------------------------------------------------------------
 

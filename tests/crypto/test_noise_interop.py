@@ -4,7 +4,7 @@ Our side runs in trio; theirs runs in a worker thread with a blocking socket.
 Both roles are tested both ways, for XX and XXpsk3: first our sans-IO engine
 with plain 2-byte framing, then our full :func:`open_secure_stream` wire
 format (prologue, payload placement, chunking, 4-byte message lengths, end
-marker) re-implemented on top of noiseprotocol from docs/protocol/noise.md.
+marker) re-implemented on top of noiseprotocol from docs/PROTOCOL.md Part 5.
 """
 
 from __future__ import annotations

@@ -355,7 +355,7 @@ def _count_busy(conns: list[socket.socket], wanted: int) -> int:
 
 
 def test_ipc_serves_at_most_64_connections_at_once(daemon: DaemonProc) -> None:
-    # docs/protocol/ipc.md: "64 connections at once (more get busy and are closed)".
+    # docs/PROTOCOL.md Part 10: "64 connections at once (more get busy and are closed)".
     # A burst of connects is where an off-by-some cap shows; three bursts.
     request = ipc_codec.encode(ipc_codec.Request(1, "status", {}))
     for _ in range(3):

@@ -329,7 +329,7 @@ def test_every_device_chain_verifies(ident: IdentityBuilder) -> None:
 
 
 def test_documented_vectors() -> None:
-    # The vectors printed in docs/protocol/credentials.md, section 5.
+    # The vectors printed in docs/PROTOCOL.md Part 8, section 5.
     genesis, device = _all_types()[:2]
     assert genesis.issuer.hex() == (
         "d04ab232742bb4ab3a1368bd4615e4e6d0224ab71a016baf8520a332c9778737")

@@ -35,13 +35,14 @@ from p2pinvite.halo.log import (
     SpaceLog,
     decode_entry,
     encode_entry,
+    entries_from_credentials,
     entry_hash,
     frame_record,
 )
 
 from .log_writer_child import OTHER_KEY, TOY_KEY, ToyValidator, make_credential
 
-HEADER = 16  # file header bytes (docs/protocol/log.md)
+HEADER = 16  # file header bytes (docs/PROTOCOL.md Part 9)
 REC = 12  # record header bytes
 
 
@@ -711,15 +712,6 @@ def test_random_valid_and_invalid_appends(tmp_path: Path,
 # -- with HALO's real credentials and MembershipState --------------------------------------------
 
 
-def _entries_of(creds: list[bytes]) -> list[bytes]:
-    out, prev = [], GENESIS_PREV_HASH
-    for seq, cred in enumerate(creds):
-        body = encode_entry(seq, prev, cred)
-        out.append(body)
-        prev = entry_hash(body)
-    return out
-
-
 async def test_real_space_log_import_append_reopen(tmp_path: Path) -> None:
     from p2pinvite.halo.credentials import Role
     from p2pinvite.halo.state import LogKind, MembershipState
@@ -732,7 +724,7 @@ async def test_real_space_log_import_append_reopen(tmp_path: Path) -> None:
         space.admit(owner, bytes([i]) * 32, Role.READER, name=f"m{i}")
     path = tmp_path / "space.log"
     state = MembershipState(kind=LogKind.SPACE, key=space.public)
-    with SpaceLog.import_entries(path, _entries_of(space.entries), state) as log:
+    with SpaceLog.import_entries(path, entries_from_credentials(space.entries), state) as log:
         assert log.length == 8
         bob = IdentityBuilder.create("bob", seed=b"bob-0001")
         seq = await log.append(space.admit(owner, bob.public, Role.EDITOR, name="bob",
@@ -763,7 +755,7 @@ async def test_real_concurrent_admission_of_one_identity_admits_once(tmp_path: P
     state = MembershipState(kind=LogKind.SPACE)
     guest = IdentityBuilder.create("guest", seed=b"guest-01")
     creds = [space.admit(owner, guest.public, Role.READER, name=f"g{i}") for i in range(6)]
-    with SpaceLog.import_entries(tmp_path / "s.log", _entries_of(space.entries[:2]),
+    with SpaceLog.import_entries(tmp_path / "s.log", entries_from_credentials(space.entries[:2]),
                                  state) as log:
         outcomes: list[str] = []
 
@@ -791,7 +783,7 @@ async def test_real_import_refuses_a_tampered_signature(tmp_path: Path) -> None:
     bad = bytearray(creds[3])
     sig_at = creds[3].index(wire.unpack(creds[3])["sig"])
     bad[sig_at + 20] ^= 0x01  # one bit of the Ed25519 signature
-    entries = _entries_of([*creds[:3], bytes(bad), *creds[4:]])
+    entries = entries_from_credentials([*creds[:3], bytes(bad), *creds[4:]])
     with pytest.raises(InvalidEntries) as exc:
         SpaceLog.import_entries(tmp_path / "s.log", entries, MembershipState())
     assert exc.value.index == 3
@@ -801,7 +793,7 @@ async def test_real_import_refuses_a_tampered_signature(tmp_path: Path) -> None:
 
 
 def test_documented_example_bytes() -> None:
-    # docs/protocol/log.md section 2.4
+    # docs/PROTOCOL.md Part 9 section 2.4
     from p2pinvite.halo.log import _file_header
 
     assert _file_header().hex() == "897032706c6f670a00010000400594b1"

@@ -12,8 +12,8 @@ import trio
 
 from p2pinvite.errors import DecodeError, FrameTooLarge, RemoteProtocolError
 from p2pinvite.halo.credentials import Role, issue_space_genesis, issue_space_member
-from p2pinvite.halo.identity import entries_from_credentials
 from p2pinvite.halo.keys import SigningKey
+from p2pinvite.halo.log import entries_from_credentials
 from p2pinvite.invitations import protocol as p
 from p2pinvite.invitations.protocol import (
     AdmissionReceived,

@@ -30,7 +30,7 @@ from p2pinvite.invitations.codes import (
 from p2pinvite.invitations.model import AuthMethod, Invitation, InvitationKind
 
 B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
-#: Documented QR budget for a typical code (two IPv4 hints): see docs/protocol/codes.md.
+#: Documented QR budget for a typical code (two IPv4 hints): see docs/PROTOCOL.md Part 3.
 TYPICAL_BUDGET = 250
 
 # -- strategies ----------------------------------------------------------------
@@ -117,7 +117,7 @@ def test_hints_are_canonicalised_and_keep_families() -> None:
 
 
 def test_typical_code_length_fits_the_qr_budget() -> None:
-    # Measured lengths (documented in docs/protocol/codes.md).
+    # Measured lengths (documented in docs/PROTOCOL.md Part 3).
     assert len(typical_code().encode()) == 231
     assert len(typical_code().encode()) < TYPICAL_BUDGET
     assert len(typical_code(hints=(("192.168.1.20", 1), ("fd00::1:2:3:4", 1))).encode()) == 250
@@ -132,7 +132,7 @@ def test_typical_code_length_fits_the_qr_budget() -> None:
 
 
 def test_documented_test_vectors() -> None:
-    # docs/protocol/codes.md, section 1.3: other implementations check against these.
+    # docs/PROTOCOL.md Part 3, section 1.3: other implementations check against these.
     code = LinkCode(
         kind=InvitationKind.SPACE,
         invitation_id=bytes(range(16)),
