@@ -266,13 +266,16 @@ def scalar_mult_vfy(scalar: bytes, point: bytes) -> bytes:
     """
     if len(scalar) != FIELD_BYTES or len(point) != FIELD_BYTES:
         raise LocalProtocolError("scalar and point must be 32 bytes")
-    private = X25519PrivateKey.from_private_bytes(scalar)
+    return _exchange(X25519PrivateKey.from_private_bytes(scalar), point)
+
+
+def _exchange(private: X25519PrivateKey, point: bytes) -> bytes:
+    """:func:`scalar_mult_vfy` with the scalar already loaded (loading costs a base mult)."""
     try:
-        result = private.exchange(X25519PublicKey.from_public_bytes(point))
+        return private.exchange(X25519PublicKey.from_public_bytes(point))
     except ValueError:
         # cryptography refuses the all-zero shared secret; that *is* G.I.
         return NEUTRAL
-    return result
 
 
 def scalar_mult(scalar: bytes, point: bytes) -> bytes:
@@ -395,10 +398,10 @@ class CPace:
         elif not isinstance(scalar, bytes) or len(scalar) != FIELD_BYTES:
             raise InvalidKey(f"CPace scalar must be {FIELD_BYTES} bytes")
         self._role = role
-        self._scalar: bytes | None = scalar
+        self._scalar: X25519PrivateKey | None = X25519PrivateKey.from_private_bytes(scalar)
         # g is as secret as the password (it determines it up to a guess), so
         # it lives only in this frame.
-        self._share = scalar_mult(scalar, calculate_generator(password, ci, self._sid))
+        self._share = _exchange(self._scalar, calculate_generator(password, ci, self._sid))
         self._state = _State.WAITING
         self._peer: tuple[bytes, bytes] | None = None
         self._transcript = b""
@@ -461,7 +464,7 @@ class CPace:
         if hmac.compare_digest(peer_y, self._share):
             raise InvalidPoint("CPace peer share equals our own (reflected message)")
         assert self._scalar is not None  # WAITING always holds the scalar
-        k = scalar_mult_vfy(self._scalar, peer_y)
+        k = _exchange(self._scalar, peer_y)
         if hmac.compare_digest(k, NEUTRAL):
             raise InvalidPoint("CPace peer share is a low-order point")
         if self._role is CPaceRole.INITIATOR:

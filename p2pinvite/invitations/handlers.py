@@ -19,9 +19,13 @@ Host (:func:`serve_guest`), per connection on an invitation's topic:
   checked, and taken back only on success -- in memory at once, on disk with
   the admission's use commit (one record write), or by a flush when the
   handshake ends without one;
-* admission: reserve a use, issue the credential and append it (fsync),
-  commit the use -- under a cancellation shield, so a revoke or a dropped
-  connection cannot interrupt it half way; any failure releases the use;
+* admission: reserve a use, issue the credential and append it (fsync) under
+  a cancellation shield, so a revoke or a dropped connection cannot
+  interrupt it half way (any failure releases the use); commit the use in
+  memory (every other guest sees it at once); send ``admitted``; then write
+  the record, with the use and the taken-back attempt, in one append. The
+  log entry is what admits the guest, and what the manager recounts uses
+  from at start, so the record write need not delay the answer;
 * resume: a guest already admitted by *this* invitation (its credential is in
   the log) gets the existing credential again, even once the invitation is
   exhausted, so a connection lost after the host's fsync costs nothing.
@@ -194,11 +198,21 @@ async def _receive(stream: SecureStream, machine: p.HostProtocol | p.GuestProtoc
     raise _Dropped
 
 
+def _take_sends(queue: deque[p.Event]) -> list[bytes]:
+    """Pop the run of SendMessage events at the head of *queue*: one write for a step."""
+    out = []
+    while queue and isinstance(queue[0], p.SendMessage):
+        ev = queue.popleft()
+        assert isinstance(ev, p.SendMessage)
+        out.append(ev.data)
+    return out
+
+
 async def _send(stream: SecureStream, machine: p.HostProtocol | p.GuestProtocol,
-                data: bytes, timeout: float) -> None:
+                data: list[bytes], timeout: float) -> None:
     try:
         with trio.fail_after(timeout):
-            await stream.send_message(data)
+            await stream.send_messages(data)
     except trio.TooSlowError:
         if machine.state not in p.FINAL_STATES:
             machine.timed_out()
@@ -264,7 +278,8 @@ class _HostDriver:
         self.scope = scope
         self.host = p.HostProtocol()
         self.resume_only = False
-        self.undo_pending = False  # a taken-back attempt not yet on disk
+        # The record holds a change not yet on disk (a taken-back attempt, a use).
+        self.flush_pending = False
         self.peer: bytes | None = None
 
     def emit(self, type_: str, **kw: object) -> None:
@@ -274,17 +289,22 @@ class _HostDriver:
         try:
             await self._run()
         finally:
-            if self.undo_pending:
-                await self._flush_undo()
+            if self.flush_pending:
+                await self._flush()
 
-    async def _flush_undo(self) -> None:
-        """Persist a taken-back attempt that no use commit wrote (refusal, drop, resume)."""
-        self.undo_pending = False
+    async def _flush(self) -> None:
+        """Write the record once the handshake is over: the use and/or the taken-back attempt.
+
+        Until then the disk errs on the safe side: an attempt still spent, and
+        a use the log holds but the record not yet (the manager recounts it
+        from the log at start).
+        """
+        self.flush_pending = False
         with trio.CancelScope(shield=True):
             try:
                 await trio.to_thread.run_sync(self.ctx.store.flush, self.inv_id)
-            except P2PInviteError as exc:  # the disk keeps the safe (higher) count
-                log.warning("invitation %s: could not persist a taken-back attempt: %s",
+            except P2PInviteError as exc:  # memory stays right; the disk is behind, safely
+                log.warning("invitation %s: could not write the record: %s",
                             self.inv_id.hex()[:8], exc)
 
     async def _run(self) -> None:
@@ -320,10 +340,10 @@ class _HostDriver:
     async def _drain(self, events: list[p.Event]) -> None:
         queue = deque(events)
         while queue:
-            ev = queue.popleft()
-            if isinstance(ev, p.SendMessage):
-                await _send(self.stream, self.host, ev.data, self.ctx.step_timeout)
+            if sends := _take_sends(queue):
+                await _send(self.stream, self.host, sends, self.ctx.step_timeout)
                 continue
+            ev = queue.popleft()
             handler = self._dispatch[type(ev)]
             queue.extend(await handler(self, ev))
 
@@ -390,10 +410,10 @@ class _HostDriver:
             events = self.host.check_attempt(left)
             if any(isinstance(e, p.AuthSucceeded) for e in events) and not self.resume_only:
                 # Taken back in memory now (the budget other guests see), on disk
-                # with the admission's use commit: one record write instead of two.
-                # Until then the disk errs on the safe side (the attempt spent).
+                # with the admission's use: one record write instead of two. Until
+                # then the disk errs on the safe side (the attempt spent).
                 ctx.store.attempt_succeeded(self.inv_id, durable=False)
-                self.undo_pending = True
+                self.flush_pending = True
         for e in events:
             if isinstance(e, p.AuthFailed):
                 self.emit("locked" if e.attempts_left == 0 else "failed_attempt",
@@ -487,16 +507,17 @@ class _HostDriver:
 
     async def _with_use(self, inv: Invitation, accepted_by: bytes,
                         issue: Callable[[], Awaitable[bytes]]) -> bytes:
-        """Reserve a use, issue (append + fsync), commit; shielded so it completes."""
+        """Reserve a use, issue (append + fsync) shielded so it completes, commit in memory.
+
+        The record reaches the disk after ``admitted`` was sent (:meth:`_flush`).
+        """
         store = self.ctx.store
         reservation: Reservation = store.reserve_use(inv.id, self.ctx.clock())
         try:
             with trio.CancelScope(shield=True):
                 credential = await issue()
-                # One write: the use, and the taken-back attempt of this guest's proof.
-                await trio.to_thread.run_sync(store.commit_use, reservation, accepted_by,
-                                              self.ctx.clock())
-                self.undo_pending = False
+            store.commit_use(reservation, accepted_by, self.ctx.clock(), durable=False)
+            self.flush_pending = True
         finally:
             store.release(reservation)
         return credential
@@ -528,6 +549,29 @@ def _session_cap(ctx: HostContext, invitation_id: bytes) -> int:
     return MAX_SESSIONS_SHORT if inv.auth is AuthMethod.SHORT else MAX_SESSIONS_LINK
 
 
+#: How long a host waits for the guest to hang up after its last message.
+LINGER: Final = 2.0
+
+
+async def _linger(stream: SecureStream) -> None:
+    """End our side, then drop what the guest still sends until it hangs up.
+
+    A guest pipelines messages (its CPace share right after its request, an
+    admission request right after its key proof), so a refusal may find more
+    of its input unread. Closing a TCP socket with unread input makes the
+    kernel answer with a reset, which can destroy the refusal before the
+    guest read it; waiting for the guest's end of stream (a guest hangs up
+    once it read the refusal) lets the refusal arrive.
+    """
+    with trio.move_on_after(LINGER):
+        try:
+            await stream.send_eof()
+            while await stream.transport.receive_some(65536):
+                pass
+        except (P2PInviteError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # already gone: nothing left to protect
+
+
 async def serve_guest(stream: SecureStream, ctx: HostContext, invitation_id: bytes) -> None:
     """Serve one guest that connected on the topic of *invitation_id*.
 
@@ -544,7 +588,10 @@ async def serve_guest(stream: SecureStream, ctx: HostContext, invitation_id: byt
     running.add(scope)
     try:
         with scope:
-            await _HostDriver(ctx, stream, invitation_id, scope).run()
+            driver = _HostDriver(ctx, stream, invitation_id, scope)
+            await driver.run()
+            if driver.host.state is not p.State.SUCCESS:
+                await _linger(stream)
     finally:
         scopes = ctx.active.get(invitation_id)
         if scopes is not None:
@@ -641,11 +688,10 @@ class _GuestDriver:
             queue = deque(events)
             while guest.state not in p.FINAL_STATES:
                 while queue:
-                    ev = queue.popleft()
-                    if isinstance(ev, p.SendMessage):
-                        await _send(stream, guest, ev.data, self.step_timeout)
+                    if sends := _take_sends(queue):
+                        await _send(stream, guest, sends, self.step_timeout)
                     else:
-                        queue.extend(await self._decide(ev))
+                        queue.extend(await self._decide(queue.popleft()))
                     if guest.state is not last:
                         last = guest.state
                         yield self._event()

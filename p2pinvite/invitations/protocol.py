@@ -21,11 +21,11 @@ checks the proof first, so both know the peer's device key.
 
     guest                                       host
     request {invitation, kind}        ---->     InvitationRequested -> offer()/refuse()
+    [pin, short] + pake {Ya}          ---->     (read after the request was answered)
                                       <----     challenge {method, host identity/device/chain}
+                                      <----     [pin, short] pake {Yb}
     HostChallenged -> host_verified()
-    [pin, short]  pake {Ya}           ---->
-                                      <----     pake {Yb}
-                  confirm {tag_a}     ---->     AttemptMade -> (persist) -> check_attempt()
+    [pin, short]  confirm {tag_a}     ---->     AttemptMade -> (persist) -> check_attempt()
                                       <----     confirm {tag_b}   |  refused wrong_pin
     [key]         key_proof {key,sig} ---->     AttemptMade -> (persist) -> check_attempt()
     admit {device, identity, chain}   ---->     AdmissionRequested -> admit()/refuse()
@@ -39,6 +39,11 @@ follow until ``count`` entries arrived (every chunk at most
 :data:`MAX_LOG_ENTRIES` entries and :data:`MAX_LOG_BYTES` bytes, so a host
 cannot make a guest buffer without bound). A log that fits one chunk is one
 ``admitted`` without ``count``, as in the first version of the protocol.
+
+The guest's CPace share goes out with its request (it depends only on the
+session and the password, and reveals nothing about the password); its tag,
+the first thing that does, waits until the challenge was checked and the
+host's share arrived.
 
 A failed-attempt count is persisted by the host's driver *between*
 :class:`AttemptMade` and :meth:`HostProtocol.check_attempt`: the machine will
@@ -1204,7 +1209,18 @@ class GuestProtocol(_Machine):
         if want is not None and not hmac.compare_digest(want, self._peer_device):
             raise self._violation(HandshakeError("the host is not the device the code names"))
         r = self._request
-        return [self._send(RequestMsg(r.invitation_id, r.kind))]
+        out: list[Event] = [self._send(RequestMsg(r.invitation_id, r.kind))]
+        if r.method in _PAKE_METHODS:
+            # Pipelined with the request: our CPace share depends only on the
+            # session and the password, and reveals nothing about the password
+            # (CPace). What does -- our tag -- waits until the challenge was
+            # checked and the host's share arrived, as before.
+            assert r.password is not None
+            self._cpace = CPace(r.password, role=CPaceRole.INITIATOR,
+                                sid=session.handshake_hash,
+                                ci=cpace_channel_id(session.local_static, session.remote_static))
+            out.append(self._send(PakeMsg(self._cpace.message())))
+        return out
 
     def receive_message(self, data: bytes) -> list[Event]:
         """Feed one application message from the host."""
@@ -1284,13 +1300,7 @@ class GuestProtocol(_Machine):
         session = self._session
         assert session is not None
         out: list[Event] = []
-        if method in _PAKE_METHODS:
-            assert self._request.password is not None
-            self._cpace = CPace(self._request.password, role=CPaceRole.INITIATOR,
-                                sid=session.handshake_hash,
-                                ci=cpace_channel_id(session.local_static, session.remote_static))
-            out.append(self._send(PakeMsg(self._cpace.message())))
-        else:
+        if method not in _PAKE_METHODS:  # a PAKE share went with the request
             if method == "key":
                 signer = self._request.admission_key
                 assert signer is not None

@@ -1,15 +1,32 @@
-"""The durable invitation store: one record file per invitation.
+"""The durable invitation store: one append-only record file per invitation.
 
 Theory of operation
 -------------------
-Every invitation lives in ``<dir>/<id hex>.inv`` (0600, in a 0700 directory),
-replaced with :func:`p2pinvite.fsutil.atomic_write` on every mutation: the
-file is fsynced, renamed over the old one and the directory fsynced *before*
-the method returns, so a crash leaves either the old or the new record. The
-in-memory copy is updated only after the write succeeded, so memory never
-runs ahead of the disk -- with one deliberate exception: a taken-back attempt
-(``attempt_succeeded(durable=False)``) may wait in memory for the record's
-next write, because the disk then errs on the safe side (more attempts spent).
+Every invitation lives in ``<dir>/<id hex>.inv`` (0600, in a 0700 directory):
+a magic header and then *frames*, each a complete record; the last intact
+frame is the current record. The file is born (and re-born) whole with
+:func:`p2pinvite.fsutil.atomic_write` -- temporary file, fsync, rename,
+directory fsync -- on create, on revoke and when it has grown long
+(compaction). The frequent changes on a guest's path (an attempt counted,
+a use committed) *append* one frame and ``fdatasync`` it: one flush, no
+rename, no directory sync, which matters because both sit on the critical
+path of every PIN admission.
+
+A crash during an append can leave a torn frame after the last intact one.
+That frame was never acknowledged (the method had not returned), so opening
+the store drops it (truncating the file) and the previous record stands.
+Frames are only ever written past the last intact one, so damage can only be
+at the tail; a file whose *first* frame is damaged has no record and is
+quarantined (below). Revocation rewrites the file instead of appending, so a
+revoke is never the frame a torn tail could take back.
+
+The in-memory copy is updated only after the write succeeded, so memory never
+runs ahead of the disk -- with two deliberate exceptions, each waiting in
+memory for the record's next write (:meth:`InvitationStore.flush`): a
+taken-back attempt (``attempt_succeeded(durable=False)``), because the disk
+then errs on the safe side (more attempts spent); and a use whose admission
+is already durable in a log (``commit_use(durable=False)``), because the
+invitations manager recounts uses from the logs at start.
 
 Two counters need care because a guest controls when connections drop:
 
@@ -29,15 +46,16 @@ Two counters need care because a guest controls when connections drop:
   since nothing was committed. A reservation taken before a revocation or the
   expiry may still be committed: the admission was decided when it was taken.
 
-Methods are synchronous and quick (one small file write); a
+Methods are synchronous and quick (one small append and flush); a
 :class:`threading.Lock` makes each one atomic, so callers may run them on the
 trio thread or in ``trio.to_thread``. Time is always a ``now`` argument, never
 read from the clock here, so tests and trio's autojump clock control it.
 
 Damaged records
 ---------------
-A record that cannot be decoded (bad magic, checksum, msgpack, fields, or a
-name that does not match its id) is *quarantined* by default: renamed to
+A record file that cannot be decoded (bad magic, no intact first frame, a
+frame that is not a valid record, or a name that does not match its id) is
+*quarantined* by default: renamed to
 ``<name>.corrupt`` for the operator, logged as a warning, and the store
 starts without it. That fails safe, since an invitation without a record is
 "unknown" and admits nobody. ``quarantine_corrupt=False`` makes
@@ -86,12 +104,16 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 #: First 8 bytes of every record file: name and format version.
-FILE_MAGIC: Final = b"p2pinv\x00\x01"
+FILE_MAGIC: Final = b"p2pinv\x00\x02"
 _SUFFIX: Final = ".inv"
 _NAME_RE: Final = re.compile(r"^[0-9a-f]{32}\.inv$")
 # atomic_write's temporary files: ".<name>.<pid>.tmp"
 _TMP_RE: Final = re.compile(r"^\.[0-9a-f]{32}\.inv\.\d+\.tmp$")
 _MAX_FILE: Final = 512 * 1024
+# A file this long (frames or bytes) is rewritten whole instead of appended to:
+# it bounds the file and the work of reading it at open.
+_COMPACT_FRAMES: Final = 64
+_COMPACT_BYTES: Final = 64 * 1024
 
 
 class InvitationRecordCorrupted(StorageError):
@@ -110,20 +132,59 @@ class Reservation:
     token: int
 
 
-def _encode_file(inv: Invitation) -> bytes:
-    body = FILE_MAGIC + inv.to_bytes()
-    return body + zlib.crc32(body).to_bytes(4, "big")
+def _frame(inv: Invitation) -> bytes:
+    """One frame: length (4 bytes, big-endian), the record, CRC-32 of length and record."""
+    body = inv.to_bytes()
+    head = len(body).to_bytes(4, "big")
+    return head + body + zlib.crc32(head + body).to_bytes(4, "big")
 
 
-def _decode_file(data: bytes) -> Invitation:
-    # The CRC catches bit rot that would otherwise decode into plausible but
-    # wrong counters; atomic_write already rules out torn writes.
-    if len(data) < len(FILE_MAGIC) + 4 or not data.startswith(FILE_MAGIC):
+@dataclass(slots=True)
+class _Tail:
+    """Where a record file's next frame goes, and how many frames it holds."""
+
+    end: int
+    frames: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Decoded:
+    record: Invitation
+    tail: _Tail
+    torn: int  # bytes after the last intact frame (a torn append)
+
+
+def _decode_file(data: bytes) -> _Decoded:
+    # The CRC tells a torn append from a whole frame; it also catches bit rot
+    # that would otherwise decode into plausible but wrong counters.
+    if not data.startswith(FILE_MAGIC):
         raise DecodeError("not an invitation record (bad magic)")
-    body, crc = data[:-4], data[-4:]
-    if zlib.crc32(body).to_bytes(4, "big") != crc:
-        raise DecodeError("checksum mismatch")
-    return Invitation.from_bytes(body[len(FILE_MAGIC):])
+    off, last, frames = len(FILE_MAGIC), None, 0
+    while off + 8 <= len(data):
+        n = int.from_bytes(data[off:off + 4], "big")
+        end = off + 8 + n
+        if end > len(data) or zlib.crc32(data[off:end - 4]) != int.from_bytes(
+                data[end - 4:end], "big"):
+            break  # the first damaged frame: a torn append, everything from here
+        last, frames, off = data[off + 4:end - 4], frames + 1, end
+    if last is None:
+        raise DecodeError("no intact record frame")
+    return _Decoded(Invitation.from_bytes(last), _Tail(off, frames), len(data) - off)
+
+
+def _append_frame(path: Path, frame: bytes, offset: int) -> None:
+    """Write *frame* at *offset* of the existing file *path* and fdatasync it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        view = memoryview(frame)
+        while view:
+            written = os.pwrite(fd, view, offset)
+            view, offset = view[written:], offset + written
+        # fdatasync also makes the new file size durable: nothing else is needed
+        # to read the frame back after a crash (no rename, no directory entry).
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
 
 
 def _unknown(inv_id: bytes) -> InvitationError:
@@ -142,17 +203,20 @@ class InvitationStore:
     """
 
     def __init__(self, directory: Path, records: dict[bytes, Invitation],
-                 quarantined: tuple[Path, ...]) -> None:
+                 quarantined: tuple[Path, ...], tails: dict[bytes, _Tail] | None = None,
+                 ) -> None:
         """Use :meth:`open`; this constructor trusts its arguments."""
         self._dir = directory
         self._records = records
+        # Where each file's next frame goes; a record without one is rewritten.
+        self._tails: dict[bytes, _Tail] = tails if tails is not None else {}
         self._quarantined = quarantined
         self._lock = threading.Lock()
         self._reserved: dict[bytes, set[int]] = {}
         self._in_flight: dict[bytes, int] = {}
         self._tokens = itertools.count(1)
-        # Records whose in-memory copy holds a change not yet written (only
-        # ever a taken-back attempt: memory is then *more* lenient than disk).
+        # Records whose in-memory copy holds a change not yet written: a
+        # taken-back attempt or a use already durable in a log (see flush()).
         self._dirty: set[bytes] = set()
 
     # -- opening ---------------------------------------------------------------
@@ -167,6 +231,7 @@ class InvitationStore:
         """
         directory = ensure_private_dir(Path(directory))
         records: dict[bytes, Invitation] = {}
+        tails: dict[bytes, _Tail] = {}
         quarantined: list[Path] = []
         for path in sorted(directory.iterdir()):
             name = path.name
@@ -179,7 +244,8 @@ class InvitationStore:
                 continue  # quarantined files, or foreign files: not ours to judge
             data = read_private(path, max_size=_MAX_FILE)  # refuses wrong modes
             try:
-                inv = _decode_file(data)
+                decoded = _decode_file(data)
+                inv = decoded.record
                 if inv.id.hex() + _SUFFIX != name:
                     raise DecodeError("file name does not match the record's id")
             except DecodeError as exc:
@@ -194,8 +260,11 @@ class InvitationStore:
                 _log.warning("%s; moved to %s, invitation unavailable", err, target.name)
                 quarantined.append(target)
                 continue
+            if decoded.torn:
+                _drop_torn_tail(path, decoded)
             records[inv.id] = inv
-        return cls(directory, records, tuple(quarantined))
+            tails[inv.id] = decoded.tail
+        return cls(directory, records, tuple(quarantined), tails)
 
     @property
     def directory(self) -> Path:
@@ -332,7 +401,7 @@ class InvitationStore:
             if inv.revoked_at is not None:
                 return inv
             new = dataclasses.replace(inv, revoked_at=now, revoked_by=by)
-            self._write(new)
+            self._write(new, rewrite=True)  # never the frame a torn tail takes back
             return new
 
     def check_usable(self, inv_id: bytes, now: float) -> Invitation:
@@ -421,11 +490,19 @@ class InvitationStore:
             held.add(token)
             return Reservation(inv_id, token)
 
-    def commit_use(self, reservation: Reservation, accepted_by: bytes, now: float) -> Invitation:
+    def commit_use(self, reservation: Reservation, accepted_by: bytes, now: float, *,
+                   durable: bool = True) -> Invitation:
         """Turn *reservation* into a recorded use by identity *accepted_by*; persisted.
 
         Raises LocalProtocolError if the reservation was already committed or
         released. On a write failure the reservation stays held (release it).
+
+        With ``durable=False`` the use is counted in memory only (at once, so
+        no other admission can take it) and the record is marked dirty for
+        :meth:`flush`. That is for a use whose admission is already durable
+        elsewhere -- the credential in the log, from which the invitations
+        manager recounts uses at start -- so a crash before the flush loses
+        nothing.
         """
         with self._lock:
             held = self._reserved.get(reservation.invitation_id)
@@ -434,14 +511,19 @@ class InvitationStore:
             inv = self.get(reservation.invitation_id)
             accepted = (*inv.accepted_by, (accepted_by, now))[-MAX_ACCEPTED_RECORDED:]
             new = dataclasses.replace(inv, uses=inv.uses + 1, accepted_by=accepted)
-            self._write(new)
+            if durable:
+                self._write(new)
+            else:
+                self._records[inv.id] = new
+                self._dirty.add(inv.id)
             self._drop_token(reservation)
             return new
 
     def flush(self, inv_id: bytes) -> bool:
         """Persist *inv_id*'s record if memory holds an unwritten change; return whether it wrote.
 
-        The only such change is a non-durable :meth:`attempt_succeeded`.
+        Such changes come from ``attempt_succeeded(durable=False)`` and
+        ``commit_use(durable=False)``.
         """
         with self._lock:
             if inv_id not in self._dirty:
@@ -474,12 +556,39 @@ class InvitationStore:
 
     # -- disk ------------------------------------------------------------------
 
-    def _write(self, inv: Invitation) -> None:
+    def _write(self, inv: Invitation, *, rewrite: bool = False) -> None:
+        """Persist *inv* (append a frame, or rewrite the file), then adopt it in memory."""
         path = self._dir / (inv.id.hex() + _SUFFIX)
+        frame = _frame(inv)
+        tail = self._tails.get(inv.id)
         try:
-            atomic_write(path, _encode_file(inv))
+            if (rewrite or tail is None or tail.frames >= _COMPACT_FRAMES
+                    or tail.end + len(frame) > _COMPACT_BYTES):
+                atomic_write(path, FILE_MAGIC + frame)
+                tail = self._tails[inv.id] = _Tail(len(FILE_MAGIC) + len(frame), 1)
+            else:
+                _append_frame(path, frame, tail.end)
+                tail.end += len(frame)
+                tail.frames += 1
         except OSError as exc:
+            # What reached the file is unknown: the next write rewrites it whole.
             # A leftover temporary file, if any, is removed by the next open().
+            self._tails.pop(inv.id, None)
             raise StorageError(f"{path}: cannot write invitation record: {exc}") from None
         self._records[inv.id] = inv
         self._dirty.discard(inv.id)
+
+
+def _drop_torn_tail(path: Path, decoded: _Decoded) -> None:
+    """Cut a torn append off *path*, so the next frame follows the last intact one."""
+    _log.warning("%s: dropping a torn record frame (%d bytes); the previous record stands",
+                 path.name, decoded.torn)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            os.ftruncate(fd, decoded.tail.end)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise StorageError(f"{path}: cannot truncate a torn record frame: {exc}") from None

@@ -37,6 +37,7 @@ from __future__ import annotations
 import operator
 import struct
 from collections import deque
+from collections.abc import Sequence
 from typing import Final
 
 import trio
@@ -469,6 +470,27 @@ class SecureStream(trio.abc.HalfCloseableStream):
         await self._acquire_send(wait=True)
         try:
             await self._send_bytes(_LEN4.pack(len(mv)), mv)
+        finally:
+            self._send_lock.release()
+
+    async def send_messages(self, messages: Sequence[bytes | bytearray | memoryview]) -> None:
+        """Send several application messages, in order, with one transport write.
+
+        For a protocol step that answers with more than one message: the
+        peer gets them in one segment and one wake-up. Each message is framed
+        exactly as :meth:`send_message` frames it.
+        """
+        views = [memoryview(m).cast("B") for m in messages]
+        if any(len(v) > MAX_APP_MESSAGE for v in views):
+            raise MessageTooLarge(f"a message exceeds the limit of {MAX_APP_MESSAGE}")
+        if len(views) == 1 or any(len(v) + _LEN4.size > MAX_PLAINTEXT for v in views):
+            for v in views:  # one, or large: send_message splits them as needed
+                await self.send_message(v)
+            return
+        await self._acquire_send(wait=True)
+        try:
+            self._check_can_send()
+            await self._write(self._seal([_LEN4.pack(len(v)) + v for v in views]))
         finally:
             self._send_lock.release()
 

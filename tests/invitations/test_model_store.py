@@ -425,7 +425,11 @@ def test_write_failure_leaves_memory_unchanged(
     def disk_full(path: Path, data: bytes) -> None:
         raise OSError(28, "No space left on device")
 
+    def disk_full_append(path: Path, frame: bytes, offset: int) -> None:
+        raise OSError(28, "No space left on device")
+
     monkeypatch.setattr("p2pinvite.invitations.store.atomic_write", disk_full)
+    monkeypatch.setattr("p2pinvite.invitations.store._append_frame", disk_full_append)
     with pytest.raises(StorageError, match="cannot write"):
         store.begin_attempt(inv.id, T0)
     with pytest.raises(StorageError, match="cannot write"):

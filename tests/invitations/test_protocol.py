@@ -85,6 +85,11 @@ def one(events: list[p.Event]) -> bytes:
     return data
 
 
+def first(events: list[p.Event]) -> bytes:
+    """The first message sent: the request, when the guest pipelined its CPace share."""
+    return sends(events)[0]
+
+
 class Run:
     """Both drivers, with a recording store (attempt counter) and log."""
 
@@ -120,18 +125,25 @@ class Run:
     def run(self) -> None:
         """Play the whole handshake, answering every decision like a real driver."""
         self.g(self.guest.connecting())
-        request = one(self.g(self.guest.connected(self.gs)))
+        request, *early = sends(self.g(self.guest.connected(self.gs)))
         self.h(self.host.connected(self.hs))
         ev = self.h(self.host.receive_message(request))
         assert ev == [InvitationRequested(INV, self.request.kind)]
         self.effects.append("store.lookup")
         out = self.h(self.host.offer(self.method, HOST_INFO, password=self.host_password,
                                      admission_key=self.admission.public_key))
-        ev = self.g(self.guest.receive_message(one(out)))
+        challenge = one(out)
+        # What the guest pipelined (its CPace share) the host reads right after
+        # answering the request; its answers reach the guest after the challenge.
+        later: list[bytes] = []
+        for data in early:
+            later += sends(self.h(self.host.receive_message(data)))
+        ev = self.g(self.guest.receive_message(challenge))
         assert ev == [HostChallenged(self.method, HOST_INFO)]
         self.effects.append("guest.verify_chain")
-        to_host = sends(self.g(self.guest.host_verified()))
-        pending = list(to_host)
+        pending = sends(self.g(self.guest.host_verified()))
+        for data in later:
+            pending += self._to_guest(data)
         while pending and self.host.state not in p.FINAL_STATES:
             data = pending.pop(0)
             for e in self.h(self.host.receive_message(data)):
@@ -180,13 +192,13 @@ def test_pin_run_exact_trace() -> None:
     r.run()
     assert r.trace == [
         ("guest", []),
-        ("guest", ["Send(request)"]),
+        ("guest", ["Send(request)", "Send(pake)"]),  # the CPace share is pipelined
         ("host", []),
         ("host", ["InvitationRequested"]),
         ("host", ["Send(challenge)"]),
-        ("guest", ["HostChallenged"]),
-        ("guest", ["Send(pake)"]),
         ("host", ["Send(pake)"]),
+        ("guest", ["HostChallenged"]),
+        ("guest", []),
         ("guest", ["Send(confirm)"]),
         ("host", ["AttemptMade"]),
         ("host", ["AuthSucceeded", "Send(confirm)"]),
@@ -305,7 +317,7 @@ def test_host_refusal_is_uniform_on_the_wire_but_precise_locally() -> None:
         guest = GuestProtocol(Run().request)
         host = HostProtocol()
         host.connected(hs)
-        host.receive_message(one(guest.connected(gs)))
+        host.receive_message(first(guest.connected(gs)))
         out = host.refuse(reason)
         assert host.state is state
         assert host.reason == reason
@@ -340,7 +352,7 @@ def test_man_in_the_middle_relaying_cpace_admits_no_one() -> None:
         return data
 
     host.connected(host_side)
-    host.receive_message(relay(one(guest.connected(guest_side))))
+    host.receive_message(relay(first(guest.connected(guest_side))))
     challenge = relay(one(host.offer("pin", HOST_INFO, password=PIN)))
     with pytest.raises(HandshakeError):
         # The guest refuses the real challenge: its device is not the MITM's...
@@ -350,11 +362,12 @@ def test_man_in_the_middle_relaying_cpace_admits_no_one() -> None:
                                           "host_device": None}))
     host = HostProtocol()
     host.connected(host_side)
-    host.receive_message(relay(one(guest.connected(guest_side))))
+    request, pake_a = sends(guest.connected(guest_side))
+    host.receive_message(relay(request))
     host.offer("pin", HOST_INFO, password=PIN)
     forged = HostInfo(HOST_IDENTITY, mitm.device_public, ())
     guest.receive_message(relay(encode_message(ChallengeMsg("pin", forged))))
-    pake_a = one(guest.host_verified())
+    assert guest.host_verified() == []
     pake_b = one(host.receive_message(relay(pake_a)))
     confirm = one(guest.receive_message(relay(pake_b)))
     assert host.receive_message(relay(confirm)) == [AttemptMade("pin")]
@@ -440,7 +453,11 @@ def test_messages_out_of_order_are_remote_violations() -> None:
 def test_pake_before_offer_and_double_request_are_violations() -> None:
     r = Run()
     r.host.connected(r.hs)
-    req = one(r.guest.connected(r.gs))
+    req, pake = sends(r.guest.connected(r.gs))
+    early = HostProtocol()
+    early.connected(r.hs)
+    with pytest.raises(ProtocolViolation, match="unexpected 'pake'"):
+        early.receive_message(pake)  # a share read before any request
     r.host.receive_message(req)
     with pytest.raises(ProtocolViolation):
         r.host.receive_message(req)
@@ -457,7 +474,7 @@ def test_unsupported_version_is_refused() -> None:
 def test_invalid_pake_share_is_a_violation() -> None:
     r = Run()
     r.host.connected(r.hs)
-    r.host.receive_message(one(r.guest.connected(r.gs)))
+    r.host.receive_message(first(r.guest.connected(r.gs)))
     r.host.offer("pin", HOST_INFO, password=PIN)
     low_order = bytes(32)
     from p2pinvite.crypto.cpace import lv_cat
@@ -469,9 +486,11 @@ def test_invalid_pake_share_is_a_violation() -> None:
 def test_guest_rejects_a_wrong_host_confirmation() -> None:
     r = Run()
     r.host.connected(r.hs)
-    r.host.receive_message(one(r.guest.connected(r.gs)))
+    request, pake_a = sends(r.guest.connected(r.gs))
+    r.host.receive_message(request)
     r.guest.receive_message(one(r.host.offer("pin", HOST_INFO, password=PIN)))
-    pake_b = one(r.host.receive_message(one(r.guest.host_verified())))
+    assert r.guest.host_verified() == []
+    pake_b = one(r.host.receive_message(pake_a))
     r.guest.receive_message(pake_b)
     with pytest.raises(HandshakeError, match="could not confirm"):
         r.guest.receive_message(encode_message(ConfirmMsg(bytes(64))))
@@ -489,7 +508,7 @@ def test_local_misuse_leaves_state_unchanged() -> None:
     with pytest.raises(LocalProtocolError):
         r.host.admit(b"c", [])
     assert r.host.state is State.CONNECTED
-    r.host.receive_message(one(r.guest.connected(r.gs)))
+    r.host.receive_message(first(r.guest.connected(r.gs)))
     with pytest.raises(LocalProtocolError, match="needs a password"):
         r.host.offer("pin", HOST_INFO)
     with pytest.raises(LocalProtocolError):

@@ -152,6 +152,32 @@ async def test_messages_keep_their_boundaries(size: int) -> None:
     assert got == msgs
 
 
+@pytest.mark.parametrize("sizes", [[5, 0, 300], [1], [10, MAX_PLAINTEXT - 4],
+                                   [3, MAX_PLAINTEXT - 3, 7], [2 * MAX_PLAINTEXT, 1]])
+async def test_send_messages_sends_a_batch_in_order(sizes: list[int]) -> None:
+    msgs = [os.urandom(n) for n in sizes]
+    with trio.fail_after(10):
+        a, b = trio.testing.memory_stream_pair()
+        writes: list[int] = []
+        real = a.send_stream.send_all_hook
+
+        async def count_writes() -> None:  # trio calls the hook once per send_all
+            writes.append(1)
+            if real is not None:
+                await real()
+
+        i, r = await handshake_pair(a, b)
+        a.send_stream.send_all_hook = count_writes
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(i.send_messages, msgs)
+            got = [await r.receive_message() for _ in msgs]
+    assert got == msgs
+    if all(n + 4 <= MAX_PLAINTEXT for n in sizes):
+        assert len(writes) == 1  # one transport write for the whole batch
+    with pytest.raises(MessageTooLarge):
+        await i.send_messages([b"ok", b"\x00" * (MAX_APP_MESSAGE + 1)])
+
+
 async def test_message_limits() -> None:
     with trio.fail_after(5):
         i, r = await handshake_pair(*trio.testing.memory_stream_pair())
