@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
 import trio
 
-from p2pinvite.errors import UNIFORM_REFUSAL, InvitationError
+from p2pinvite.errors import UNIFORM_REFUSAL, ConnectionClosed, InvitationError
 from p2pinvite.halo.credentials import Role
 from p2pinvite.halo.keys import SigningKey
 from p2pinvite.invitations.codes import LinkCode, generate_pin
@@ -27,6 +28,7 @@ from p2pinvite.invitations.protocol import (
     decode_message,
     encode_message,
 )
+from p2pinvite.net.secure import ConnectionBroken
 from p2pinvite.net.topics import Topic
 
 from .pairing_nodes import Node, open_node
@@ -403,6 +405,37 @@ async def test_revoke_stops_a_handshake_in_progress(tmp_path: Path) -> None:
             await stream.aclose()
         assert host.manager.validate(created.code).reason == "revoked"
         assert host.manager._ctx.active == {}
+
+
+async def test_host_lingers_after_a_refusal_until_the_guest_hangs_up(tmp_path: Path) -> None:
+    """After `refused` the host ends its side cleanly and drains the guest's pipelined
+    input instead of closing on it (which would make the kernel send a reset)."""
+    async with open_node(tmp_path / "host", name="Alice") as host, \
+            open_node(tmp_path / "guest") as guest:
+        created = await host.manager.create(kind="device", auth="pin")
+        link = LinkCode.parse(created.code)
+        keys = guest.identity.device
+        machine = GuestProtocol(GuestRequest(
+            kind="space", method="pin", device=keys.device_public,  # the wrong kind
+            invitation_id=link.invitation_id, host_device=link.host_device_key,
+            password=created.pin.encode(), identity=os.urandom(32)))
+        with trio.fail_after(10):
+            stream = await guest.network.connect(Topic.from_secret(link.secret),
+                                                 hints=link.hints, mdns=False)
+            session = Session(stream.handshake_hash, keys.static_public,
+                              stream.remote_static, stream.remote_payload)
+            sends = [ev.data for ev in machine.connected(session)]
+            await stream.send_messages([*sends, b"\x00" * 200_000])  # more than one read
+            assert machine.receive_message(await stream.receive_message()) == [
+                Refused(UNIFORM_REFUSAL)]
+            with pytest.raises(ConnectionClosed) as end:
+                await stream.receive_message()
+            assert not isinstance(end.value, ConnectionBroken)  # the end marker: a clean end
+            await trio.sleep(0.2)
+            assert link.invitation_id in host.manager._ctx.active  # still draining us
+            await stream.aclose()
+            while host.manager._ctx.active:  # it hangs up once we did
+                await trio.sleep(0.01)
 
 
 # -- a man in the middle holding the link ------------------------------------------------
