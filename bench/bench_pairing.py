@@ -11,11 +11,14 @@ temporary directory, real fsyncs):
   is the same work (a 3-entry log); the clock starts when the guest calls
   ``InvitationManager.accept`` (its first step is the TCP connect) and stops
   when the accept yields SUCCESS, i.e. after the host counted the attempt
-  (a record write), appended and fsynced the SpaceMember credential,
-  committed the use and took the attempt back (one record write), and the
-  guest verified every log entry and installed the space log in place
-  (log file fsync + link + directory fsync, the log's checkpoint, and an
-  fsync of the spaces directory for the new space directory).
+  (a record frame appended and fdatasynced before the tag is checked),
+  appended and fsynced the SpaceMember credential, and the guest verified
+  every log entry and installed the space log in place (log file fsync +
+  link + directory fsync, and an fsync of the spaces directory for the new
+  space directory). The host's record write of the use (and of the taken-back
+  attempt) follows its `admitted` message and overlaps the guest's install
+  (docs/PROTOCOL.md Part 7 §5.1); both nodes share one disk and one process
+  here, so their fsyncs and CPU queue behind each other.
   Samples run one after the other; 3 warm-up samples are not counted.
 * **throughput**: a fresh host and G guests (default 200), one multi-use
   PIN device invitation; all G accepts start at once and the rate is G /

@@ -298,10 +298,10 @@ class NetworkManager:
                 stream = await trio.open_tcp_stream(*addr)
                 try:
                     body = encode_preamble(topic.id)
-                    await stream.send_all(frame(body))
                     secure = await open_secure_stream(
                         stream, initiator=True, static_key=self._static_key, psk=topic.psk,
-                        prologue=body, payload=self._payload, timeout=self._hs_timeout)
+                        prologue=body, payload=self._payload, timeout=self._hs_timeout,
+                        lead=frame(body))
                 except BaseException:
                     await trio.aclose_forcefully(stream)
                     raise

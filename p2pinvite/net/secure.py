@@ -118,6 +118,7 @@ async def open_secure_stream(
     prologue: bytes = b"",
     payload: bytes = b"",
     timeout: float = 10.0,
+    lead: bytes = b"",
 ) -> SecureStream:
     """Run the Noise handshake over *transport* and return the secure stream.
 
@@ -129,6 +130,10 @@ async def open_secure_stream(
     handshake message this side writes: message 2 for the responder, message
     3 for the initiator; the peer's arrives as
     :attr:`SecureStream.remote_payload`.
+
+    *lead* (initiator only) is plaintext sent in the same write as the first
+    handshake message, e.g. a connection preamble: one segment, one wake-up
+    of the peer.
 
     The whole handshake must finish within *timeout* seconds, else
     :class:`~p2pinvite.errors.HandshakeTimeout`. On any failure the transport
@@ -142,6 +147,8 @@ async def open_secure_stream(
     """
     try:
         name = PROTOCOL_XX if psk is None else PROTOCOL_XXPSK3
+        if lead and not initiator:
+            raise LocalProtocolError("only the initiator writes first")
         if len(payload) > MAX_HANDSHAKE_PAYLOAD:
             raise LocalProtocolError(
                 f"handshake payload of {len(payload)} bytes exceeds {MAX_HANDSHAKE_PAYLOAD}"
@@ -154,7 +161,7 @@ async def open_secure_stream(
             psks=() if psk is None else (psk,),
         )
         with trio.fail_after(timeout):
-            remote_payload = await _handshake(transport, hs, bytes(payload))
+            remote_payload = await _handshake(transport, hs, bytes(payload), lead)
     except trio.TooSlowError:
         await trio.aclose_forcefully(transport)
         raise HandshakeTimeout(f"handshake not completed within {timeout} s") from None
@@ -164,8 +171,9 @@ async def open_secure_stream(
     return SecureStream(transport, hs, remote_payload=remote_payload, protocol_name=name)
 
 
-async def _handshake(transport: trio.abc.Stream, hs: HandshakeState, payload: bytes) -> bytes:
-    """Exchange every handshake message; return the peer's payload."""
+async def _handshake(transport: trio.abc.Stream, hs: HandshakeState, payload: bytes,
+                     lead: bytes) -> bytes:
+    """Exchange every handshake message, *lead* first; return the peer's payload."""
     n = hs.message_count
     mine = [i for i in range(n) if (i % 2 == 0) == hs.initiator]
     theirs = [i for i in range(n) if (i % 2 == 0) != hs.initiator]
@@ -174,7 +182,7 @@ async def _handshake(transport: trio.abc.Stream, hs: HandshakeState, payload: by
         if hs.our_turn:
             msg = hs.write_message(payload if i == mine[-1] else b"")
             try:
-                await transport.send_all(frame(msg))
+                await transport.send_all(lead + frame(msg) if i == 0 else frame(msg))
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise ConnectionClosed(f"connection lost during the handshake: {exc}") from None
         else:
