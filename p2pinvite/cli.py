@@ -12,42 +12,54 @@ on stdout). Failures print one line on stderr and exit non-zero:
 ====  ==============================================================
 
 Start-up stays light: trio, cryptography and zeroconf are imported only by the
-``daemon`` command; segno only for ``--qr``.
+``daemon`` command; segno only for ``--qr``; cryptography also by
+``admission-key``. The other way round, the daemon process (which starts
+here too) never imports argparse, the client, ``json`` or ``getpass``: its
+short command line is read by :func:`parse_daemon_args`, and anything that
+function does not fully understand (``--help``, a typo, an abbreviation) goes
+to the argparse parser, which gives the usual help and errors. A daemon idles
+for days; those modules would cost it ~0.9 MB of resident memory for nothing.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import getpass
-import json
 import os
 import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Final, NoReturn, TextIO
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TextIO
 
 from . import __version__
-from .client import (
-    AcceptEvent,
-    Client,
-    CodeInfo,
-    CreatedInvitation,
-    InvitationInfo,
-    InviteKind,
-    JoinResult,
-    RequestError,
-    connect,
-)
 from .errors import DaemonNotRunning, IPCError, P2PInviteError
 
-__all__ = ["build_parser", "main", "parse_duration"]
+if TYPE_CHECKING:
+    # Imported at run time where they are used (see the module docstring).
+    import argparse
+
+    from .client import (
+        Client,
+        CodeInfo,
+        CreatedInvitation,
+        InvitationInfo,
+        InviteKind,
+        JoinResult,
+    )
+
+__all__ = ["DaemonArgs", "build_parser", "main", "parse_daemon_args", "parse_duration"]
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_NO_DAEMON: Final = 3
+
+#: Size of an Ed25519 admission key: the public key and the private seed alike.
+ADMISSION_KEY_BYTES: Final = 32
+#: Largest admission key file read (hex text with a newline, or 32 raw bytes).
+_MAX_KEY_FILE: Final = 4096
 
 _DURATION: Final = re.compile(r"^\s*(\d{1,9})\s*([smhdw]?)\s*$")
 _UNITS: Final = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -71,6 +83,8 @@ class CliError(Exception):
 
 def parse_duration(text: str) -> int:
     """Seconds in a duration like ``90``, ``45s``, ``30m``, ``2h``, ``7d``, ``1w``."""
+    import argparse
+
     m = _DURATION.match(text.lower())
     if not m or int(m.group(1)) == 0:
         raise argparse.ArgumentTypeError(
@@ -80,6 +94,8 @@ def parse_duration(text: str) -> int:
 
 
 def _listen(text: str) -> tuple[str, int]:
+    import argparse
+
     from .daemon.config import parse_listen
 
     try:
@@ -89,9 +105,24 @@ def _listen(text: str) -> tuple[str, int]:
 
 
 def _positive(text: str) -> int:
+    import argparse
+
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return int(text)
+
+
+def _public_key_hex(text: str) -> str:
+    """An Ed25519 public key given as 64 hex characters (``invite create --admission-key``)."""
+    import argparse
+
+    t = text.strip().lower()
+    if len(t) != 2 * ADMISSION_KEY_BYTES or any(c not in "0123456789abcdef" for c in t):
+        raise argparse.ArgumentTypeError(
+            "expected an Ed25519 public key: 64 hex characters "
+            "(p2pinvite admission-key generate prints one)"
+        )
+    return t
 
 
 # -- output helpers -------------------------------------------------------------
@@ -108,6 +139,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def _print_json(value: Any) -> None:
+    import json
+
     json.dump(_jsonable(value), sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
 
@@ -151,6 +184,8 @@ def _addr(host: str, port: int) -> str:
 
 def cmd_identity_create(c: Client, a: argparse.Namespace) -> None:
     """``identity create``: make this device's identity."""
+    import getpass
+
     name = a.name if a.name is not None else getpass.getuser()
     ident = c.identity.create(name)
     if a.json:
@@ -242,6 +277,11 @@ def cmd_invite_create(c: Client, a: argparse.Namespace) -> None:
     kind: InviteKind = "device" if a.device else "space"
     if a.device and a.role is not None:
         raise CliError("--role applies to space invitations only", EXIT_USAGE)
+    if a.auth == "key" and a.admission_key is None:
+        raise CliError("--auth key needs --admission-key HEX, the guest's public key "
+                       "(p2pinvite admission-key generate makes a key pair)", EXIT_USAGE)
+    if a.admission_key is not None and a.auth != "key":
+        raise CliError("--admission-key applies to --auth key only", EXIT_USAGE)
     inv = c.invitations.create(
         kind=kind,
         space=a.space,
@@ -250,6 +290,7 @@ def cmd_invite_create(c: Client, a: argparse.Namespace) -> None:
         max_uses=None if a.unlimited else a.uses,
         expires_in=a.expires,
         note=a.note,
+        admission_key=a.admission_key,
     )
     if a.json:
         out: dict[str, Any] = _jsonable(inv)
@@ -313,8 +354,13 @@ def cmd_invite_validate(c: Client, a: argparse.Namespace) -> None:
                        EXIT_FAILED)
 
 
-def _join_once(c: Client, a: argparse.Namespace, pin: str | None) -> JoinResult:
-    for item in c.invitations.accept(a.code, pin=pin, name=a.name):
+def _join_once(c: Client, a: argparse.Namespace, pin: str | None,
+               seed: bytes | None) -> JoinResult:
+    import json
+
+    from .client import AcceptEvent
+
+    for item in c.invitations.accept(a.code, pin=pin, name=a.name, admission_seed=seed):
         if isinstance(item, AcceptEvent):
             if a.json:
                 print(json.dumps({"state": item.state, **item.info}), file=sys.stderr)
@@ -327,9 +373,22 @@ def _join_once(c: Client, a: argparse.Namespace, pin: str | None) -> JoinResult:
 
 def cmd_join(c: Client, a: argparse.Namespace) -> None:
     """``join CODE``: accept an invitation, with live progress."""
+    import getpass
+
+    from .client import RequestError
+
     info = c.invitations.validate(a.code)
     if not info.valid:
         raise CliError(f"this code cannot be used: {info.reason or 'not valid'}")
+    seed: bytes | None = None
+    if info.auth == "key":
+        if a.admission_key_file is None:
+            raise CliError("this invitation needs the admission key it names: "
+                           "--admission-key-file PATH", EXIT_USAGE)
+        seed = read_admission_key(Path(a.admission_key_file))
+    elif a.admission_key_file is not None:
+        raise CliError(f"--admission-key-file applies to key invitations only "
+                       f"(this one uses {info.auth})", EXIT_USAGE)
     pin: str | None = a.pin
     prompted = False
     if info.auth == "pin" and pin is None:
@@ -339,7 +398,7 @@ def cmd_join(c: Client, a: argparse.Namespace) -> None:
     wrong = {"short": "wrong code", "key": "wrong admission key"}.get(info.auth or "", "wrong PIN")
     while True:
         try:
-            result = _join_once(c, a, pin)
+            result = _join_once(c, a, pin, seed)
             break
         except RequestError as exc:
             left = exc.attempts_left
@@ -360,7 +419,147 @@ def cmd_join(c: Client, a: argparse.Namespace) -> None:
         print(f"joined space {result.space_name!r} ({result.space_id}) as {role}")
 
 
-def cmd_daemon(a: argparse.Namespace) -> int:
+# -- admission keys (no daemon needed) ------------------------------------------------
+
+
+def read_admission_key(path: Path) -> bytes:
+    """The 32-byte Ed25519 seed in the private file *path* (hex text or raw bytes).
+
+    The file must be a regular file that only its owner can access (0600).
+    Raises :class:`CliError` (usage) with one line saying what is wrong.
+    """
+    from .fsutil import read_private
+
+    try:
+        data = read_private(path, max_size=_MAX_KEY_FILE)
+    except OSError as exc:
+        raise CliError(f"cannot read admission key {path}: {exc.strerror or exc}",
+                       EXIT_USAGE) from None
+    except P2PInviteError as exc:
+        raise CliError(f"admission key: {exc}", EXIT_USAGE) from None
+    if len(data) == ADMISSION_KEY_BYTES:
+        return data
+    try:
+        seed = bytes.fromhex(data.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        seed = b""
+    if len(seed) != ADMISSION_KEY_BYTES:
+        raise CliError(f"{path} is not an admission key (expected 64 hex characters "
+                       "or 32 raw bytes)", EXIT_USAGE)
+    return seed
+
+
+def _public_of(seed: bytes) -> str:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw().hex()
+
+
+def cmd_admission_key_generate(a: argparse.Namespace) -> None:
+    """``admission-key generate --out PATH``: a new key pair; print the public key."""
+    import secrets
+
+    from .fsutil import fsync_dir
+
+    path = Path(a.out)
+    seed = secrets.token_bytes(ADMISSION_KEY_BYTES)
+    try:
+        # O_EXCL: never overwrite a key; the file is 0600 from its first byte.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        raise CliError(f"{path} already exists; not overwriting it") from None
+    except OSError as exc:
+        raise CliError(f"cannot create {path}: {exc.strerror or exc}") from None
+    try:
+        os.write(fd, seed.hex().encode() + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(path.resolve().parent)
+    public = _public_of(seed)
+    if a.json:
+        _print_json({"public_key": public, "path": str(path)})
+    else:
+        print(f"wrote the private admission key to {path} (keep it secret)")
+        print(f"public key: {public}")
+        print("the inviter uses: p2pinvite invite create --auth key --admission-key " + public)
+
+
+def cmd_admission_key_show(a: argparse.Namespace) -> None:
+    """``admission-key show PATH``: the public key of an admission key file."""
+    public = _public_of(read_admission_key(Path(a.path)))
+    if a.json:
+        _print_json({"public_key": public, "path": a.path})
+    else:
+        print(public)
+
+
+# -- daemon ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonArgs:
+    """The ``daemon`` command line: ``[--home DIR] daemon [options]``."""
+
+    home: str | None = None
+    listen: tuple[str, int] | None = None
+    mdns_interface: tuple[str, ...] = ()
+    no_mdns: bool = False
+
+
+def parse_daemon_args(argv: Sequence[str]) -> DaemonArgs | None:
+    """Read a plain ``daemon`` command line without argparse, or return ``None``.
+
+    Understood: ``--home DIR`` before ``daemon``; ``--listen HOST:PORT``,
+    ``--mdns-interface IFACE`` (repeatable) and ``--no-mdns`` after it; each
+    value also as ``--opt=VALUE``; later values win, as with argparse. For
+    anything else (another command, help, an unknown or abbreviated option,
+    a missing or dash-leading value, a bad address) the answer is ``None`` and
+    the argparse parser handles the whole line, errors included. Whatever this
+    function accepts, argparse reads the same way (tested).
+    """
+    args = list(argv)
+    if "daemon" not in args:
+        return None
+    split = args.index("daemon")
+    values: dict[str, str] = {}
+    interfaces: list[str] = []
+    no_mdns = False
+    for part, allowed in ((args[:split], ("--home",)),
+                          (args[split + 1:], ("--listen", "--mdns-interface", "--no-mdns"))):
+        i = 0
+        while i < len(part):
+            opt, eq, value = part[i].partition("=")
+            if opt not in allowed:
+                return None
+            if opt == "--no-mdns":
+                if eq:
+                    return None
+                no_mdns = True
+                i += 1
+                continue
+            if not eq:
+                if i + 1 >= len(part) or part[i + 1].startswith("-"):
+                    return None
+                value = part[i + 1]
+                i += 1
+            i += 1
+            if opt == "--mdns-interface":
+                interfaces.append(value)
+            else:
+                values[opt] = value
+    listen = None
+    if "--listen" in values:
+        from .daemon.config import parse_listen
+
+        try:
+            listen = parse_listen(values["--listen"])
+        except ValueError:
+            return None
+    return DaemonArgs(values.get("--home"), listen, tuple(interfaces), no_mdns)
+
+
+def cmd_daemon(a: DaemonArgs) -> int:
     """``daemon``: run the daemon in the foreground until SIGINT/SIGTERM."""
     from .daemon.config import DEFAULT_LISTEN, DaemonConfig, resolve_home
     from .daemon.service import run
@@ -369,18 +568,21 @@ def cmd_daemon(a: argparse.Namespace) -> int:
         home=resolve_home(a.home),
         listen=a.listen if a.listen is not None else DEFAULT_LISTEN,
         mdns=not a.no_mdns,
-        mdns_interfaces=tuple(a.mdns_interface) if a.mdns_interface else None,
+        mdns_interfaces=a.mdns_interface or None,
     )
     return run(config)
 
 
 # -- parser -----------------------------------------------------------------------------
 
-_Command = Callable[[Client, argparse.Namespace], None]
+_Command = Callable[["Client", "argparse.Namespace"], None]
+_LocalCommand = Callable[["argparse.Namespace"], None]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``p2pinvite`` argument parser."""
+    import argparse
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print JSON instead of text")
 
@@ -441,6 +643,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="role granted in the space (default reader)")
     vc.add_argument("--auth", choices=["pin", "none", "key", "short"], default="pin",
                     help="how the guest authenticates (default pin)")
+    vc.add_argument("--admission-key", metavar="HEX", type=_public_key_hex,
+                    help="with --auth key: the guest's Ed25519 public key (64 hex characters)")
     uses = vc.add_mutually_exclusive_group()
     uses.add_argument("--uses", metavar="N", type=_positive, default=1,
                       help="how many times it may be used (default 1)")
@@ -464,7 +668,19 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("code", metavar="CODE")
     j.add_argument("--pin", help="the PIN (asked interactively when needed and not given)")
     j.add_argument("--name", help="your display name, if this device has no identity yet")
+    j.add_argument("--admission-key-file", metavar="PATH",
+                   help="for a key invitation: the private admission key file (mode 0600)")
     j.set_defaults(func=cmd_join)
+
+    ak = sub.add_parser("admission-key", help="key pairs for --auth key invitations")
+    asub = ak.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ag = asub.add_parser("generate", parents=[common],
+                         help="write a new private key file (0600), print its public key")
+    ag.add_argument("--out", metavar="PATH", required=True, help="file to create")
+    ag.set_defaults(func=None, local=cmd_admission_key_generate)
+    ash = asub.add_parser("show", parents=[common], help="print the public key of a key file")
+    ash.add_argument("path", metavar="PATH")
+    ash.set_defaults(func=None, local=cmd_admission_key_show)
     return p
 
 
@@ -476,11 +692,22 @@ def _fail(message: str, status: int) -> NoReturn:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with *argv* (default ``sys.argv[1:]``); return the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    fast = parse_daemon_args(argv)
+    if fast is not None:
+        return cmd_daemon(fast)
     args = build_parser().parse_args(argv)
     if args.command == "daemon":
-        return cmd_daemon(args)
+        return cmd_daemon(DaemonArgs(args.home, args.listen, tuple(args.mdns_interface),
+                                     args.no_mdns))
+    from .client import RequestError, connect
+
+    local: _LocalCommand | None = getattr(args, "local", None)
     func: _Command = args.func
     try:
+        if local is not None:
+            local(args)
+            return EXIT_OK
         with connect(args.home) as client:
             func(client, args)
     except DaemonNotRunning as exc:

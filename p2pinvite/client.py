@@ -444,8 +444,9 @@ def _create_params(
     max_uses: int | None,
     expires_in: int | None,
     note: str,
+    admission_key: str | bytes | None,
 ) -> dict[str, Any]:
-    return {
+    params: dict[str, Any] = {
         "kind": kind,
         "space": space,
         "role": role,
@@ -454,14 +455,21 @@ def _create_params(
         "expires_in": expires_in,
         "note": note,
     }
+    if admission_key is not None:
+        params["admission_key"] = (admission_key.hex() if isinstance(admission_key, bytes)
+                                   else admission_key)
+    return params
 
 
-def _accept_params(code: str, pin: str | None, name: str | None) -> dict[str, Any]:
+def _accept_params(code: str, pin: str | None, name: str | None,
+                   admission_seed: bytes | None) -> dict[str, Any]:
     params: dict[str, Any] = {"code": code}
     if pin is not None:
         params["pin"] = pin
     if name is not None:
         params["name"] = name
+    if admission_seed is not None:
+        params["admission_seed"] = bytes(admission_seed).hex()
     return params
 
 
@@ -676,9 +684,15 @@ class _InvitationsAPI:
         max_uses: int | None = 1,
         expires_in: int | None = None,
         note: str = "",
+        admission_key: str | bytes | None = None,
     ) -> CreatedInvitation:
-        """Create an invitation (``max_uses=None``: unlimited; ``expires_in=None``: default)."""
-        params = _create_params(kind, space, role, auth, max_uses, expires_in, note)
+        """Create an invitation (``max_uses=None``: unlimited; ``expires_in=None``: default).
+
+        ``auth="key"`` needs *admission_key*: the guest's Ed25519 public key
+        (32 bytes, or 64 hex characters).
+        """
+        params = _create_params(kind, space, role, auth, max_uses, expires_in, note,
+                                admission_key)
         return CreatedInvitation.from_wire(self._c.call("invitations.create", params))
 
     def list(self, *, all: bool = False) -> builtins.list[InvitationInfo]:
@@ -695,14 +709,19 @@ class _InvitationsAPI:
         return CodeInfo.from_wire(self._c.call("invitations.validate", {"code": code}))
 
     def accept(
-        self, code: str, *, pin: str | None = None, name: str | None = None
+        self, code: str, *, pin: str | None = None, name: str | None = None,
+        admission_seed: bytes | None = None,
     ) -> Iterator[AcceptEvent | JoinResult]:
         """Use *code*: yield :class:`AcceptEvent` as it progresses, then a :class:`JoinResult`.
 
+        A ``key`` invitation needs *admission_seed*, the 32-byte Ed25519 private
+        seed of the key it names (sent to the local daemon only, which signs with it).
         Failure raises :class:`RequestError` (``wrong_pin`` with ``attempts_left``,
-        ``refused``, ``timeout``, ``unreachable``, ...).
+        also for a wrong PIN, short code or admission key; ``refused``,
+        ``timeout``, ``unreachable``, ...).
         """
-        gen = self._c.stream("invitations.accept", _accept_params(code, pin, name))
+        gen = self._c.stream("invitations.accept",
+                             _accept_params(code, pin, name, admission_seed))
         while True:
             try:
                 ev = next(gen)
@@ -910,9 +929,15 @@ class _AsyncInvitationsAPI:
         max_uses: int | None = 1,
         expires_in: int | None = None,
         note: str = "",
+        admission_key: str | bytes | None = None,
     ) -> CreatedInvitation:
-        """Create an invitation (``max_uses=None``: unlimited; ``expires_in=None``: default)."""
-        params = _create_params(kind, space, role, auth, max_uses, expires_in, note)
+        """Create an invitation (``max_uses=None``: unlimited; ``expires_in=None``: default).
+
+        ``auth="key"`` needs *admission_key*: the guest's Ed25519 public key
+        (32 bytes, or 64 hex characters).
+        """
+        params = _create_params(kind, space, role, auth, max_uses, expires_in, note,
+                                admission_key)
         return CreatedInvitation.from_wire(await self._c.call("invitations.create", params))
 
     async def list(self, *, all: bool = False) -> builtins.list[InvitationInfo]:
@@ -929,13 +954,16 @@ class _AsyncInvitationsAPI:
         return CodeInfo.from_wire(await self._c.call("invitations.validate", {"code": code}))
 
     async def accept(
-        self, code: str, *, pin: str | None = None, name: str | None = None
+        self, code: str, *, pin: str | None = None, name: str | None = None,
+        admission_seed: bytes | None = None,
     ) -> AsyncIterator[AcceptEvent | JoinResult]:
         """Use *code*: yield :class:`AcceptEvent` as it progresses, then a :class:`JoinResult`.
 
+        *admission_seed*: as for the blocking client's ``accept``.
         Failure raises :class:`RequestError` (``wrong_pin`` with ``attempts_left``, ...).
         """
-        async for reply in self._c.stream("invitations.accept", _accept_params(code, pin, name)):
+        params = _accept_params(code, pin, name, admission_seed)
+        async for reply in self._c.stream("invitations.accept", params):
             if isinstance(reply, Event):
                 yield AcceptEvent.from_wire(reply.event)
             elif isinstance(reply, ErrorReply):

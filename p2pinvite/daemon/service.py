@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import dataclasses
 import enum
 import gc
@@ -46,7 +45,7 @@ from ..errors import IPCError, P2PInviteError
 from ..fsutil import atomic_write
 from ..halo.credentials import Role
 from ..halo.identity import IdentityExists, IdentityService, NoIdentity
-from ..halo.keys import DeviceKeys
+from ..halo.keys import DeviceKeys, SigningKey
 from ..halo.spaces import SpaceExists, SpaceService, UnknownSpace
 from ..invitations.manager import InvitationManager
 from ..invitations.model import INVITABLE_ROLES, MAX_NOTE_LENGTH, MAX_USES_LIMIT, Invitation
@@ -214,6 +213,7 @@ _FAILURE_CODES: Final = {
 _REASON_CODES: Final = {
     "wrong_pin": "wrong_pin",
     "wrong_code": "wrong_pin",
+    "wrong_key": "wrong_pin",
     "invalid_code": "invalid_code",
     "no_identity": "no_identity",
     "pin_required": "bad_request",
@@ -328,12 +328,16 @@ def invitation_methods(
 
     async def accept(call: Call) -> Any:
         p = call.params
-        _check_keys(p, frozenset({"code", "pin", "name"}))
+        _check_keys(p, frozenset({"code", "pin", "name", "admission_seed"}))
         code = p_str(p, "code", max_len=MAX_CODE_TEXT)
         assert code is not None
         pin = p_str(p, "pin", max_len=64, required=False)
         name = p_str(p, "name", required=False)
-        async for ev in manager.accept(code, pin=pin, name=name):
+        # The private half of a key invitation's admission key: the guest's
+        # daemon signs the handshake hash with it. Held for this call only.
+        signer = (SigningKey.from_seed(p_hex(p, "admission_seed", 32))
+                  if p.get("admission_seed") is not None else None)
+        async for ev in manager.accept(code, pin=pin, name=name, admission_key=signer):
             state = ev.state.value
             if ev.ok and ev.result is not None:
                 result = join_result(ev.result.kind.value, ev.result.target)
@@ -583,8 +587,10 @@ def _release_startup_memory() -> None:
     """
     gc.collect()
     try:
-        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
+        # The symbols already linked into this process (libc among them):
+        # ctypes.util.find_library would fork ldconfig for the same answer.
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
         return
     trim(0)
 

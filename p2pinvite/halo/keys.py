@@ -121,7 +121,7 @@ class SigningKey:
 
     @classmethod
     def from_seed(cls, seed: bytes) -> SigningKey:
-        """The key with the given 32-byte seed (tests and vectors only)."""
+        """The key with the given 32-byte seed (vectors, tests, and admission keys a user holds)."""
         key = _ed25519_from_seed(seed)
         return cls(key.public_key().public_bytes_raw(), key)
 

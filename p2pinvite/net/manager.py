@@ -505,7 +505,10 @@ async def open_network_manager(
             from .discovery import open_discovery  # zeroconf loads only when mDNS is on
 
             discovery = await stack.enter_async_context(open_discovery(mdns_interfaces))
-        listeners = await trio.open_tcp_listeners(port, host=host)
+        # An ASCII host (an address, usually) needs no IDNA processing: as bytes,
+        # trio does not load the stdlib's IDNA codec just to encode "127.0.0.1".
+        listen_host: str | bytes = host.encode("ascii") if host and host.isascii() else host
+        listeners = await trio.open_tcp_listeners(port, host=listen_host)
         for listener in listeners:
             stack.push_async_callback(listener.aclose)
         addresses: list[Address] = []

@@ -12,10 +12,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from p2pinvite.invitations.model import Invitation
 from p2pinvite.invitations.store import InvitationStore
 
 NOW = 1_700_000_000.0
 GUEST = b"g" * 32
+
+
+def report(inv: Invitation) -> None:
+    # One write per line: a kill can cut the output only between lines or
+    # leave a last line without its newline, which the parent ignores.
+    sys.stdout.write(f"{inv.failed_attempts} {inv.uses}\n")
+    sys.stdout.flush()
 
 
 def main() -> None:
@@ -26,12 +34,12 @@ def main() -> None:
         n += 1
         store.begin_attempt(inv_id, NOW)
         inv = store.get(inv_id)
-        print(inv.failed_attempts, inv.uses, flush=True)
+        report(inv)
         inv = store.attempt_succeeded(inv_id)
-        print(inv.failed_attempts, inv.uses, flush=True)
+        report(inv)
         if n % 3 == 0:
             inv = store.commit_use(store.reserve_use(inv_id, NOW), GUEST, NOW)
-            print(inv.failed_attempts, inv.uses, flush=True)
+            report(inv)
 
 
 if __name__ == "__main__":
