@@ -21,6 +21,7 @@ from p2pinvite.invitations.protocol import (
     GuestRequest,
     HostChallenged,
     HostInfo,
+    Kind,
     Refused,
     SendMessage,
     Session,
@@ -28,7 +29,7 @@ from p2pinvite.invitations.protocol import (
     decode_message,
     encode_message,
 )
-from p2pinvite.net.secure import ConnectionBroken
+from p2pinvite.net.secure import ConnectionBroken, SecureStream
 from p2pinvite.net.topics import Topic
 
 from .pairing_nodes import Node, open_node
@@ -374,22 +375,30 @@ async def test_revoked_is_unreachable_and_tombstoned(tmp_path: Path) -> None:
         assert not guest.identity.has_identity
 
 
+async def _hand_driven_guest(host: Node, guest: Node, *, kind: Kind = "device",
+                             identity: bytes | None = None
+                             ) -> tuple[LinkCode, GuestProtocol, SecureStream, Session]:
+    """A PIN device invitation on *host* and a connection to it, driven by hand."""
+    created = await host.manager.create(kind="device", auth="pin")
+    link = LinkCode.parse(created.code)
+    keys = guest.identity.device
+    machine = GuestProtocol(GuestRequest(
+        kind=kind, method="pin", device=keys.device_public,
+        invitation_id=link.invitation_id, host_device=link.host_device_key,
+        password=created.pin.encode(), identity=identity))
+    stream = await guest.network.connect(Topic.from_secret(link.secret), hints=link.hints,
+                                         mdns=False)
+    session = Session(stream.handshake_hash, keys.static_public, stream.remote_static,
+                      stream.remote_payload)
+    return link, machine, stream, session
+
+
 async def test_revoke_stops_a_handshake_in_progress(tmp_path: Path) -> None:
     """A guest that paused after the host's CPace share is told the uniform refusal on revoke."""
     async with open_node(tmp_path / "host", name="Alice") as host, \
             open_node(tmp_path / "guest") as guest:
-        created = await host.manager.create(kind="device", auth="pin")
-        link = LinkCode.parse(created.code)
-        keys = guest.identity.device
-        machine = GuestProtocol(GuestRequest(
-            kind="device", method="pin", device=keys.device_public,
-            invitation_id=link.invitation_id, host_device=link.host_device_key,
-            password=created.pin.encode()))
         with trio.fail_after(10):
-            stream = await guest.network.connect(Topic.from_secret(link.secret),
-                                                 hints=link.hints, mdns=False)
-            session = Session(stream.handshake_hash, keys.static_public,
-                              stream.remote_static, stream.remote_payload)
+            link, machine, stream, session = await _hand_driven_guest(host, guest)
             for ev in machine.connected(session):  # the request and our CPace share
                 await stream.send_message(ev.data)
             assert [type(e) for e in machine.receive_message(await stream.receive_message())] \
@@ -403,7 +412,7 @@ async def test_revoke_stops_a_handshake_in_progress(tmp_path: Path) -> None:
             assert machine.receive_message(await stream.receive_message()) == [
                 Refused(UNIFORM_REFUSAL)]
             await stream.aclose()
-        assert host.manager.validate(created.code).reason == "revoked"
+        assert host.manager.validate(link.encode()).reason == "revoked"
         assert host.manager._ctx.active == {}
 
 
@@ -412,18 +421,9 @@ async def test_host_lingers_after_a_refusal_until_the_guest_hangs_up(tmp_path: P
     input instead of closing on it (which would make the kernel send a reset)."""
     async with open_node(tmp_path / "host", name="Alice") as host, \
             open_node(tmp_path / "guest") as guest:
-        created = await host.manager.create(kind="device", auth="pin")
-        link = LinkCode.parse(created.code)
-        keys = guest.identity.device
-        machine = GuestProtocol(GuestRequest(
-            kind="space", method="pin", device=keys.device_public,  # the wrong kind
-            invitation_id=link.invitation_id, host_device=link.host_device_key,
-            password=created.pin.encode(), identity=os.urandom(32)))
         with trio.fail_after(10):
-            stream = await guest.network.connect(Topic.from_secret(link.secret),
-                                                 hints=link.hints, mdns=False)
-            session = Session(stream.handshake_hash, keys.static_public,
-                              stream.remote_static, stream.remote_payload)
+            link, machine, stream, session = await _hand_driven_guest(
+                host, guest, kind="space", identity=os.urandom(32))  # the wrong kind
             sends = [ev.data for ev in machine.connected(session)]
             await stream.send_messages([*sends, b"\x00" * 200_000])  # more than one read
             assert machine.receive_message(await stream.receive_message()) == [
