@@ -15,7 +15,14 @@ from pathlib import Path
 
 from .errors import StorageError
 
-__all__ = ["atomic_write", "check_private_file", "ensure_private_dir", "fsync_dir", "read_private"]
+__all__ = [
+    "atomic_write",
+    "check_private_file",
+    "ensure_private_dir",
+    "fsync_dir",
+    "pwrite_all",
+    "read_private",
+]
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -44,14 +51,20 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """Write all of *data* at *offset* of *fd* (``pwrite`` may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
 def atomic_write(path: Path, data: bytes, *, mode: int = FILE_MODE) -> None:
     """Replace *path* with *data* atomically and durably (temp + fsync + rename + dir fsync)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        pwrite_all(fd, data, 0)
         os.fsync(fd)
     except BaseException:
         os.close(fd)

@@ -543,13 +543,6 @@ def _remove_stale_temps(path: Path) -> None:
 # File primitives (module level so tests can inject failures)
 
 
-def _write_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
-
-
 def _sync(fd: int) -> None:
     os.fdatasync(fd)
 
@@ -574,7 +567,7 @@ def _publish_new(path: Path, data: bytes) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, fsutil.FILE_MODE)
     try:
         try:
-            _write_all(fd, data, 0)
+            fsutil.pwrite_all(fd, data, 0)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -1042,7 +1035,7 @@ def _commit(fd: int, data: bytes, offset: int, path: Path, ckpt: _Checkpoint | N
     Raises (poisoning the log) if the batch cannot be made durable; a failed
     checkpoint is only logged, as the previous one stays valid.
     """
-    _write_all(fd, data, offset)
+    fsutil.pwrite_all(fd, data, offset)
     _sync(fd)
     if ckpt is None:
         return False

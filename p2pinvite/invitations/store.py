@@ -80,7 +80,7 @@ from pathlib import Path
 from typing import Final
 
 from ..errors import DecodeError, InvitationError, LocalProtocolError, StorageError
-from ..fsutil import atomic_write, ensure_private_dir, read_private
+from ..fsutil import atomic_write, ensure_private_dir, pwrite_all, read_private
 from .codes import ShortCode, generate_pin, is_trivial_digits
 from .model import (
     DEFAULT_EXPIRY_LINK,
@@ -176,10 +176,7 @@ def _append_frame(path: Path, frame: bytes, offset: int) -> None:
     """Write *frame* at *offset* of the existing file *path* and fdatasync it."""
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
-        view = memoryview(frame)
-        while view:
-            written = os.pwrite(fd, view, offset)
-            view, offset = view[written:], offset + written
+        pwrite_all(fd, frame, offset)
         # fdatasync also makes the new file size durable: nothing else is needed
         # to read the frame back after a crash (no rename, no directory entry).
         os.fdatasync(fd)

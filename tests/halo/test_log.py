@@ -341,13 +341,13 @@ async def test_write_failure_poisons_the_log(tmp_path: Path, monkeypatch: pytest
     log = SpaceLog.open(path, v, create=True)
     await log.append(make_credential(0))
     good_size = path.stat().st_size
-    real_write = logmod._write_all
+    real_write = logmod.fsutil.pwrite_all
 
     def failing_write(fd: int, data: bytes, offset: int) -> None:
         real_write(fd, data[: len(data) // 2], offset)  # half a batch reaches the file
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(logmod, "_write_all", failing_write)
+    monkeypatch.setattr(logmod.fsutil, "pwrite_all", failing_write)
     errors: list[BaseException] = []
 
     async def one() -> None:
@@ -365,7 +365,7 @@ async def test_write_failure_poisons_the_log(tmp_path: Path, monkeypatch: pytest
     assert isinstance(errors[0].__cause__, OSError)
     assert log.poisoned
     assert log.length == 1
-    monkeypatch.setattr(logmod, "_write_all", real_write)
+    monkeypatch.setattr(logmod.fsutil, "pwrite_all", real_write)
     with pytest.raises(LogPoisoned):
         await log.append(make_credential(100))  # later appends too, even if disk is fine
     assert path.stat().st_size == good_size  # the half batch was cut off again
