@@ -18,8 +18,16 @@ spaces, and the :class:`~p2pinvite.net.manager.NetworkManager` together.
   stops the attempt cleanly.
 * **Restart.** Entering the manager reconciles the store's use counters with
   the logs (an admission whose log record was fsynced but whose use was not
-  yet committed when the daemon died is counted now), then re-hosts every
-  usable invitation.
+  yet committed when the daemon died is counted now), prunes, then re-hosts
+  every usable invitation.
+* **Retention.** Finished invitations (revoked, expired, exhausted, locked)
+  stay in ``list(include_all=True)`` for ``retention`` seconds (30 days by
+  default), so the owner can see what became of them; then their records are
+  deleted (:meth:`~.store.InvitationStore.prune`), at start -- after the
+  reconcile, which may still count a use -- and once a day from a background
+  task. Invitations with a handshake in progress are left alone. A pruned
+  invitation's topic is left (an mDNS goodbye if it was advertised); nothing
+  else is sent to peers or subscribers.
 
 Time comes from the injected ``clock`` (unix seconds), so tests drive expiry
 with trio's autojump clock.
@@ -41,7 +49,13 @@ from typing import Final
 
 import trio
 
-from ..errors import CodeError, InvitationError, LocalProtocolError, P2PInviteError
+from ..errors import (
+    CodeError,
+    InvitationError,
+    LocalProtocolError,
+    P2PInviteError,
+    StorageError,
+)
 from ..halo.credentials import AuthorizedDevice, Role, SpaceMember, decode_credential
 from ..halo.identity import IdentityService
 from ..halo.keys import DeviceKeys, Signer
@@ -62,9 +76,11 @@ from .handlers import (
 )
 from .model import AuthMethod, Invitation, InvitationKind, InvitationStatus
 from .protocol import State
-from .store import InvitationStore
+from .store import InvitationPruneFailed, InvitationStore
 
 __all__ = [
+    "DEFAULT_RETENTION",
+    "PRUNE_INTERVAL",
     "CreatedInvitation",
     "InvitationManager",
     "ValidationResult",
@@ -74,6 +90,12 @@ log = logging.getLogger("p2pinvite.invitations")
 
 _ADMITTERS: Final = frozenset({Role.OWNER, Role.ADMIN})
 _SUBSCRIBER_BUFFER: Final = 1024
+#: How long a finished invitation's record is kept before it is deleted: 30 days.
+DEFAULT_RETENTION: Final = 30 * 86400.0
+#: How often a running manager prunes finished records (trio clock seconds).
+PRUNE_INTERVAL: Final = 86400.0
+#: At most this many ids are named in the "pruned" log line.
+_LOG_IDS: Final = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +142,8 @@ class InvitationManager:
 
     *clock* returns unix seconds (default :func:`time.time`). *mdns*: whether
     the network manager runs mDNS (advertise link topics, look short codes up).
+    *retention*: seconds a finished invitation stays listed before its record
+    is deleted (default :data:`DEFAULT_RETENTION`, 30 days; must be > 0).
     """
 
     def __init__(
@@ -135,7 +159,11 @@ class InvitationManager:
         mdns: bool = False,
         step_timeout: float = DEFAULT_STEP_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        retention: float = DEFAULT_RETENTION,
     ) -> None:
+        if (not isinstance(retention, int | float) or isinstance(retention, bool)
+                or not math.isfinite(retention) or retention <= 0):
+            raise LocalProtocolError("retention must be a finite number of seconds > 0")
         self.home = home
         self._keys = keys
         self._identity = identity
@@ -146,6 +174,9 @@ class InvitationManager:
         self._mdns = mdns
         self._step_timeout = step_timeout
         self._connect_timeout = connect_timeout
+        self._retention = float(retention)
+        # Set when an invitation is created: wakes the daily pass of an empty store.
+        self._created = trio.Event()
         self._subscribers: set[trio.MemorySendChannel[InvitationEvent]] = set()
         self._ctx = HostContext(keys=keys, identity=identity, spaces=spaces, store=store,
                                 clock=clock, emit=self._emit, step_timeout=step_timeout)
@@ -162,6 +193,7 @@ class InvitationManager:
         self._stack = stack
         try:
             await self.start()
+            await self._nursery.start(self._prune_periodically)
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
@@ -181,15 +213,72 @@ class InvitationManager:
                 await stack.aclose()
 
     async def start(self) -> None:
-        """Reconcile use counters with the logs, then host every usable invitation."""
+        """Reconcile use counters with the logs, prune, then host every usable invitation."""
         now = self._clock()
         for inv in self._store.list(now, include_all=True):
             try:
                 self._reconcile(inv)
             except P2PInviteError as exc:
                 log.warning("invitation %s: could not reconcile uses: %s", inv.id.hex()[:8], exc)
+        await self._prune_logged()
         for inv in self._store.list(self._clock()):
             await self._host(inv)
+
+    # -- retention -------------------------------------------------------------------
+
+    async def prune(self) -> list[bytes]:
+        """Delete the records of invitations finished for at least the retention period.
+
+        Returns the ids deleted. Invitations with a handshake in progress are
+        kept. Raises :class:`~p2pinvite.errors.StorageError`
+        (:class:`~.store.InvitationPruneFailed`) if a record cannot be deleted.
+        """
+        now = self._clock()  # read on the trio thread: the clock may be trio's
+        busy = frozenset(inv_id for inv_id, scopes in self._ctx.active.items() if scopes)
+        removed = await trio.to_thread.run_sync(
+            lambda: self._store.prune(now, retention=self._retention, skip=busy))
+        for inv_id in removed:
+            # A finished invitation may still hold its topic (an expired one is
+            # not left when it expires); a deleted one has nothing to answer with.
+            await self._unhost(inv_id)
+            self._ctx.attempt_locks.pop(inv_id, None)
+        if removed:
+            self._log_pruned(removed)
+        return removed
+
+    async def _prune_logged(self) -> None:
+        """:meth:`prune`, turning a storage failure into a warning: housekeeping
+        that fails must not stop the daemon (the next pass retries)."""
+        try:
+            await self.prune()
+        except StorageError as exc:
+            if isinstance(exc, InvitationPruneFailed) and exc.removed:
+                self._log_pruned(list(exc.removed))
+            log.warning("could not prune finished invitation records: %s", exc)
+
+    async def _prune_periodically(
+            self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # The schedule is fixed before the manager is entered: the first pass is
+        # due one interval after the start pass, whoever runs first.
+        deadline = trio.current_time() + PRUNE_INTERVAL
+        task_status.started()
+        while True:
+            if len(self._store) == 0:
+                # Nothing can become prunable before an invitation is created: no
+                # timer, so a daemon without invitations never wakes up for this.
+                # (A fresh event per wait: create() sets the current one.)
+                self._created = trio.Event()
+                await self._created.wait()
+                deadline = trio.current_time() + PRUNE_INTERVAL
+            await trio.sleep_until(deadline)
+            await self._prune_logged()
+            deadline = trio.current_time() + PRUNE_INTERVAL
+
+    def _log_pruned(self, removed: list[bytes]) -> None:
+        shown = ", ".join(inv_id.hex()[:8] for inv_id in removed[:_LOG_IDS])
+        more = f", and {len(removed) - _LOG_IDS} more" if len(removed) > _LOG_IDS else ""
+        log.info("pruned %d finished invitation record(s) older than %g days: %s%s",
+                 len(removed), self._retention / 86400, shown, more)
 
     def _redeemers(self, inv: Invitation) -> list[bytes]:
         """Subjects the log admitted through *inv*, in log order."""
@@ -321,6 +410,7 @@ class InvitationManager:
             kind=kind, target=target, created_by=me, now=now, role=role, auth=auth,
             expires_at=expires_at, max_uses=max_uses, max_attempts=max_attempts, note=note,
             admission_key=admission_key))
+        self._created.set()
         await self._host(inv)
         self._emit(InvitationEvent("created", inv.id))
         if auth is AuthMethod.SHORT:

@@ -62,6 +62,16 @@ starts without it. That fails safe, since an invitation without a record is
 :meth:`InvitationStore.open` raise :class:`InvitationRecordCorrupted` instead.
 Wrong permissions are never quarantined: a record readable by others may have
 leaked its secret, so opening refuses with a StorageError.
+
+Retention
+---------
+Records are never deleted as a side effect: a finished invitation (revoked,
+expired, exhausted, locked) stays listed so its owner can see what became of
+it. :meth:`InvitationStore.prune` deletes the records that have been finished
+for a retention period (:func:`finished_at` says since when). A deletion is
+one ``unlink`` followed by a directory fsync: the file is never modified
+first, so a crash leaves each record present and whole, or gone. An id whose
+record is gone is "unknown" and admits nobody, exactly like a finished one.
 """
 
 from __future__ import annotations
@@ -70,17 +80,19 @@ import builtins
 import dataclasses
 import itertools
 import logging
+import math
 import os
 import re
 import secrets
 import threading
 import zlib
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from ..errors import DecodeError, InvitationError, LocalProtocolError, StorageError
-from ..fsutil import atomic_write, ensure_private_dir, pwrite_all, read_private
+from ..fsutil import atomic_write, ensure_private_dir, fsync_dir, pwrite_all, read_private
 from .codes import ShortCode, generate_pin, is_trivial_digits
 from .model import (
     DEFAULT_EXPIRY_LINK,
@@ -92,13 +104,16 @@ from .model import (
     InvalidInvitation,
     Invitation,
     InvitationKind,
+    InvitationStatus,
 )
 
 __all__ = [
     "FILE_MAGIC",
+    "InvitationPruneFailed",
     "InvitationRecordCorrupted",
     "InvitationStore",
     "Reservation",
+    "finished_at",
 ]
 
 _log = logging.getLogger(__name__)
@@ -122,6 +137,51 @@ class InvitationRecordCorrupted(StorageError):
     def __init__(self, message: str, *, path: Path) -> None:
         super().__init__(f"{path}: {message}")
         self.path = path
+
+
+class InvitationPruneFailed(StorageError):
+    """:meth:`InvitationStore.prune` stopped at a record it could not delete.
+
+    ``removed`` holds the ids deleted before the failure (gone from disk and
+    from memory); every other record is untouched, in memory and on disk.
+    """
+
+    def __init__(self, message: str, *, removed: tuple[bytes, ...]) -> None:
+        super().__init__(message)
+        self.removed = removed
+
+
+def finished_at(inv: Invitation, now: float) -> float | None:
+    """Since when *inv* is finished for good at *now*, or ``None`` if it is still usable.
+
+    The record keeps no "became locked/exhausted" time, so each status uses
+    the closest time the record does hold that is never *before* the real
+    one (retention may run late, never early):
+
+    * revoked: ``revoked_at``;
+    * expired: ``expires_at``;
+    * exhausted: the latest ``accepted_by`` time (the use that exhausted it),
+      or ``expires_at`` if the record names no one;
+    * locked: ``expires_at``. An attempt is only spent on a usable invitation,
+      so the lock happened before expiry.
+
+    A use may still be committed after the invitation finished (a reservation
+    taken before it), so the latest ``accepted_by`` time is a floor for every
+    status: a record is kept at least as long after its last recorded use.
+    """
+    status = inv.status(now)
+    if status is InvitationStatus.REVOKED:
+        assert inv.revoked_at is not None
+        since = inv.revoked_at
+    elif status in (InvitationStatus.EXPIRED, InvitationStatus.LOCKED,
+                    InvitationStatus.EXHAUSTED):
+        since = inv.expires_at
+    else:
+        return None
+    if inv.accepted_by:
+        last_use = max(at for _, at in inv.accepted_by)
+        since = last_use if status is InvitationStatus.EXHAUSTED else max(since, last_use)
+    return since
 
 
 @dataclass(frozen=True, slots=True)
@@ -550,6 +610,70 @@ class InvitationStore:
             held.discard(reservation.token)
             if not held:
                 del self._reserved[reservation.invitation_id]
+
+    # -- retention ---------------------------------------------------------------
+
+    def prune(self, now: float, *, retention: float,
+              skip: Collection[bytes] = ()) -> builtins.list[bytes]:
+        """Delete the records finished for at least *retention* seconds at *now*.
+
+        Returns the ids deleted, oldest created first. "Finished since" is
+        :func:`finished_at`. Never deleted: usable invitations, records with a
+        use reserved (:meth:`reserved`) or an unwritten change (:meth:`is_dirty`),
+        and the ids in *skip*: the caller's handshakes in progress, which the
+        store cannot see. (One matters even for a finished record: a lock is
+        undone when a handshake's attempt in flight succeeds, and the store
+        cannot tell that attempt from a failed one, which is never taken back.)
+
+        Each record is unlinked and then forgotten; the directory is fsynced
+        once after the last unlink, so the deletions are durable when this
+        returns. A record whose file is already gone is forgotten too. The
+        first unlink that fails stops the pass and raises
+        :class:`InvitationPruneFailed`, with the ids already deleted; so does a
+        failed directory fsync (the unlinked records are forgotten: they are
+        gone from the directory, and a crash can only bring one back whole,
+        for the next pass to delete again).
+        """
+        if (not isinstance(retention, int | float) or isinstance(retention, bool)
+                or not math.isfinite(retention) or retention < 0):
+            raise LocalProtocolError("retention must be a finite number of seconds >= 0")
+        skip = frozenset(skip)
+        with self._lock:
+            doomed = sorted(
+                (inv for inv in self._records.values()
+                 if inv.id not in skip and inv.id not in self._reserved
+                 and inv.id not in self._dirty
+                 and (since := finished_at(inv, now)) is not None
+                 and now - since >= retention),
+                key=lambda inv: (inv.created_at, inv.id))
+            removed: builtins.list[bytes] = []
+            error: str | None = None
+            for inv in doomed:
+                path = self._dir / (inv.id.hex() + _SUFFIX)
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass  # already gone (by hand?): the disk agrees with forgetting it
+                except OSError as exc:
+                    error = f"{path}: cannot delete invitation record: {exc}"
+                    break
+                removed.append(inv.id)
+            if removed:
+                gone = frozenset(removed)
+                # Rebind rather than delete in place: list() and find_short() read
+                # the dict without the lock (on the trio thread) and must not see
+                # it change size under them.
+                self._records = {k: v for k, v in self._records.items() if k not in gone}
+                for inv_id in removed:
+                    self._tails.pop(inv_id, None)
+                    self._in_flight.pop(inv_id, None)
+                try:
+                    fsync_dir(self._dir)
+                except OSError as exc:
+                    error = error or f"{self._dir}: cannot sync invitation record deletions: {exc}"
+            if error is not None:
+                raise InvitationPruneFailed(error, removed=tuple(removed))
+            return removed
 
     # -- disk ------------------------------------------------------------------
 
