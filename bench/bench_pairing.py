@@ -25,7 +25,8 @@ temporary directory, real fsyncs):
   (time from start to the last SUCCESS).
 * **crypto-only limit**, in the same run: the cryptography of those G
   admissions without any I/O: per admission one Noise XXpsk3 handshake (both
-  sides), one CPace run with key confirmation (both sides), binding-proof
+  sides), one CPace run with key confirmation (both sides), sealing and
+  opening the guest's admit under the CPace key, binding-proof
   checks, issuing the AuthorizedDevice credential, verifying the two device
   chains, and the guest's verification of the log it receives (admission i
   verifies i + 2 entries, as above). Target: throughput >= 50 % of
@@ -59,7 +60,13 @@ from p2pinvite.halo.keys import DeviceKeys, SigningKey, verify_binding_proof
 from p2pinvite.halo.log import decode_entry, entries_from_credentials
 from p2pinvite.halo.state import LogKind, MembershipState
 from p2pinvite.invitations.handlers import verify_device_chain
-from p2pinvite.invitations.protocol import State, cpace_channel_id
+from p2pinvite.invitations.protocol import (
+    AdmitMsg,
+    State,
+    cpace_channel_id,
+    open_admit,
+    seal_admit,
+)
 from p2pinvite.net.secure import PROTOCOL_XXPSK3, full_prologue
 from tests.invitations.pairing_nodes import Node, open_node
 
@@ -144,7 +151,9 @@ def crypto_only(n: int) -> float:
         msg_a = a.message()
         b.receive(msg_a)
         a.receive(b.message())
+        sealed = seal_admit(a.isk, AdmitMsg(guest.device_public, name="Bob"))
         b.verify_confirmation_tag(a.confirmation_tag())
+        open_admit(b.isk, sealed)
         a.verify_confirmation_tag(b.confirmation_tag())
         # Guest checks the host's chain; host issues; its log checks the credential.
         verify_device_chain(CredentialVerifier(), identity.public_key, host.device_public,

@@ -26,9 +26,10 @@ checks the proof first, so both know the peer's device key.
                                       <----     [pin, short] pake {Yb}
     HostChallenged -> host_verified()
     [pin, short]  confirm {tag_a}     ---->     AttemptMade -> (persist) -> check_attempt()
-                                      <----     confirm {tag_b}   |  refused wrong_pin
+                + admit_sealed {box}  ---->     (opened once tag_a verified) | refused wrong_pin
     [key]         key_proof {key,sig} ---->     AttemptMade -> (persist) -> check_attempt()
-    admit {device, identity, chain}   ---->     AdmissionRequested -> admit()/refuse()
+    [none, key]   admit {device, ...} ---->     AdmissionRequested -> admit()/refuse()
+    [pin, short]  Authenticated       <----     confirm {tag_b}
     AdmissionReceived                 <----     admitted {credential, entries[, count]}
       -> admission_verified()                   [entries {entries}] ... until count
 
@@ -44,6 +45,14 @@ The guest's CPace share goes out with its request (it depends only on the
 session and the password, and reveals nothing about the password); its tag,
 the first thing that does, waits until the challenge was checked and the
 host's share arrived.
+
+With a PAKE the guest's ``admit`` travels *sealed* right behind its tag
+(:func:`seal_admit`: ChaCha20-Poly1305 under a one-use key derived from the
+CPace ISK), and the host's tag travels with the admission: one round trip
+fewer than tag, tag, admit, admitted. Sealing keeps what the plain ``admit``
+would reveal (the guest identity, its chain, its name) from anyone who does
+not hold the PIN -- a relay holding the link included -- just as waiting for
+the host's tag did; the host opens it only after the guest's tag verified.
 
 A failed-attempt count is persisted by the host's driver *between*
 :class:`AttemptMade` and :meth:`HostProtocol.check_attempt`: the machine will
@@ -66,10 +75,14 @@ appear in a repr, an event or an exception message.
 from __future__ import annotations
 
 import enum
+import hashlib
 import hmac
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Literal, TypeAlias
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from ..crypto.cpace import MAX_MESSAGE as CPACE_MAX_MESSAGE
 from ..crypto.cpace import TAG_BYTES, CPace, CPaceRole, lv_cat
@@ -87,6 +100,7 @@ from ..wire import expect_bytes, expect_int, expect_map, expect_str, pack, unpac
 
 __all__ = [
     "ADMISSION_KEY_CONTEXT",
+    "ADMIT_SEAL_CONTEXT",
     "MAX_CHAIN",
     "MAX_CHUNK_BYTES",
     "MAX_CREDENTIAL",
@@ -129,13 +143,17 @@ __all__ = [
     "Refused",
     "RefusedMsg",
     "RequestMsg",
+    "SealedAdmitMsg",
     "SendMessage",
     "Session",
     "State",
     "admission_key_message",
+    "admit_seal_key",
     "chunk_entries",
     "cpace_channel_id",
     "decode_message",
+    "open_admit",
+    "seal_admit",
     "wire_reason",
 ]
 
@@ -143,6 +161,8 @@ __all__ = [
 PROTOCOL_VERSION: Final = 1
 #: Domain separation of the admission-key signature over the handshake hash.
 ADMISSION_KEY_CONTEXT: Final = b"p2pinvite/admission-key/v1\x00"
+#: Domain separation of the key that seals the guest's ``admit`` under a PAKE.
+ADMIT_SEAL_CONTEXT: Final = b"p2pinvite/admit-seal/v1\x00"
 
 #: Refusal reasons that may be sent to a remote peer as they are. Every other
 #: reason travels as :data:`~p2pinvite.errors.UNIFORM_REFUSAL`.
@@ -172,6 +192,11 @@ _INVITATION_ID_SIZE: Final = 16
 _KEY: Final = 32
 _SIG: Final = 64
 _MAX_WIRE: Final = MAX_CHUNK_BYTES
+# The largest sealed admit: a full chain, the keys, a 128-character name in
+# UTF-8 and the map around them, plus the 16-byte AEAD tag.
+_MAX_SEALED: Final = MAX_CHAIN * (MAX_CREDENTIAL + 3) + 1024 + 16
+# The seal key is used for exactly one message, so a fixed nonce is safe.
+_SEAL_NONCE: Final = bytes(12)
 # Encoded overhead of a chunk message besides its entries: map, type, field
 # names, array header, and the credential of an ``admitted`` with its header
 # (msgpack bin16: 3 bytes); each entry adds its length and a 3-byte header at most.
@@ -404,6 +429,51 @@ class AdmitMsg:
 
 
 @dataclass(frozen=True, slots=True)
+class SealedAdmitMsg:
+    """G→H, after a PAKE: the ``admit`` message sealed under the CPace ISK (:func:`seal_admit`)."""
+
+    T: ClassVar[str] = "admit_sealed"
+    box: bytes = field(repr=False)
+
+    def to_map(self) -> dict[str, Any]:
+        """The message as a map."""
+        return {"t": self.T, "box": self.box}
+
+    @classmethod
+    def from_map(cls, m: Mapping[str, Any]) -> SealedAdmitMsg:
+        """Decode, strictly (opening it needs the session: :func:`open_admit`)."""
+        _only(m, frozenset({"t", "box"}), what="admit_sealed")
+        return cls(expect_bytes(m, "box", max_size=_MAX_SEALED))
+
+
+def admit_seal_key(isk: bytes) -> bytes:
+    """The one-use key sealing the guest's ``admit``: ``SHA-512(ADMIT_SEAL_CONTEXT || ISK)[:32]``.
+
+    The context separates it from CPace's own use of ISK (the confirmation
+    MAC key hashes ``"CPaceMac" || sid || ISK``).
+    """
+    return hashlib.sha512(ADMIT_SEAL_CONTEXT + isk).digest()[:32]
+
+
+def seal_admit(isk: bytes, msg: AdmitMsg) -> SealedAdmitMsg:
+    """Seal *msg* for the host of this PAKE run: ChaCha20-Poly1305, zero nonce, no AD."""
+    box = ChaCha20Poly1305(admit_seal_key(isk)).encrypt(_SEAL_NONCE, encode_message(msg), None)
+    return SealedAdmitMsg(box)
+
+
+def open_admit(isk: bytes, sealed: SealedAdmitMsg) -> AdmitMsg:
+    """Open a sealed admit; :class:`DecodeError` if it does not open or is not an ``admit``."""
+    try:
+        plain = ChaCha20Poly1305(admit_seal_key(isk)).decrypt(_SEAL_NONCE, sealed.box, None)
+    except InvalidTag:
+        raise DecodeError("admit_sealed: does not open under this session's key") from None
+    msg = decode_message(plain)
+    if not isinstance(msg, AdmitMsg):
+        raise DecodeError("admit_sealed: the sealed message is not an admit")
+    return msg
+
+
+@dataclass(frozen=True, slots=True)
 class AdmittedMsg:
     """H→G: the guest's new credential and the log entries from genesis up to it.
 
@@ -510,12 +580,12 @@ class RefusedMsg:
 
 
 Message: TypeAlias = (RequestMsg | ChallengeMsg | PakeMsg | ConfirmMsg | KeyProofMsg | AdmitMsg
-                      | AdmittedMsg | EntriesMsg | RefusedMsg)
+                      | SealedAdmitMsg | AdmittedMsg | EntriesMsg | RefusedMsg)
 
 _DECODERS: Final[dict[str, Callable[[Mapping[str, Any]], Message]]] = {
     cls.T: cls.from_map
     for cls in (RequestMsg, ChallengeMsg, PakeMsg, ConfirmMsg, KeyProofMsg, AdmitMsg,
-                AdmittedMsg, EntriesMsg, RefusedMsg)
+                SealedAdmitMsg, AdmittedMsg, EntriesMsg, RefusedMsg)
 }
 
 
@@ -670,7 +740,8 @@ class _Step(enum.Enum):
     AWAIT_CONFIRM = enum.auto()
     AWAIT_KEY_PROOF = enum.auto()       # host
     CHECK_ATTEMPT = enum.auto()         # host: driver persists the attempt
-    AWAIT_ADMIT = enum.auto()           # host
+    AWAIT_ADMIT = enum.auto()           # host: none, key
+    AWAIT_SEALED_ADMIT = enum.auto()    # host: pin, short
     DECIDE_ADMISSION = enum.auto()      # host: driver validates, appends, fsyncs
     AWAIT_ADMITTED = enum.auto()        # guest: admit sent
     AWAIT_ENTRIES = enum.auto()         # guest: more chunks of the log announced
@@ -696,6 +767,7 @@ _PUBLIC: Final[dict[_Step, State]] = {
     _Step.AWAIT_KEY_PROOF: State.AUTHENTICATING,
     _Step.CHECK_ATTEMPT: State.AUTHENTICATING,
     _Step.AWAIT_ADMIT: State.ADMITTING,
+    _Step.AWAIT_SEALED_ADMIT: State.ADMITTING,
     _Step.DECIDE_ADMISSION: State.ADMITTING,
     _Step.AWAIT_ADMITTED: State.ADMITTING,
     _Step.AWAIT_ENTRIES: State.ADMITTING,
@@ -722,6 +794,7 @@ class _In(enum.Enum):
     CONFIRM = ConfirmMsg.T
     KEY_PROOF = KeyProofMsg.T
     ADMIT = AdmitMsg.T
+    ADMIT_SEALED = SealedAdmitMsg.T
     ADMITTED = AdmittedMsg.T
     ADMITTED_PARTIAL = "admitted, with a count (chunks follow)"
     ENTRIES = EntriesMsg.T
@@ -734,7 +807,8 @@ class _In(enum.Enum):
     OFFER_NONE = "offer(none)"
     OFFER_PAKE = "offer(pin|short)"
     OFFER_KEY = "offer(key)"
-    ATTEMPT_OK = "check_attempt() ok"
+    ATTEMPT_OK = "check_attempt() ok, method key"
+    ATTEMPT_OK_PAKE = "check_attempt() ok, method pin|short"
     ATTEMPT_FAILED = "check_attempt() failed"
     ATTEMPT_LOCKED = "check_attempt() failed, none left"
     HOST_OK_NONE = "host_verified(), method none"
@@ -756,6 +830,7 @@ class _In(enum.Enum):
 _MESSAGE_INPUT: Final[dict[type, _In]] = {
     RequestMsg: _In.REQUEST, ChallengeMsg: _In.CHALLENGE, PakeMsg: _In.PAKE,
     ConfirmMsg: _In.CONFIRM, KeyProofMsg: _In.KEY_PROOF, AdmitMsg: _In.ADMIT,
+    SealedAdmitMsg: _In.ADMIT_SEALED,
     AdmittedMsg: _In.ADMITTED, EntriesMsg: _In.ENTRIES, RefusedMsg: _In.REFUSED,
 }
 
@@ -779,6 +854,7 @@ _HOST_TRANSITIONS: Final[dict[_Step, dict[_In, _Step]]] = {
     _S.AWAIT_KEY_PROOF: {_In.KEY_PROOF: _S.CHECK_ATTEMPT},
     _S.CHECK_ATTEMPT: {
         _In.ATTEMPT_OK: _S.AWAIT_ADMIT,
+        _In.ATTEMPT_OK_PAKE: _S.AWAIT_SEALED_ADMIT,
         _In.ATTEMPT_FAILED: _S.ERROR,
         _In.ATTEMPT_LOCKED: _S.LOCKED,
         # The store may refuse to count the attempt (locked, expired, revoked
@@ -789,6 +865,7 @@ _HOST_TRANSITIONS: Final[dict[_Step, dict[_In, _Step]]] = {
         _In.REFUSE_LOCKED: _S.LOCKED,
     },
     _S.AWAIT_ADMIT: {_In.ADMIT: _S.DECIDE_ADMISSION},
+    _S.AWAIT_SEALED_ADMIT: {_In.ADMIT_SEALED: _S.DECIDE_ADMISSION},
     _S.DECIDE_ADMISSION: {
         _In.ADMIT_OK: _S.SUCCESS,
         _In.REFUSE: _S.ERROR,
@@ -1016,17 +1093,28 @@ class HostProtocol(_Machine):
             self._proof = msg
             assert self._method is not None
             return [AttemptMade(self._method)]
+        if isinstance(msg, SealedAdmitMsg):
+            # Only reachable once the guest's tag verified: the ISK is the guest's too.
+            assert self._cpace is not None
+            try:
+                admit = open_admit(self._cpace.isk, msg)
+            except DecodeError as exc:
+                raise self._violation(ProtocolViolation(str(exc))) from None
+            return self._admission(admit, inp)
         if isinstance(msg, AdmitMsg):
-            assert self._peer_device is not None
-            if not hmac.compare_digest(msg.device, self._peer_device):
-                raise self._violation(ProtocolViolation(
-                    "admit: device differs from the one proved in the handshake"))
-            if (msg.identity is not None) != (self.kind == "space"):
-                raise self._violation(ProtocolViolation(
-                    "admit: identity and chain are required for space invitations only"))
-            self._go(inp)
-            return [AdmissionRequested(msg.device, msg.identity, msg.chain, msg.name)]
+            return self._admission(msg, inp)
         raise self._violation(ProtocolViolation(f"host: unexpected {msg.T!r} message"))
+
+    def _admission(self, msg: AdmitMsg, inp: _In) -> list[Event]:
+        assert self._peer_device is not None
+        if not hmac.compare_digest(msg.device, self._peer_device):
+            raise self._violation(ProtocolViolation(
+                "admit: device differs from the one proved in the handshake"))
+        if (msg.identity is not None) != (self.kind == "space"):
+            raise self._violation(ProtocolViolation(
+                "admit: identity and chain are required for space invitations only"))
+        self._go(inp)
+        return [AdmissionRequested(msg.device, msg.identity, msg.chain, msg.name)]
 
     def offer(self, method: Method, host: HostInfo, *, password: bytes | None = None,
               admission_key: bytes | None = None) -> list[Event]:
@@ -1059,10 +1147,11 @@ class HostProtocol(_Machine):
         """Check the guest's proof; call only once the attempt is persisted.
 
         *attempts_left* is what remains if this attempt fails (already
-        counted). Right → ``[AuthSucceeded]`` plus our confirmation tag for
-        PAKE methods; wrong → ``[AuthFailed, SendMessage(refused)]``.
+        counted). Right → ``[AuthSucceeded]`` (with a PAKE our own tag goes
+        out with the admission, :meth:`admit`); wrong → ``[AuthFailed,
+        SendMessage(refused)]``.
         """
-        self._require(_In.ATTEMPT_OK)
+        self._require(_In.ATTEMPT_OK, _In.ATTEMPT_OK_PAKE)
         if attempts_left < 0:
             raise LocalProtocolError("attempts_left cannot be negative")
         proof, self._proof = self._proof, None
@@ -1080,11 +1169,8 @@ class HostProtocol(_Machine):
             ok = hmac.compare_digest(proof.key, self._admission_key) and verify_ed25519(
                 proof.key, proof.sig, admission_key_message(self._session.handshake_hash))
         if ok:
-            out: list[Event] = [AuthSucceeded()]
-            if self._cpace is not None:
-                out.append(self._send(ConfirmMsg(self._cpace.confirmation_tag())))
-            self._go(_In.ATTEMPT_OK)
-            return out
+            self._go(_In.ATTEMPT_OK if self._cpace is None else _In.ATTEMPT_OK_PAKE)
+            return [AuthSucceeded()]
         reason = (REASON_WRONG_KEY if isinstance(proof, KeyProofMsg)
                   else REASON_WRONG_CODE if self._method == "short" else REASON_WRONG_PIN)
         self.reason = reason
@@ -1097,6 +1183,8 @@ class HostProtocol(_Machine):
         Returns one ``admitted`` message when the log fits one chunk, else an
         ``admitted`` with the first chunk and the total count followed by
         ``entries`` messages (:func:`chunk_entries`), to be sent in order.
+        With a PAKE our confirmation tag goes first: the guest trusts nothing
+        of the admission before it checked that tag.
         """
         self._require(_In.ADMIT_OK)
         log = tuple(entries)
@@ -1106,7 +1194,10 @@ class HostProtocol(_Machine):
             raise LocalProtocolError("admission exceeds the protocol limits")
         chunks = chunk_entries(log)
         count = len(log) if len(chunks) > 1 else None
-        out: list[Event] = [self._send(AdmittedMsg(credential, chunks[0], count))]
+        out: list[Event] = []
+        if self._cpace is not None:
+            out.append(self._send(ConfirmMsg(self._cpace.confirmation_tag())))
+        out.append(self._send(AdmittedMsg(credential, chunks[0], count)))
         out += [self._send(EntriesMsg(chunk)) for chunk in chunks[1:]]
         self._go(_In.ADMIT_OK)
         return out
@@ -1248,7 +1339,9 @@ class GuestProtocol(_Machine):
             except (DecodeError, CryptoError) as exc:
                 raise self._violation(ProtocolViolation(f"pake: {exc}", refusal=None)) from None
             self._go(inp)
-            return [self._send(ConfirmMsg(self._cpace.confirmation_tag()))]
+            # The admit goes sealed right behind our tag (see the module notes).
+            return [self._send(ConfirmMsg(self._cpace.confirmation_tag())),
+                    self._send(seal_admit(self._cpace.isk, self._admit_message()))]
         if isinstance(msg, ConfirmMsg):
             assert self._cpace is not None
             try:
@@ -1258,7 +1351,7 @@ class GuestProtocol(_Machine):
                     "the host could not confirm the PIN: it is not the host that holds it")
                 ) from None
             self._go(inp)
-            return [Authenticated(), self._send(self._admit_message())]
+            return [Authenticated()]
         if isinstance(msg, AdmittedMsg):
             if msg.count is None:
                 self._go(inp)

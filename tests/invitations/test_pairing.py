@@ -404,9 +404,10 @@ async def test_revoke_stops_a_handshake_in_progress(tmp_path: Path) -> None:
             assert [type(e) for e in machine.receive_message(await stream.receive_message())] \
                 == [HostChallenged]
             assert machine.host_verified() == []
-            # The host's share: the machine answers with its tag, which we hold back.
+            # The host's share: the machine answers with its tag and its sealed
+            # admit, which we hold back.
             assert [type(e) for e in machine.receive_message(await stream.receive_message())] \
-                == [SendMessage]
+                == [SendMessage, SendMessage]
             assert host.store.get(link.invitation_id).uses == 0
             await host.manager.revoke(link.invitation_id)
             assert machine.receive_message(await stream.receive_message()) == [
@@ -489,9 +490,12 @@ async def test_mitm_with_the_link_but_not_the_pin_admits_no_one(tmp_path: Path) 
         assert [m.name for m in host.spaces.members(space)] == ["Alice"]
         inv = host.manager.get(created.invitation.id)
         assert (inv.uses, inv.failed_attempts) == (0, 1)
-        assert to_host == ["request", "pake", "confirm"]
+        # The guest's admit went out sealed under its CPace key: Mallory relayed it
+        # but learned neither Bob's identity nor his name.
+        assert to_host == ["request", "pake", "confirm", "admit_sealed"]
         assert to_guest == ["challenge", "pake", "refused"]
         assert all(created.pin.encode() not in d for d in seen)
+        assert all(guest.identity.identity_key not in d and b"Bob" not in d for d in seen)
 
 
 # -- dropped connections ------------------------------------------------------------------
@@ -548,8 +552,9 @@ class CuttingProxy:
                 nursery.start_soon(pump, up, down, "h2g")
 
 
-# guest->host frames: preamble, Noise 1, Noise 3, request, pake, confirm, admit
-# host->guest frames: Noise 2, accept, challenge, pake, confirm, admitted
+# guest->host frames: preamble, Noise 1, Noise 3, request, pake, confirm, admit_sealed
+# host->guest frames: Noise 2, accept, challenge, pake, confirm, admitted (the last two
+# are written together, after the host's fsync)
 DROPS = [("g2h", 4), ("g2h", 5), ("g2h", 6), ("g2h", 7),
          ("h2g", 3), ("h2g", 4), ("h2g", 5), ("h2g", 6)]
 
@@ -573,7 +578,8 @@ async def test_drop_at_each_step_then_retry_succeeds(tmp_path: Path, cut: tuple[
                 await trio.sleep(0.01)
             assert host.store.reserved(created.invitation.id) == 0
             admitted_by_host = host.identity.devices()[1:] == [guest.identity.device.device_public]
-            assert admitted_by_host == (cut == ("h2g", 6))  # only the last drop is after fsync
+            # Only the host's tag and the admission are sent after the fsync.
+            assert admitted_by_host == (cut in (("h2g", 5), ("h2g", 6)))
             again = await guest.accept(code, pin=created.pin)
         assert_admitted(again)
         assert again[-1].result.target == host.identity.identity_key

@@ -171,7 +171,7 @@ class Run:
         if isinstance(e, AdmissionRequested):
             self.effects += ["store.reserve_use", "log.append+fsync", "store.commit_use"]
             out = self.h(self.host.admit(b"credential", [b"genesis", b"credential"]))
-            return self._to_guest(one(out))
+            return [x for data in sends(out) for x in self._to_guest(data)]
         raise AssertionError(e)
 
     def _to_guest(self, data: bytes) -> list[bytes]:
@@ -199,12 +199,14 @@ def test_pin_run_exact_trace() -> None:
         ("host", ["Send(pake)"]),
         ("guest", ["HostChallenged"]),
         ("guest", []),
-        ("guest", ["Send(confirm)"]),
+        # Our tag, and the admit sealed under the ISK right behind it.
+        ("guest", ["Send(confirm)", "Send(admit_sealed)"]),
         ("host", ["AttemptMade"]),
-        ("host", ["AuthSucceeded", "Send(confirm)"]),
-        ("guest", ["Authenticated", "Send(admit)"]),
+        ("host", ["AuthSucceeded"]),
         ("host", ["AdmissionRequested"]),
-        ("host", ["Send(admitted)"]),
+        # The host's tag travels with the admission.
+        ("host", ["Send(confirm)", "Send(admitted)"]),
+        ("guest", ["Authenticated"]),
         ("guest", ["AdmissionReceived"]),
         ("guest", []),
     ]
@@ -224,7 +226,8 @@ def test_short_method_uses_pake_too() -> None:
     r = Run(method="short", guest_password=b"90125", host_password=b"90125")
     r.run()
     assert r.guest.state is State.SUCCESS
-    assert ("guest", ["Authenticated", "Send(admit)"]) in r.trace
+    assert ("guest", ["Send(confirm)", "Send(admit_sealed)"]) in r.trace
+    assert ("guest", ["Authenticated"]) in r.trace
 
 
 def test_none_run_exact_trace() -> None:
@@ -369,13 +372,20 @@ def test_man_in_the_middle_relaying_cpace_admits_no_one() -> None:
     guest.receive_message(relay(encode_message(ChallengeMsg("pin", forged))))
     assert guest.host_verified() == []
     pake_b = one(host.receive_message(relay(pake_a)))
-    confirm = one(guest.receive_message(relay(pake_b)))
+    confirm, sealed = sends(guest.receive_message(relay(pake_b)))
     assert host.receive_message(relay(confirm)) == [AttemptMade("pin")]
     out = host.check_attempt(2)
     assert kinds(out) == ["AuthFailed", "Send(refused)"]
     assert host.state is State.ERROR
     assert guest.state is State.AUTHENTICATING
     assert all(PIN not in data for data in seen)
+    # The relay cannot read the sealed admit: the guest's ISK is not the host's...
+    box = decode_message(relay(sealed))
+    assert isinstance(box, p.SealedAdmitMsg)
+    assert req.name.encode() not in box.box
+    # ...nor its own (it ran CPace with neither side: it has no ISK matching the guest's).
+    with pytest.raises(DecodeError, match="does not open"):
+        p.open_admit(os.urandom(64), box)
 
 
 def test_first_challenge_from_the_wrong_device_is_refused() -> None:
@@ -483,18 +493,114 @@ def test_invalid_pake_share_is_a_violation() -> None:
     assert r.host.state is State.ERROR
 
 
-def test_guest_rejects_a_wrong_host_confirmation() -> None:
-    r = Run()
+def _to_sealed_admit(r: Run) -> tuple[bytes, bytes]:
+    """Play a PIN run up to the guest's tag and sealed admit; return both."""
     r.host.connected(r.hs)
     request, pake_a = sends(r.guest.connected(r.gs))
     r.host.receive_message(request)
     r.guest.receive_message(one(r.host.offer("pin", HOST_INFO, password=PIN)))
     assert r.guest.host_verified() == []
     pake_b = one(r.host.receive_message(pake_a))
-    r.guest.receive_message(pake_b)
+    confirm, sealed = sends(r.guest.receive_message(pake_b))
+    return confirm, sealed
+
+
+def test_guest_rejects_a_wrong_host_confirmation() -> None:
+    r = Run()
+    _to_sealed_admit(r)
     with pytest.raises(HandshakeError, match="could not confirm"):
         r.guest.receive_message(encode_message(ConfirmMsg(bytes(64))))
     assert r.guest.state is State.ERROR
+
+
+def test_guest_reads_no_admission_before_the_host_tag() -> None:
+    r = Run()
+    _to_sealed_admit(r)
+    with pytest.raises(ProtocolViolation, match="unexpected 'admitted'"):
+        r.guest.receive_message(encode_message(AdmittedMsg(b"c", (b"e",))))
+    assert r.guest.state is State.ERROR
+
+
+def test_sealed_admit_opens_to_the_guest_admit_after_the_tag() -> None:
+    r = Run(kind="space")
+    confirm, sealed = _to_sealed_admit(r)
+    assert r.host.receive_message(confirm) == [AttemptMade("pin")]
+    assert kinds(r.host.check_attempt(2)) == ["AuthSucceeded"]
+    assert r.host.receive_message(sealed) == [AdmissionRequested(
+        GUEST_KEYS.device_public, r.request.identity, (b"guest-chain",), "Bob")]
+
+
+def test_a_plain_admit_is_a_violation_after_a_pake() -> None:
+    r = Run()
+    confirm, _ = _to_sealed_admit(r)
+    r.host.receive_message(confirm)
+    r.host.check_attempt(2)
+    with pytest.raises(ProtocolViolation, match="unexpected 'admit'"):
+        r.host.receive_message(encode_message(r.guest._admit_message()))
+    assert r.host.state is State.ERROR
+
+
+def test_a_tampered_or_foreign_sealed_admit_is_a_violation() -> None:
+    for forge in (lambda box: box[:-1] + bytes([box[-1] ^ 1]),       # flipped tag bit
+                  lambda box: bytes(len(box))):                      # someone else's bytes
+        r = Run()
+        confirm, sealed = _to_sealed_admit(r)
+        r.host.receive_message(confirm)
+        r.host.check_attempt(2)
+        msg = decode_message(sealed)
+        assert isinstance(msg, p.SealedAdmitMsg)
+        with pytest.raises(ProtocolViolation) as info:
+            r.host.receive_message(encode_message(p.SealedAdmitMsg(forge(msg.box))))
+        assert "does not open" in str(info.value)
+        assert info.value.refusal == UNIFORM_REFUSAL
+        assert r.host.state is State.ERROR
+
+
+def test_sealed_admit_before_the_tag_or_without_a_pake_is_a_violation() -> None:
+    r = Run()
+    _, sealed = _to_sealed_admit(r)
+    with pytest.raises(ProtocolViolation, match="unexpected 'admit_sealed'"):
+        r.host.receive_message(sealed)  # the tag was skipped
+    n = Run(method="none")
+    n.host.connected(n.hs)
+    n.host.receive_message(one(n.guest.connected(n.gs)))
+    n.host.offer("none", HOST_INFO)
+    with pytest.raises(ProtocolViolation, match="unexpected 'admit_sealed'"):
+        n.host.receive_message(sealed)
+
+
+def test_sealed_admit_vector_of_the_protocol_document() -> None:
+    """docs/PROTOCOL.md Part 7 §3.3: the seal key is computed here from its definition."""
+    import hashlib
+    isk = bytes(range(64))
+    key = hashlib.sha512(b"p2pinvite/admit-seal/v1\x00" + isk).digest()[:32]
+    assert p.admit_seal_key(isk) == key
+    assert key.hex() == "82eebabe9ac80b0a9b40edf1842918e9c546f9340737653516d9cf58b59a607e"
+    admit = AdmitMsg(b"\x11" * 32, None, (), "Bob")
+    assert encode_message(admit).hex() == (
+        "83a174a561646d6974a6646576696365c420" + "11" * 32
+        + "a770726f66696c6581a46e616d65a3426f62")
+    assert p.seal_admit(isk, admit).box.hex() == (
+        "8ff0d127a66b1c6ba30187574c610a679c706de3e9abfabc39d3502e7e8436bf28112615bcc70cb7"
+        "77962b186d8bb65de6dabcd7af343f03cfbf8a75cdb8f587c94e7a1e73f785f6a3a721293250c9d7"
+        "bd0b8c71")
+
+
+def test_seal_is_bound_to_the_key_and_to_an_admit() -> None:
+    isk = os.urandom(64)
+    admit = AdmitMsg(b"d" * 32, b"i" * 32, (b"c",), "Bob")
+    sealed = p.seal_admit(isk, admit)
+    assert p.open_admit(isk, sealed) == admit
+    assert len(sealed.box) == len(encode_message(admit)) + 16
+    with pytest.raises(DecodeError):
+        p.open_admit(os.urandom(64), sealed)
+    # A sealed message of another type is refused even when it opens.
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+    other = ChaCha20Poly1305(p.admit_seal_key(isk)).encrypt(
+        bytes(12), encode_message(ConfirmMsg(b"t" * 64)), None)
+    with pytest.raises(DecodeError, match="not an admit"):
+        p.open_admit(isk, p.SealedAdmitMsg(other))
+    assert p.admit_seal_key(isk) != p.admit_seal_key(os.urandom(64))
 
 
 def test_local_misuse_leaves_state_unchanged() -> None:
@@ -567,7 +673,8 @@ ALL_MESSAGES: list[p.Message] = [
     RequestMsg(INV, "device"), RequestMsg(None, "space"),
     ChallengeMsg("key", HOST_INFO), PakeMsg(b"x" * 33), ConfirmMsg(b"t" * 64),
     KeyProofMsg(b"k" * 32, b"s" * 64), AdmitMsg(b"d" * 32, None, (), "n"),
-    AdmitMsg(b"d" * 32, b"i" * 32, (b"c",), "n"), AdmittedMsg(b"c", (b"e1", b"e2")),
+    AdmitMsg(b"d" * 32, b"i" * 32, (b"c",), "n"), p.SealedAdmitMsg(b"b" * 40),
+    AdmittedMsg(b"c", (b"e1", b"e2")),
     RefusedMsg("wrong_pin", 2), RefusedMsg(UNIFORM_REFUSAL),
 ]
 
@@ -598,6 +705,8 @@ def test_unknown_fields_and_missing_fields_are_refused(msg: p.Message) -> None:
     {"t": "challenge", "method": "pin", "host": {**HOST_INFO.to_map(),
                                                  "chain": [b"c"] * 17}},
     {"t": "confirm", "tag": b"short"},
+    {"t": "admit_sealed", "box": "not bytes"},
+    {"t": "admit_sealed", "box": b"b" * (p._MAX_SEALED + 1)},
     {"t": "admit", "device": b"d" * 32, "profile": {"name": "x" * 129}},
     {"t": "admit", "device": b"d" * 32, "profile": {"name": "x"}, "identity": b"i" * 32},
     {"t": "refused", "reason": "x" * 65},
