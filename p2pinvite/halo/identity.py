@@ -17,11 +17,21 @@ and the result accepted *before* the log file is written, and the file then
 appears whole (temporary file, fsync, link, directory fsync). A crash leaves
 either no identity or a complete one. Hidden temporary directories that
 earlier versions built logs in are removed on open.
+
+A guest knows where a received log will go long before it arrives, so it may
+make that directory ahead of time, off its critical path
+(:func:`prepare_install_dir`, :meth:`IdentityService.prepare_join`): the
+mkdir and the fsync of the parent then cost nothing when the log is
+installed. Durability rule: :func:`install_log` fsyncs the parent directory
+unless this process itself made the log's directory durable, because a
+directory found in place may have been created by a process that died
+before its own parent fsync, its entry still only in the page cache.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,7 +56,10 @@ __all__ = [
     "IdentityService",
     "Issued",
     "NoIdentity",
+    "discard_install_dir",
+    "ensure_durable_dir",
     "install_log",
+    "prepare_install_dir",
     "remove_stale_installs",
 ]
 
@@ -55,6 +68,8 @@ IDENTITY_DIR: Final = "identity"
 #: File name of the identity's HALO log inside :data:`IDENTITY_DIR`.
 IDENTITY_LOG: Final = "identity.log"
 _TMP_SUFFIX: Final = ".tmp"
+
+_log = logging.getLogger(__name__)
 
 
 class IdentityExists(LocalProtocolError):
@@ -85,6 +100,55 @@ def remove_stale_installs(parent: Path) -> None:
     for p in parent.iterdir():
         if p.name.startswith(".") and p.name.endswith(_TMP_SUFFIX) and p.is_dir():
             _remove_tree(p)
+
+
+def ensure_durable_dir(path: Path) -> None:
+    """Make *path* a private directory; if this call created it, fsync its parent.
+
+    An existing directory is only checked (one ``stat``), not fsynced again.
+    """
+    created = not path.exists()
+    ensure_private_dir(path)
+    if created:
+        fsync_dir(path.parent)
+
+
+def prepare_install_dir(parent: Path, directory: str, log_name: str) -> bool:
+    """Make ``parent/directory`` exist, private and durable in *parent*, ahead of
+    :func:`install_log` (which may then skip the mkdir and the parent fsync:
+    ``durable_dir=True``).
+
+    *parent* itself is made private and, if created here, durable in its own
+    parent. The parent is fsynced even when the directory already exists: a
+    crashed process may have made it without that fsync. Idempotent. Returns
+    ``False`` and does nothing when the log already exists (the install will
+    report that). Raises ``StorageError`` if a directory is not private or
+    the filesystem refuses.
+    """
+    final = parent / directory
+    if (final / log_name).exists():
+        return False
+    try:
+        ensure_durable_dir(parent)
+        ensure_private_dir(final)
+        fsync_dir(parent)
+    except OSError as exc:
+        raise StorageError(f"cannot prepare {final}: {exc.strerror}") from None
+    return True
+
+
+def discard_install_dir(parent: Path, directory: str) -> None:
+    """Remove ``parent/directory`` if it is empty (a prepared install that never came).
+
+    Best effort, never raises ``OSError``: ``rmdir`` refuses a directory that
+    holds anything, so a log (or a log being written) is never touched. The
+    removal is not fsynced; an empty directory that survives a crash is
+    harmless (no log, so no space) and is swept on the next open.
+    """
+    try:
+        (parent / directory).rmdir()
+    except OSError as exc:
+        _log.debug("prepared directory %s not removed: %s", directory, exc.strerror)
 
 
 class _AcceptOnLast:
@@ -138,6 +202,7 @@ def install_log(
     state: MembershipState,
     *,
     accept: Callable[[MembershipState], None] = lambda state: None,
+    durable_dir: bool = False,
 ) -> tuple[Path, SpaceLog]:
     """Verify *entries* into the new log ``parent/directory/log_name``, atomically.
 
@@ -145,21 +210,33 @@ def install_log(
     *accept* may refuse the final state by raising ``CredentialError``; only
     then is the file written, appearing whole or not at all
     (:meth:`SpaceLog.import_entries`: temporary file, fsync, link, directory
-    fsync). A directory created here is made durable in *parent* too. A crash
-    can leave at most an empty directory, which holds no log and is reused.
-    Raises :class:`FileExistsError` if the log exists, ``InvalidEntries`` for
-    entries that do not verify (or an empty list), and *accept*'s error.
+    fsync). The directory is created if missing, and *parent* is fsynced so
+    its entry is durable -- also when the directory was found in place,
+    since a crashed process may have made it without that fsync -- unless
+    *durable_dir*: the caller made it exist, private and durable earlier in
+    this process (:func:`prepare_install_dir`), so neither mkdir nor parent
+    fsync is needed (if it has vanished since, it is made again as above).
+    A crash can leave at most an empty directory, which holds no log and is
+    reused. Raises :class:`FileExistsError` if the log exists,
+    ``InvalidEntries`` for entries that do not verify (or an empty list),
+    and *accept*'s error. On failure a directory created here is removed; a
+    prepared one is left for its preparer to discard.
     Returns the directory and the open log (its validator wraps *state*).
     """
     if not entries:
         raise InvalidEntries("an imported log cannot be empty", index=0)
-    ensure_private_dir(parent)
     final = parent / directory
     path = final / log_name
+    if durable_dir and not final.is_dir():
+        durable_dir = False  # removed since it was prepared: make it again
+    created = False
+    if not durable_dir:
+        ensure_private_dir(parent)
     if path.exists():
         raise FileExistsError(path)
-    created = not final.exists()
-    ensure_private_dir(final)
+    if not durable_dir:
+        created = not final.exists()
+        ensure_private_dir(final)
     guard = _AcceptOnLast(state, len(entries), accept)
     try:
         log = SpaceLog.import_entries(path, entries, guard)
@@ -173,7 +250,7 @@ def install_log(
         if isinstance(exc, StorageError) and path.exists():
             raise FileExistsError(path) from None  # someone installed it meanwhile
         raise
-    if created:
+    if not durable_dir:
         fsync_dir(parent)
     return final, log
 
@@ -193,6 +270,8 @@ class IdentityService:
         self.verifier = verifier if verifier is not None else CredentialVerifier()
         self._log: SpaceLog | None = None
         self._state: MembershipState | None = None
+        # Whether prepare_join made <home>/identity durable in this process.
+        self._prepared = False
 
     @classmethod
     def open(cls, home: Path, *, verifier: CredentialVerifier | None = None) -> IdentityService:
@@ -213,6 +292,10 @@ class IdentityService:
                 log.close()
                 raise StorageError(f"{path} does not authorize this device's key")
             service._log, service._state = log, state
+        else:
+            # An empty identity/ is what a join that failed before a crash left.
+            with contextlib.suppress(OSError):
+                (home / IDENTITY_DIR).rmdir()
         return service
 
     def _new_state(self, key: bytes | None = None) -> MembershipState:
@@ -317,6 +400,30 @@ class IdentityService:
         self._install(entries, key=None)
         return self.identity_key
 
+    def prepare_join(self) -> None:
+        """Make the identity directory exist and be durable before a join's log arrives.
+
+        Synchronous (a mkdir and an fsync): run it in a worker thread while
+        the invitation handshake goes on. :meth:`join_identity_from_entries`
+        then skips both. Does nothing if this device already has an identity.
+        Idempotent. Raises ``StorageError`` if the home is not private or the
+        filesystem refuses.
+        """
+        if self._state is not None:
+            return
+        if prepare_install_dir(self._home, IDENTITY_DIR, IDENTITY_LOG):
+            self._prepared = True
+
+    def discard_prepared_join(self) -> None:
+        """Undo :meth:`prepare_join` after a join that failed: remove the directory if empty.
+
+        Best effort, never raises ``OSError``; an identity that was installed
+        is never touched. Do not call it while a join is in progress.
+        """
+        self._prepared = False
+        if self._state is None:
+            discard_install_dir(self._home, IDENTITY_DIR)
+
     def _install(self, entries: Sequence[bytes], *, key: bytes | None) -> None:
         device = self._device.device_public
 
@@ -329,10 +436,11 @@ class IdentityService:
         state = self._new_state(key)
         try:
             _, log = install_log(self._home, IDENTITY_DIR, IDENTITY_LOG, entries, state,
-                                 accept=accept)
+                                 accept=accept, durable_dir=self._prepared)
         except FileExistsError:
             raise IdentityExists("this device already has an identity") from None
         self._log, self._state = log, state
+        self._prepared = False
 
     async def authorize_device(
         self, device: bytes, *, invitation: bytes | None = None, issued_at: int | None = None

@@ -13,16 +13,24 @@ after that is issued by a member identity and signed by one of its devices,
 carrying the device chain. Logs received from a host (a guest joining) are
 verified in full and installed atomically (:func:`~.identity.install_log`),
 directly under their final name.
+
+A guest knows which space it is joining (the link code names it) long before
+the log arrives: :meth:`SpaceService.prepare_import` makes the space's
+directory durable in the background, so the install skips the mkdir and the
+fsync of ``spaces/``; :meth:`SpaceService.discard_prepared` removes it again
+if the join fails. A directory without a log is not a space (listing ignores
+it), and empty ones left by failed joins across crashes are swept on open.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import Final
 
 from ..errors import CredentialError, DecodeError, LocalProtocolError
-from ..fsutil import ensure_private_dir
 from .credentials import (
     MalformedCredential,
     Role,
@@ -34,7 +42,10 @@ from .credentials import (
 from .identity import (
     IdentityService,
     Issued,
+    discard_install_dir,
+    ensure_durable_dir,
     install_log,
+    prepare_install_dir,
     remove_stale_installs,
 )
 from .keys import SigningKey
@@ -132,14 +143,31 @@ class SpaceService:
         self._identity = identity
         self._dir = identity.home / SPACES_DIR
         self._open: dict[bytes, Space] = {}
+        # Spaces whose directory prepare_import made durable in this process.
+        # A worker thread adds to it; single set operations are atomic.
+        self._prepared: set[bytes] = set()
 
     @classmethod
     def open(cls, identity: IdentityService) -> SpaceService:
-        """The space service of *identity*'s home (removing crash leftovers)."""
+        """The space service of *identity*'s home (removing crash leftovers).
+
+        Leftovers: temporary install directories of older versions, and
+        empty space directories (joins that failed, or were prepared and
+        never completed, before a crash).
+        """
         service = cls(identity)
-        ensure_private_dir(service._dir)
+        ensure_durable_dir(service._dir)
         remove_stale_installs(service._dir)
+        service._remove_empty_dirs()
         return service
+
+    def _remove_empty_dirs(self) -> None:
+        # One rmdir per space: it fails (ENOTEMPTY) for every directory with
+        # a log, a checkpoint or a temporary file, which are never touched.
+        for name in os.listdir(self._dir):
+            if _SPACE_DIR_RE.fullmatch(name):
+                with contextlib.suppress(OSError):
+                    os.rmdir(self._dir / name)
 
     def _new_state(self, key: bytes | None) -> MembershipState:
         return MembershipState(kind=LogKind.SPACE, key=key, verifier=self._identity.verifier)
@@ -203,6 +231,35 @@ class SpaceService:
         self._install(entries_from_credentials(creds), expected=space)
         return space
 
+    def prepare_import(self, space_id: bytes) -> None:
+        """Make space *space_id*'s directory exist and be durable before its log arrives.
+
+        Synchronous (a mkdir and an fsync of ``spaces/``): run it in a worker
+        thread while the invitation handshake goes on; a later
+        :meth:`import_space` of this space then skips both. Idempotent. Does
+        nothing if the space is already here (:meth:`import_space` will raise
+        :class:`SpaceExists`). Raises ``LocalProtocolError`` for an id that is
+        not a 32-byte key, ``StorageError`` if a directory is not private or
+        the filesystem refuses.
+        """
+        if len(space_id) != 32:
+            raise LocalProtocolError("a space id is a 32-byte key")
+        if self.has_space(space_id):
+            return
+        if prepare_install_dir(self._dir, space_id.hex(), SPACE_LOG):
+            self._prepared.add(space_id)
+
+    def discard_prepared(self, space_id: bytes) -> None:
+        """Undo :meth:`prepare_import` after a join that failed: remove the directory if empty.
+
+        Best effort, never raises ``OSError``: a directory holding a log (an
+        installed space) or anything else is left alone. Do not call it
+        while an import of the same space is in progress.
+        """
+        self._prepared.discard(space_id)
+        if len(space_id) == 32 and space_id not in self._open:
+            discard_install_dir(self._dir, space_id.hex())
+
     def import_space(self, entries: Sequence[bytes], *, expected: bytes | None = None) -> bytes:
         """Install a space log a host sent us after admitting our identity.
 
@@ -230,9 +287,11 @@ class SpaceService:
         # name, chosen before verifying, is the space key of what gets written.
         state = self._new_state(key)
         try:
-            _, log = install_log(self._dir, key.hex(), SPACE_LOG, entries, state, accept=accept)
+            _, log = install_log(self._dir, key.hex(), SPACE_LOG, entries, state, accept=accept,
+                                 durable_dir=key in self._prepared)
         except FileExistsError:
             raise SpaceExists("that space is already on this device") from None
+        self._prepared.discard(key)
         self._open[key] = Space(key, log, state)
         return key
 

@@ -242,6 +242,23 @@ async def test_right_pin_after_a_wrong_one_succeeds_and_restores_count(tmp_path:
         assert host.manager.get(created.invitation.id).failed_attempts == 1
 
 
+async def test_a_failed_accept_leaves_no_prepared_directory(tmp_path: Path) -> None:
+    """The guest prepares the space's directory while it connects; a refusal removes it."""
+    async with open_node(tmp_path / "host", name="Alice") as host, \
+            open_node(tmp_path / "guest", name="Bob") as guest:
+        space = host.spaces.create_space("Team")
+        created = await host.manager.create(kind="space", space_id=space, auth="pin")
+        spaces_dir = guest.home / "spaces"
+        with trio.fail_after(30):
+            events = await guest.accept(created.code, pin=wrong_pin(created.pin))
+            assert events[-1].reason == "wrong_pin"
+            assert spaces_dir.is_dir()  # prepared, durable...
+            assert list(spaces_dir.iterdir()) == []  # ...and the empty space directory gone
+            assert_admitted(await guest.accept(created.code, pin=created.pin))
+        assert [d.name for d in spaces_dir.iterdir()] == [space.hex()]
+        assert guest.spaces.list_spaces() == [space]
+
+
 async def test_wrong_admission_key_is_counted(tmp_path: Path) -> None:
     async with open_node(tmp_path / "host", name="Alice") as host, \
             open_node(tmp_path / "guest") as guest:
