@@ -12,10 +12,13 @@ import pytest
 import trio
 
 from p2pinvite.errors import UNIFORM_REFUSAL, ConnectionClosed, InvitationError
-from p2pinvite.halo.credentials import Role
+from p2pinvite.halo.credentials import Role, issue_space_member
 from p2pinvite.halo.keys import SigningKey
+from p2pinvite.halo.log import decode_entry, entries_from_credentials
+from p2pinvite.invitations import handlers
 from p2pinvite.invitations.codes import LinkCode, generate_pin
 from p2pinvite.invitations.protocol import (
+    AdmissionRequested,
     ChallengeMsg,
     GuestProtocol,
     GuestRequest,
@@ -162,6 +165,51 @@ async def test_member_without_admin_rights_cannot_host(tmp_path: Path) -> None:
         assert events[-1].reason == UNIFORM_REFUSAL
         assert seen[-1].reason == "not_admin"
         assert guest.spaces.list_spaces() == []
+
+
+async def test_guest_rejects_a_forged_log_from_a_member_without_admin_rights(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rogue EDITOR node skips its own checks and sends a log with a membership it
+    signed itself: the guest checks the log's rules, installs nothing and says why."""
+    async with open_node(tmp_path / "owner", name="Alice") as owner, \
+            open_node(tmp_path / "editor", name="Bob") as editor, \
+            open_node(tmp_path / "guest", name="Carol") as guest:
+        space = owner.spaces.create_space("Team")
+        created = await owner.manager.create(kind="space", space_id=space, role="editor")
+        assert_admitted(await editor.accept(created.code))
+        ident = editor.identity
+        rogue = HostInfo(ident.identity_key, ident.device.device_public,
+                           tuple(ident.device_chain()))
+        forged: list[bytes] = []
+
+        async def admit_anyway(self: object, inv: object, ev: AdmissionRequested
+                               ) -> tuple[bytes, list[bytes], bool]:
+            assert ev.identity is not None
+            cred = issue_space_member(ident.device, issuer=ident.identity_key, space=space,
+                                      member=ev.identity, role=Role.READER, name=ev.name,
+                                      chain=ident.device_chain()).encode()
+            log = [decode_entry(e)[2] for e in editor.spaces.open_space(space).raw_entries()]
+            forged.append(cred)
+            return cred, entries_from_credentials([*log, cred]), False
+
+        monkeypatch.setattr(handlers._HostDriver, "_host_info", lambda self, inv: rogue)
+        monkeypatch.setattr(handlers._HostDriver, "_admit_member", admit_anyway)
+        inv = editor.store.create(kind=created.invitation.kind, target=space,
+                                  created_by=ident.identity_key,
+                                  now=editor.manager._clock(), role="reader")
+        await editor.manager._host(inv)
+        code = LinkCode.for_invitation(inv, host_device_key=ident.device.device_public,
+                                       hints=(editor.address,)).encode()
+        with trio.fail_after(30):
+            events = await guest.accept(code)
+        assert len(forged) == 1  # the rogue host did answer with its forged admission
+        assert events[-1].state is State.ERROR
+        assert events[-1].reason.startswith("admission did not verify")
+        assert "only OWNER and ADMIN members may admit" in events[-1].reason  # not_admin
+        assert guest.spaces.list_spaces() == []
+        assert list((guest.home / "spaces").iterdir()) == []
+        # The rogue's own log never held the forged membership either.
+        assert [m.name for m in owner.spaces.members(space)] == ["Alice", "Bob"]
 
 
 async def test_only_owner_may_invite_admins(tmp_path: Path) -> None:
