@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from p2pinvite.halo.keys import SigningKey
 from p2pinvite.halo.log import decode_entry, entries_from_credentials
 from p2pinvite.invitations import handlers
 from p2pinvite.invitations.codes import LinkCode, generate_pin
+from p2pinvite.invitations.model import Invitation
 from p2pinvite.invitations.protocol import (
     AdmissionRequested,
     ChallengeMsg,
@@ -131,23 +133,38 @@ async def test_already_member_is_refused(tmp_path: Path) -> None:
         assert host.manager.get(second.invitation.id).uses == 0
 
 
-async def test_member_without_admin_rights_cannot_host(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def owner_editor_guest(tmp_path: Path
+                             ) -> AsyncIterator[tuple[Node, Node, Node, bytes, Invitation]]:
+    """Alice owns space "Team", Bob joined it as an EDITOR (no right to admit), Carol
+    has an identity and no space. Yields the nodes, the space and Bob's invitation."""
     async with open_node(tmp_path / "owner", name="Alice") as owner, \
             open_node(tmp_path / "editor", name="Bob") as editor, \
             open_node(tmp_path / "guest", name="Carol") as guest:
         space = owner.spaces.create_space("Team")
         created = await owner.manager.create(kind="space", space_id=space, role="editor")
         assert_admitted(await editor.accept(created.code))
+        yield owner, editor, guest, space, created.invitation
+
+
+async def slip_past_create(editor: Node, space: bytes, like: Invitation) -> str:
+    """A READER invitation into *space* written straight into *editor*'s store, hosted,
+    and its link code (the manager's create() refuses a non-admin)."""
+    inv = editor.store.create(kind=like.kind, target=space,
+                              created_by=editor.identity.identity_key,
+                              now=editor.manager._clock(), role="reader")
+    await editor.manager._host(inv)
+    return LinkCode.for_invitation(inv, host_device_key=editor.identity.device.device_public,
+                                   hints=(editor.address,)).encode()
+
+
+async def test_member_without_admin_rights_cannot_host(tmp_path: Path) -> None:
+    async with owner_editor_guest(tmp_path) as (_, editor, guest, space, bobs):
         with pytest.raises(InvitationError) as info:
             await editor.manager.create(kind="space", space_id=space)
         assert info.value.reason == "not_admin"
         # Even with a record slipped past create(), the editor's node will not host it.
-        inv = editor.store.create(kind=created.invitation.kind, target=space,
-                                  created_by=editor.identity.identity_key,
-                                  now=editor.manager._clock(), role="reader")
-        await editor.manager._host(inv)
-        code = LinkCode.for_invitation(inv, host_device_key=editor.identity.device.device_public,
-                                       hints=(editor.address,)).encode()
+        code = await slip_past_create(editor, space, bobs)
         feed = editor.manager.subscribe()
         async with trio.open_nursery() as nursery:
             seen: list = []
@@ -171,15 +188,10 @@ async def test_guest_rejects_a_forged_log_from_a_member_without_admin_rights(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A rogue EDITOR node skips its own checks and sends a log with a membership it
     signed itself: the guest checks the log's rules, installs nothing and says why."""
-    async with open_node(tmp_path / "owner", name="Alice") as owner, \
-            open_node(tmp_path / "editor", name="Bob") as editor, \
-            open_node(tmp_path / "guest", name="Carol") as guest:
-        space = owner.spaces.create_space("Team")
-        created = await owner.manager.create(kind="space", space_id=space, role="editor")
-        assert_admitted(await editor.accept(created.code))
+    async with owner_editor_guest(tmp_path) as (owner, editor, guest, space, bobs):
         ident = editor.identity
         rogue = HostInfo(ident.identity_key, ident.device.device_public,
-                           tuple(ident.device_chain()))
+                         tuple(ident.device_chain()))
         forged: list[bytes] = []
 
         async def admit_anyway(self: object, inv: object, ev: AdmissionRequested
@@ -194,12 +206,7 @@ async def test_guest_rejects_a_forged_log_from_a_member_without_admin_rights(
 
         monkeypatch.setattr(handlers._HostDriver, "_host_info", lambda self, inv: rogue)
         monkeypatch.setattr(handlers._HostDriver, "_admit_member", admit_anyway)
-        inv = editor.store.create(kind=created.invitation.kind, target=space,
-                                  created_by=ident.identity_key,
-                                  now=editor.manager._clock(), role="reader")
-        await editor.manager._host(inv)
-        code = LinkCode.for_invitation(inv, host_device_key=ident.device.device_public,
-                                       hints=(editor.address,)).encode()
+        code = await slip_past_create(editor, space, bobs)
         with trio.fail_after(30):
             events = await guest.accept(code)
         assert len(forged) == 1  # the rogue host did answer with its forged admission

@@ -37,22 +37,10 @@ from p2pinvite.invitations.store import (
 )
 from p2pinvite.net.manager import open_network_manager
 
-T0 = 1_700_000_000.0
-DAY = 86400.0
+# The records of test_model_store.py: one base invitation, varied per test.
+from .test_model_store import DAY, GUEST, ME, SPACE, T0, record
+
 R = 10 * DAY  # retention used by the store tests
-ME = b"\x11" * 32
-SPACE = b"\x22" * 32
-GUEST = b"\x33" * 32
-
-
-def record(**kw: Any) -> Invitation:
-    base: dict[str, Any] = {
-        "id": b"\x01" * 16, "kind": InvitationKind.SPACE, "target": SPACE, "role": "editor",
-        "auth": AuthMethod.NONE, "secret": b"\x05" * 32, "created_at": T0,
-        "expires_at": T0 + DAY, "created_by": ME,
-    }
-    base.update(kw)
-    return Invitation(**base)
 
 
 def open_store(tmp_path: Path) -> InvitationStore:
