@@ -12,20 +12,22 @@ identity or the space services, whose answer is fed back into the machine
 
 Host (:func:`serve_guest`), per connection on an invitation's topic:
 
-* the request names an invitation: the host answers for the topic's own
-  invitation only; an unusable one is refused uniformly and the precise
-  reason goes to the owner (:class:`InvitationEvent`);
-* an attempt is persisted (``store.begin_attempt``) *before* the proof is
-  checked, and taken back only on success -- in memory at once, on disk with
-  the admission's use commit (one record write), or by a flush when the
-  handshake ends without one;
+* the topic names the invitation, so the host challenges the guest as soon
+  as Noise completes, while the guest's request is on its way; an unusable
+  invitation is refused uniformly and the precise reason goes to the owner
+  (:class:`InvitationEvent`); a request for another invitation or kind is
+  refused when it arrives;
+* a proof is checked only while the invitation is usable, and a wrong one is
+  counted in memory in the same step (so concurrent guesses stay within the
+  budget), then written (``store.flush``) before the refusal goes out; a
+  right one writes nothing;
 * admission: reserve a use, issue the credential and append it (fsync) under
   a cancellation shield, so a revoke or a dropped connection cannot
   interrupt it half way (any failure releases the use); commit the use in
   memory (every other guest sees it at once); send ``admitted``; then write
-  the record, with the use and the taken-back attempt, in one append. The
-  log entry is what admits the guest, and what the manager recounts uses
-  from at start, so the record write need not delay the answer;
+  the record with the use. The log entry is what admits the guest, and what
+  the manager recounts uses from at start, so the record write need not
+  delay the answer;
 * resume: a guest already admitted by *this* invitation (its credential is in
   the log) gets the existing credential again, even once the invitation is
   exhausted, so a connection lost after the host's fsync costs nothing.
@@ -246,19 +248,6 @@ class HostContext:
     emit: Callable[[InvitationEvent], None]
     step_timeout: float = DEFAULT_STEP_TIMEOUT
     active: dict[bytes, set[trio.CancelScope]] = field(default_factory=dict)
-    attempt_locks: dict[bytes, trio.Lock] = field(default_factory=dict)
-
-    def attempt_lock(self, invitation_id: bytes) -> trio.Lock:
-        """The lock that serialises proof checks of one invitation.
-
-        The store counts attempts in flight against the budget; checking one
-        proof at a time (a local HMAC or signature check between two record
-        writes) keeps concurrent honest guests from locking the invitation.
-        """
-        lock = self.attempt_locks.get(invitation_id)
-        if lock is None:
-            lock = self.attempt_locks[invitation_id] = trio.Lock()
-        return lock
 
 
 def _password(inv: Invitation) -> bytes | None:
@@ -280,7 +269,7 @@ class _HostDriver:
         self.scope = scope
         self.host = p.HostProtocol()
         self.resume_only = False
-        # The record holds a change not yet on disk (a taken-back attempt, a use).
+        # The record holds a use not yet on disk.
         self.flush_pending = False
         self.peer: bytes | None = None
 
@@ -295,11 +284,10 @@ class _HostDriver:
                 await self._flush()
 
     async def _flush(self) -> None:
-        """Write the record once the handshake is over: the use and/or the taken-back attempt.
+        """Write the record with the use once the handshake is over.
 
-        Until then the disk errs on the safe side: an attempt still spent, and
-        a use the log holds but the record not yet (the manager recounts it
-        from the log at start).
+        Until then the disk is behind, safely: the log holds the use and the
+        manager recounts uses from the logs at start.
         """
         self.flush_pending = False
         with trio.CancelScope(shield=True):
@@ -312,12 +300,14 @@ class _HostDriver:
     async def _run(self) -> None:
         try:
             try:
-                self.host.connected(_session(self.stream, self.ctx.keys.static_public))
+                events = self.host.connected(
+                    _session(self.stream, self.ctx.keys.static_public))
             except RemoteProtocolError as exc:
                 self.emit("refused", reason=f"bad binding proof: {exc}")
                 return
             self.peer = self.host.peer_device
             self.emit("guest_connected")
+            await self._drain(events)  # the challenge, without waiting for the request
             while self.host.state not in p.FINAL_STATES:
                 data = await _receive(self.stream, self.host, self.ctx.step_timeout)
                 try:
@@ -351,18 +341,14 @@ class _HostDriver:
 
     # -- decisions ---------------------------------------------------------------------
 
-    async def _on_request(self, ev: p.Event) -> list[p.Event]:
-        assert isinstance(ev, p.InvitationRequested)
+    async def _on_connected(self, ev: p.Event) -> list[p.Event]:
+        assert isinstance(ev, p.GuestConnected)
         ctx = self.ctx
         now = ctx.clock()
         try:
             inv = ctx.store.get(self.inv_id)
         except InvitationError as exc:
             return self._refuse(exc.reason)
-        if ev.invitation_id is not None and ev.invitation_id != inv.id:
-            return self._refuse("unknown")
-        if ev.kind != inv.kind.value:
-            return self._refuse("kind mismatch")
         status = inv.status(now)
         if status is InvitationStatus.EXHAUSTED and self._admitted_device(inv):
             self.resume_only = True
@@ -376,9 +362,21 @@ class _HostDriver:
             host = self._host_info(inv)
         except (P2PInviteError, InvitationError) as exc:
             return self._refuse(getattr(exc, "reason", None) or "cannot host")
-        self.emit("authenticating" if inv.auth is not AuthMethod.NONE else "admitting")
         return self.host.offer(inv.auth.value, host, password=_password(inv),
                                admission_key=inv.admission_key)
+
+    async def _on_request(self, ev: p.Event) -> list[p.Event]:
+        assert isinstance(ev, p.InvitationRequested)
+        try:
+            inv = self.ctx.store.get(self.inv_id)
+        except InvitationError as exc:
+            return self._refuse(exc.reason)
+        if ev.invitation_id is not None and ev.invitation_id != inv.id:
+            return self._refuse("unknown")
+        if ev.kind != inv.kind.value:
+            return self._refuse("kind mismatch")
+        self.emit("authenticating" if inv.auth is not AuthMethod.NONE else "admitting")
+        return self.host.request_accepted()
 
     def _host_info(self, inv: Invitation) -> p.HostInfo:
         ident = self.ctx.identity
@@ -397,30 +395,37 @@ class _HostDriver:
 
     async def _on_attempt(self, ev: p.Event) -> list[p.Event]:
         assert isinstance(ev, p.AttemptMade)
-        ctx = self.ctx
-        async with ctx.attempt_lock(self.inv_id):
-            if self.resume_only:
-                # An exhausted invitation admits no one new; only the guest it
-                # already admitted gets this far, so nothing is counted.
-                left = ctx.store.get(self.inv_id).attempts_left
-            else:
-                try:
-                    left = await trio.to_thread.run_sync(ctx.store.begin_attempt, self.inv_id,
-                                                         ctx.clock())
-                except InvitationError as exc:
-                    return self._refuse(exc.reason)
-            events = self.host.check_attempt(left)
-            if any(isinstance(e, p.AuthSucceeded) for e in events) and not self.resume_only:
-                # Taken back in memory now (the budget other guests see), on disk
-                # with the admission's use: one record write instead of two. Until
-                # then the disk errs on the safe side (the attempt spent).
-                ctx.store.attempt_succeeded(self.inv_id, durable=False)
-                self.flush_pending = True
-        for e in events:
-            if isinstance(e, p.AuthFailed):
-                self.emit("locked" if e.attempts_left == 0 else "failed_attempt",
-                          reason=self.host.reason, attempts_left=e.attempts_left)
-        return [e for e in events if isinstance(e, p.SendMessage)]
+        store = self.ctx.store
+        # No await from here to the count below: a proof is checked only while
+        # the invitation is usable, and a wrong one is counted before any other
+        # guest's proof can be checked, so concurrent guesses stay in the budget.
+        if not self.resume_only:
+            try:
+                store.check_usable(self.inv_id, self.ctx.clock())
+            except InvitationError as exc:
+                return self._refuse(exc.reason)
+        if isinstance(self.host.check_attempt()[0], p.AuthSucceeded):
+            return []  # nothing was counted, nothing to write
+        if self.resume_only:
+            # An exhausted invitation admits no one new; only the guest it
+            # already admitted gets this far, so nothing is counted.
+            left = store.get(self.inv_id).attempts_left
+        else:
+            left = store.count_failed_attempt(self.inv_id)
+            try:
+                # Not cancellable: the answer below waits for the disk, and so
+                # does a revocation's uniform refusal.
+                await trio.to_thread.run_sync(store.flush, self.inv_id)
+            except P2PInviteError as exc:
+                # The count holds in memory; the guest hears nothing it could
+                # use without paying for the guess.
+                log.warning("invitation %s: could not write a failed attempt: %s",
+                            self.inv_id.hex()[:8], exc)
+                self.emit("refused", reason="could not record the attempt")
+                return self.host.fail("could not record the failed attempt")
+        self.emit("locked" if left == 0 else "failed_attempt",
+                  reason=self.host.reason, attempts_left=left)
+        return self.host.attempt_counted(left)
 
     async def _on_admission(self, ev: p.Event) -> list[p.Event]:
         assert isinstance(ev, p.AdmissionRequested)
@@ -529,6 +534,7 @@ class _HostDriver:
         return self.host.refuse(reason)
 
     _dispatch: Final = {
+        p.GuestConnected: _on_connected,
         p.InvitationRequested: _on_request,
         p.AttemptMade: _on_attempt,
         p.AdmissionRequested: _on_admission,

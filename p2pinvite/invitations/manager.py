@@ -241,7 +241,6 @@ class InvitationManager:
             # A finished invitation may still hold its topic (an expired one is
             # not left when it expires); a deleted one has nothing to answer with.
             await self._unhost(inv_id)
-            self._ctx.attempt_locks.pop(inv_id, None)
         if removed:
             self._log_pruned(removed)
         return removed

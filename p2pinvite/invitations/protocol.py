@@ -7,8 +7,8 @@ decoded-or-not messages (``receive_message(bytes)``) and decisions of its
 driver (``offer``, ``check_attempt``, ``admit``, ...); every call returns the
 list of *events* it produced, in order. One kind of event, :class:`SendMessage`,
 names bytes the driver must send to the peer; the others ask the driver for a
-decision that needs I/O (a store lookup, a persisted attempt, a log append)
-or report progress. docs/PROTOCOL.md Part 7 is the wire specification.
+decision that needs I/O (a store lookup, a persisted failed attempt, a log
+append) or report progress. docs/PROTOCOL.md Part 7 is the wire specification.
 
 Theory of operation
 -------------------
@@ -20,18 +20,26 @@ checks the proof first, so both know the peer's device key.
 ::
 
     guest                                       host
-    request {invitation, kind}        ---->     InvitationRequested -> offer()/refuse()
-    [pin, short] + pake {Ya}          ---->     (read after the request was answered)
-                                      <----     challenge {method, host identity/device/chain}
-                                      <----     [pin, short] pake {Yb}
-    HostChallenged -> host_verified()
-    [pin, short]  confirm {tag_a}     ---->     AttemptMade -> (persist) -> check_attempt()
-                + admit_sealed {box}  ---->     (opened once tag_a verified) | refused wrong_pin
-    [key]         key_proof {key,sig} ---->     AttemptMade -> (persist) -> check_attempt()
+                                                GuestConnected -> offer()/refuse()
+    request {invitation, kind}        ---->     challenge {method, host identity/device/chain}
+    [pin, short] + pake {Ya}          ---->     [pin, short] + pake {Yb}
+                    (both sides send at once: neither waits for the other)
+    HostChallenged -> host_verified()           InvitationRequested -> request_accepted()/refuse()
+    [pin, short]  confirm {tag_a}     ---->     AttemptMade -> check_attempt()
+                + admit_sealed {box}  ---->       right: open the box
+                                                  wrong: AuthFailed -> (count, persist)
+                                                         -> attempt_counted() -> refused
+    [key]         key_proof {key,sig} ---->     AttemptMade -> check_attempt() (as above)
     [none, key]   admit {device, ...} ---->     AdmissionRequested -> admit()/refuse()
     [pin, short]  Authenticated       <----     confirm {tag_b}
     AdmissionReceived                 <----     admitted {credential, entries[, count]}
       -> admission_verified()                   [entries {entries}] ... until count
+
+After the Noise handshake both sides speak at once: the guest its request
+(and CPace share), the host -- which knows the invitation from the topic --
+its challenge (and CPace share). Neither message depends on the other, so
+the exchange costs one flight instead of a round trip; the host still checks
+the request before it reads anything after it.
 
 A log too large for one message travels in bounded chunks: ``admitted``
 carries the first chunk and the total ``count``, then ``entries`` messages
@@ -41,10 +49,10 @@ follow until ``count`` entries arrived (every chunk at most
 cannot make a guest buffer without bound). A log that fits one chunk is one
 ``admitted`` without ``count``, as in the first version of the protocol.
 
-The guest's CPace share goes out with its request (it depends only on the
-session and the password, and reveals nothing about the password); its tag,
-the first thing that does, waits until the challenge was checked and the
-host's share arrived.
+Each side's CPace share depends only on the session and the password and
+reveals nothing about the password, so both go out at once; the guest's
+tag, the first thing that does depend on the password, waits until the
+challenge was checked and the host's share arrived.
 
 With a PAKE the guest's ``admit`` travels *sealed* right behind its tag
 (:func:`seal_admit`: ChaCha20-Poly1305 under a one-use key derived from the
@@ -54,9 +62,11 @@ would reveal (the guest identity, its chain, its name) from anyone who does
 not hold the PIN -- a relay holding the link included -- just as waiting for
 the host's tag did; the host opens it only after the guest's tag verified.
 
-A failed-attempt count is persisted by the host's driver *between*
-:class:`AttemptMade` and :meth:`HostProtocol.check_attempt`: the machine will
-not look at the guest's proof before the driver says the count is on disk.
+A wrong proof moves the host machine to a step where it says nothing:
+:class:`AuthFailed` asks the driver to count the failed attempt and make it
+durable, and only :meth:`HostProtocol.attempt_counted` produces the refusal.
+So no answer that depends on the password leaves before a failed guess is
+on disk, and a right proof costs no write at all.
 
 Each machine walks fine-grained *steps*; ``_HOST_TRANSITIONS`` and
 ``_GUEST_TRANSITIONS`` below are the complete tables ``{step: {input: step}}``
@@ -127,6 +137,7 @@ __all__ = [
     "ConfirmMsg",
     "EntriesMsg",
     "Event",
+    "GuestConnected",
     "GuestProtocol",
     "GuestRequest",
     "HostChallenged",
@@ -618,10 +629,20 @@ class SendMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class GuestConnected:
+    """Host: a guest finished the Noise handshake and proved its device.
+
+    Look up the topic's invitation and answer at once, without waiting for
+    the request: :meth:`HostProtocol.offer` or :meth:`HostProtocol.refuse`.
+    """
+
+
+@dataclass(frozen=True, slots=True)
 class InvitationRequested:
     """Host: the guest asks for this invitation (``None``: the short code of this topic).
 
-    Answer with :meth:`HostProtocol.offer` or :meth:`HostProtocol.refuse`.
+    Check it names the invitation that was offered, then call
+    :meth:`HostProtocol.request_accepted` or :meth:`HostProtocol.refuse`.
     """
 
     invitation_id: bytes | None
@@ -632,7 +653,10 @@ class InvitationRequested:
 class AttemptMade:
     """Host: the guest presented a proof (PIN tag or key signature).
 
-    Persist one failed attempt *now*, then call :meth:`HostProtocol.check_attempt`.
+    Check the invitation is still usable, then call
+    :meth:`HostProtocol.check_attempt` in the same step: the check and the
+    counting of a failure must not be separated by a wait, or concurrent
+    guests could check more proofs than the budget allows.
     """
 
     method: Method
@@ -640,14 +664,17 @@ class AttemptMade:
 
 @dataclass(frozen=True, slots=True)
 class AuthSucceeded:
-    """Host: the proof was right; undo the counted attempt."""
+    """Host: the proof was right (nothing was counted)."""
 
 
 @dataclass(frozen=True, slots=True)
 class AuthFailed:
-    """Host: the proof was wrong; the attempt stays counted."""
+    """Host: the proof was wrong.
 
-    attempts_left: int
+    Count the failed attempt at once (so concurrent guests see it), make the
+    count durable, then call :meth:`HostProtocol.attempt_counted`: the guest
+    hears nothing before that.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -695,9 +722,9 @@ class AdmissionReceived:
     entries: tuple[bytes, ...] = field(repr=False)
 
 
-Event: TypeAlias = (SendMessage | InvitationRequested | AttemptMade | AuthSucceeded | AuthFailed
-                    | AdmissionRequested | HostChallenged | Authenticated | Refused
-                    | AdmissionReceived)
+Event: TypeAlias = (SendMessage | GuestConnected | InvitationRequested | AttemptMade
+                    | AuthSucceeded | AuthFailed | AdmissionRequested | HostChallenged
+                    | Authenticated | Refused | AdmissionReceived)
 
 
 # --------------------------------------------------------------------------
@@ -732,14 +759,16 @@ class _Step(enum.Enum):
 
     INIT = enum.auto()
     CONNECTING = enum.auto()
-    AWAIT_REQUEST = enum.auto()         # host: Noise done
-    DECIDE_OFFER = enum.auto()          # host: driver looks the invitation up
+    DECIDE_OFFER = enum.auto()          # host: Noise done; driver looks the invitation up
+    AWAIT_REQUEST = enum.auto()         # host: challenge sent
+    CHECK_REQUEST = enum.auto()         # host: driver compares the request with the offer
     AWAIT_CHALLENGE = enum.auto()       # guest: request sent
     VERIFY_HOST = enum.auto()           # guest: driver checks the host chain
     AWAIT_PAKE = enum.auto()
     AWAIT_CONFIRM = enum.auto()
     AWAIT_KEY_PROOF = enum.auto()       # host
-    CHECK_ATTEMPT = enum.auto()         # host: driver persists the attempt
+    CHECK_ATTEMPT = enum.auto()         # host: driver checks the invitation, then the proof
+    RECORD_FAILURE = enum.auto()        # host: driver counts a wrong proof, durably
     AWAIT_ADMIT = enum.auto()           # host: none, key
     AWAIT_SEALED_ADMIT = enum.auto()    # host: pin, short
     DECIDE_ADMISSION = enum.auto()      # host: driver validates, appends, fsyncs
@@ -758,14 +787,16 @@ class _Step(enum.Enum):
 _PUBLIC: Final[dict[_Step, State]] = {
     _Step.INIT: State.INIT,
     _Step.CONNECTING: State.CONNECTING,
-    _Step.AWAIT_REQUEST: State.CONNECTED,
+    _Step.DECIDE_OFFER: State.CONNECTED,
     _Step.AWAIT_CHALLENGE: State.CONNECTED,
-    _Step.DECIDE_OFFER: State.READY_FOR_AUTHENTICATION,
+    _Step.AWAIT_REQUEST: State.READY_FOR_AUTHENTICATION,
+    _Step.CHECK_REQUEST: State.READY_FOR_AUTHENTICATION,
     _Step.VERIFY_HOST: State.READY_FOR_AUTHENTICATION,
     _Step.AWAIT_PAKE: State.AUTHENTICATING,
     _Step.AWAIT_CONFIRM: State.AUTHENTICATING,
     _Step.AWAIT_KEY_PROOF: State.AUTHENTICATING,
     _Step.CHECK_ATTEMPT: State.AUTHENTICATING,
+    _Step.RECORD_FAILURE: State.AUTHENTICATING,
     _Step.AWAIT_ADMIT: State.ADMITTING,
     _Step.AWAIT_SEALED_ADMIT: State.ADMITTING,
     _Step.DECIDE_ADMISSION: State.ADMITTING,
@@ -807,10 +838,14 @@ class _In(enum.Enum):
     OFFER_NONE = "offer(none)"
     OFFER_PAKE = "offer(pin|short)"
     OFFER_KEY = "offer(key)"
+    REQUEST_OK_NONE = "request_accepted(), method none"
+    REQUEST_OK_PAKE = "request_accepted(), method pin|short"
+    REQUEST_OK_KEY = "request_accepted(), method key"
     ATTEMPT_OK = "check_attempt() ok, method key"
     ATTEMPT_OK_PAKE = "check_attempt() ok, method pin|short"
     ATTEMPT_FAILED = "check_attempt() failed"
-    ATTEMPT_LOCKED = "check_attempt() failed, none left"
+    COUNTED = "attempt_counted()"
+    COUNTED_LOCKED = "attempt_counted(), none left"
     HOST_OK_NONE = "host_verified(), method none"
     HOST_OK_PAKE = "host_verified(), method pin|short"
     HOST_OK_KEY = "host_verified(), method key"
@@ -838,12 +873,21 @@ _S = _Step
 
 #: The host machine: {step: {input: next step}}.
 _HOST_TRANSITIONS: Final[dict[_Step, dict[_In, _Step]]] = {
-    _S.INIT: {_In.CONNECTED: _S.AWAIT_REQUEST},
-    _S.AWAIT_REQUEST: {_In.REQUEST: _S.DECIDE_OFFER},
+    _S.INIT: {_In.CONNECTED: _S.DECIDE_OFFER},
     _S.DECIDE_OFFER: {
-        _In.OFFER_NONE: _S.AWAIT_ADMIT,
-        _In.OFFER_PAKE: _S.AWAIT_PAKE,
-        _In.OFFER_KEY: _S.AWAIT_KEY_PROOF,
+        _In.OFFER_NONE: _S.AWAIT_REQUEST,
+        _In.OFFER_PAKE: _S.AWAIT_REQUEST,
+        _In.OFFER_KEY: _S.AWAIT_REQUEST,
+        _In.REFUSE: _S.ERROR,
+        _In.REFUSE_EXPIRED: _S.EXPIRED,
+        _In.REFUSE_REVOKED: _S.REVOKED,
+        _In.REFUSE_LOCKED: _S.LOCKED,
+    },
+    _S.AWAIT_REQUEST: {_In.REQUEST: _S.CHECK_REQUEST},
+    _S.CHECK_REQUEST: {
+        _In.REQUEST_OK_NONE: _S.AWAIT_ADMIT,
+        _In.REQUEST_OK_PAKE: _S.AWAIT_PAKE,
+        _In.REQUEST_OK_KEY: _S.AWAIT_KEY_PROOF,
         _In.REFUSE: _S.ERROR,
         _In.REFUSE_EXPIRED: _S.EXPIRED,
         _In.REFUSE_REVOKED: _S.REVOKED,
@@ -855,15 +899,16 @@ _HOST_TRANSITIONS: Final[dict[_Step, dict[_In, _Step]]] = {
     _S.CHECK_ATTEMPT: {
         _In.ATTEMPT_OK: _S.AWAIT_ADMIT,
         _In.ATTEMPT_OK_PAKE: _S.AWAIT_SEALED_ADMIT,
-        _In.ATTEMPT_FAILED: _S.ERROR,
-        _In.ATTEMPT_LOCKED: _S.LOCKED,
-        # The store may refuse to count the attempt (locked, expired, revoked
-        # meanwhile): the proof is then never looked at.
+        _In.ATTEMPT_FAILED: _S.RECORD_FAILURE,
+        # The invitation may have become unusable meanwhile (locked by another
+        # guest's failure, expired, revoked): the proof is then never looked at.
         _In.REFUSE: _S.ERROR,
         _In.REFUSE_EXPIRED: _S.EXPIRED,
         _In.REFUSE_REVOKED: _S.REVOKED,
         _In.REFUSE_LOCKED: _S.LOCKED,
     },
+    # Silent until the failure is durable: then the refusal, with what is left.
+    _S.RECORD_FAILURE: {_In.COUNTED: _S.ERROR, _In.COUNTED_LOCKED: _S.LOCKED},
     _S.AWAIT_ADMIT: {_In.ADMIT: _S.DECIDE_ADMISSION},
     _S.AWAIT_SEALED_ADMIT: {_In.ADMIT_SEALED: _S.DECIDE_ADMISSION},
     _S.DECIDE_ADMISSION: {
@@ -1065,11 +1110,15 @@ class HostProtocol(_Machine):
         self.kind: Kind | None = None
 
     def connected(self, session: Session) -> list[Event]:
-        """The Noise handshake completed; verify the guest's binding proof."""
+        """The Noise handshake completed; verify the guest's binding proof.
+
+        Returns ``[GuestConnected]``: answer with :meth:`offer` or :meth:`refuse`
+        right away (the guest's request is on its way; it is read after).
+        """
         self._require(_In.CONNECTED)
         self._go(_In.CONNECTED)
         self._verify_peer(session)
-        return []
+        return [GuestConnected()]
 
     def receive_message(self, data: bytes) -> list[Event]:
         """Feed one application message from the guest."""
@@ -1087,7 +1136,7 @@ class HostProtocol(_Machine):
             except (DecodeError, CryptoError) as exc:
                 raise self._violation(ProtocolViolation(f"pake: {exc}")) from None
             self._go(inp)
-            return [self._send(PakeMsg(self._cpace.message()))]
+            return []  # our share went out with the challenge
         if isinstance(msg, ConfirmMsg | KeyProofMsg):
             self._go(inp)
             self._proof = msg
@@ -1118,10 +1167,13 @@ class HostProtocol(_Machine):
 
     def offer(self, method: Method, host: HostInfo, *, password: bytes | None = None,
               admission_key: bytes | None = None) -> list[Event]:
-        """Accept the request and challenge the guest by *method*.
+        """Challenge the guest by *method*: ``challenge``, and for a PAKE our share.
 
         ``password`` (the PIN or short-code secret, UTF-8) is required for
-        ``pin``/``short``; ``admission_key`` (32-byte Ed25519 public key) for ``key``.
+        ``pin``/``short``; ``admission_key`` (32-byte Ed25519 public key) for
+        ``key``. Our CPace share reveals nothing about the password, so it
+        goes out before the guest's share arrived (CPace fixes the transcript
+        order by role, not by arrival).
         """
         inp = {"none": _In.OFFER_NONE, "pin": _In.OFFER_PAKE, "short": _In.OFFER_PAKE,
                "key": _In.OFFER_KEY}.get(method)
@@ -1141,19 +1193,27 @@ class HostProtocol(_Machine):
             self._admission_key = admission_key
         self._method = method
         self._go(inp)
-        return [self._send(ChallengeMsg(method, host))]
+        out: list[Event] = [self._send(ChallengeMsg(method, host))]
+        if self._cpace is not None:
+            out.append(self._send(PakeMsg(self._cpace.message())))
+        return out
 
-    def check_attempt(self, attempts_left: int) -> list[Event]:
-        """Check the guest's proof; call only once the attempt is persisted.
+    def request_accepted(self) -> list[Event]:
+        """The request names the offered invitation: go on by the offered method."""
+        inp = {"none": _In.REQUEST_OK_NONE, "key": _In.REQUEST_OK_KEY}.get(
+            self._method or "", _In.REQUEST_OK_PAKE)
+        self._require(inp)
+        self._go(inp)
+        return []
 
-        *attempts_left* is what remains if this attempt fails (already
-        counted). Right → ``[AuthSucceeded]`` (with a PAKE our own tag goes
-        out with the admission, :meth:`admit`); wrong → ``[AuthFailed,
-        SendMessage(refused)]``.
+    def check_attempt(self) -> list[Event]:
+        """Check the guest's proof, in the step that saw :class:`AttemptMade`.
+
+        Right → ``[AuthSucceeded]`` (with a PAKE our own tag goes out with the
+        admission, :meth:`admit`). Wrong → ``[AuthFailed]`` and nothing to
+        send: count the failure durably, then call :meth:`attempt_counted`.
         """
         self._require(_In.ATTEMPT_OK, _In.ATTEMPT_OK_PAKE)
-        if attempts_left < 0:
-            raise LocalProtocolError("attempts_left cannot be negative")
         proof, self._proof = self._proof, None
         ok = False
         if isinstance(proof, ConfirmMsg):
@@ -1171,11 +1231,24 @@ class HostProtocol(_Machine):
         if ok:
             self._go(_In.ATTEMPT_OK if self._cpace is None else _In.ATTEMPT_OK_PAKE)
             return [AuthSucceeded()]
-        reason = (REASON_WRONG_KEY if isinstance(proof, KeyProofMsg)
-                  else REASON_WRONG_CODE if self._method == "short" else REASON_WRONG_PIN)
-        self.reason = reason
-        self._go(_In.ATTEMPT_FAILED if attempts_left else _In.ATTEMPT_LOCKED)
-        return [AuthFailed(attempts_left), self._send(RefusedMsg(reason, attempts_left))]
+        self.reason = (REASON_WRONG_KEY if isinstance(proof, KeyProofMsg)
+                       else REASON_WRONG_CODE if self._method == "short" else REASON_WRONG_PIN)
+        self._go(_In.ATTEMPT_FAILED)
+        return [AuthFailed()]
+
+    def attempt_counted(self, attempts_left: int) -> list[Event]:
+        """The wrong proof is counted and on disk: refuse, saying *attempts_left*.
+
+        At 0 the invitation is locked, and so is this machine.
+        """
+        inp = _In.COUNTED if attempts_left else _In.COUNTED_LOCKED
+        self._require(inp)
+        if attempts_left < 0:
+            raise LocalProtocolError("attempts_left cannot be negative")
+        reason = self.reason
+        assert reason is not None
+        self._go(inp)
+        return [self._send(RefusedMsg(reason, attempts_left))]
 
     def admit(self, credential: bytes, entries: Sequence[bytes]) -> list[Event]:
         """Answer the admission request: the issued credential and the log entries.

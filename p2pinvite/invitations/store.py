@@ -7,10 +7,10 @@ a magic header and then *frames*, each a complete record; the last intact
 frame is the current record. The file is born (and re-born) whole with
 :func:`p2pinvite.fsutil.atomic_write` -- temporary file, fsync, rename,
 directory fsync -- on create, on revoke and when it has grown long
-(compaction). The frequent changes on a guest's path (an attempt counted,
-a use committed) *append* one frame and ``fdatasync`` it: one flush, no
-rename, no directory sync, which matters because both sit on the critical
-path of every PIN admission.
+(compaction). The frequent changes on a guest's path (a failed attempt
+counted, a use committed) *append* one frame and ``fdatasync`` it: one
+flush, no rename, no directory sync, which matters because a refusal waits
+for the first and every admission's record for the second.
 
 A crash during an append can leave a torn frame after the last intact one.
 That frame was never acknowledged (the method had not returned), so opening
@@ -22,21 +22,22 @@ revoke is never the frame a torn tail could take back.
 
 The in-memory copy is updated only after the write succeeded, so memory never
 runs ahead of the disk -- with two deliberate exceptions, each waiting in
-memory for the record's next write (:meth:`InvitationStore.flush`): a
-taken-back attempt (``attempt_succeeded(durable=False)``), because the disk
-then errs on the safe side (more attempts spent); and a use whose admission
-is already durable in a log (``commit_use(durable=False)``), because the
-invitations manager recounts uses from the logs at start.
+memory for the record's next write (:meth:`InvitationStore.flush`): a failed
+attempt (``count_failed_attempt``), which must bind concurrent guests at once
+and which the host makes durable before it answers the guess; and a use whose
+admission is already durable in a log (``commit_use(durable=False)``),
+because the invitations manager recounts uses from the logs at start.
 
 Two counters need care because a guest controls when connections drop:
 
-* **Attempts (pessimistic).** :meth:`InvitationStore.begin_attempt` persists
-  ``failed_attempts + 1`` *before* the PAKE runs, i.e. before anyone can learn
-  whether the guess was right. Only :meth:`InvitationStore.attempt_succeeded`
-  takes it back. A guest that drops the connection, or a host that crashes,
-  mid-PAKE has therefore spent the attempt: there is no free guess. In-flight
-  attempts count against the budget, so concurrent guesses cannot exceed
-  ``max_attempts`` either.
+* **Attempts (counted before anyone hears the answer).** The host checks a
+  proof only while the invitation is usable, and counts a wrong one in
+  memory in the same step (:meth:`InvitationStore.count_failed_attempt`), so
+  concurrent guesses can never exceed ``max_attempts``; it then writes the
+  record (:meth:`InvitationStore.flush`) and only then sends the refusal. A
+  guest that drops the connection has sent its proof already and pays for
+  it; a host that crashes before the write has told no one the answer.
+  There is no free guess, and a right proof writes nothing.
 * **Uses (reserve, then commit).** :meth:`InvitationStore.reserve_use` holds
   one use in memory while the admission runs, refusing when ``uses +
   reserved >= max_uses``; :meth:`InvitationStore.commit_use` persists it and
@@ -252,7 +253,8 @@ class InvitationStore:
     """Durable invitation records under one private directory.
 
     Open with :meth:`open`. Every mutating method has persisted its effect
-    (fsync) when it returns. Unknown ids raise
+    (fsync) when it returns, except the two that say they leave the record
+    for :meth:`flush` (``count_failed_attempt``, ``commit_use(durable=False)``). Unknown ids raise
     :class:`~p2pinvite.errors.InvitationError` with ``reason="unknown"``;
     precise reasons are for the local owner only
     (:func:`~p2pinvite.invitations.model.refusal_for_peer` maps them for
@@ -270,10 +272,9 @@ class InvitationStore:
         self._quarantined = quarantined
         self._lock = threading.Lock()
         self._reserved: dict[bytes, set[int]] = {}
-        self._in_flight: dict[bytes, int] = {}
         self._tokens = itertools.count(1)
-        # Records whose in-memory copy holds a change not yet written: a
-        # taken-back attempt or a use already durable in a log (see flush()).
+        # Records whose in-memory copy holds a change not yet written: a failed
+        # attempt about to be flushed, or a use already durable in a log (see flush()).
         self._dirty: set[bytes] = set()
 
     # -- opening ---------------------------------------------------------------
@@ -477,52 +478,28 @@ class InvitationStore:
 
     # -- authentication attempts -------------------------------------------
 
-    def begin_attempt(self, inv_id: bytes, now: float) -> int:
-        """Spend one attempt *before* the PAKE runs; return the attempts left after it.
+    def count_failed_attempt(self, inv_id: bytes) -> int:
+        """Count one wrong proof, in memory, at once; return the attempts left.
 
-        The incremented ``failed_attempts`` is on disk when this returns, so
-        a guest learns the PAKE result only after its guess was paid for.
-        Raises InvitationError (reason ``unknown``, ``revoked``, ``locked``,
-        ``exhausted`` or ``expired``) when the invitation is not usable.
+        Concurrent guests see the smaller budget immediately (the invitation is
+        locked in memory when none are left). The record is marked dirty: the
+        caller must :meth:`flush` it -- durably -- before it tells the guest
+        anything, so that whoever learns a guess was wrong has paid for it.
+        Until then a crash forgets the count, and no one learnt the answer.
+        Raises InvitationError: ``unknown`` for an unknown id, ``locked`` if no
+        attempt is left (the caller checks usability, in the same step, before
+        it looks at the proof, so this is a bug guard). Other statuses are not
+        checked: a proof checked before a revocation or the expiry still counts.
         """
         with self._lock:
-            inv = self.check_usable(inv_id, now)
-            new = dataclasses.replace(inv, failed_attempts=inv.failed_attempts + 1)
-            self._write(new)
-            self._in_flight[inv_id] = self._in_flight.get(inv_id, 0) + 1
-            return new.attempts_left
-
-    def attempt_succeeded(self, inv_id: bytes, *, durable: bool = True) -> Invitation:
-        """Take back the attempt of a PAKE that succeeded.
-
-        Each call must match one earlier :meth:`begin_attempt` in this process;
-        an unmatched call raises LocalProtocolError rather than handing out a
-        free attempt. After a restart in-flight attempts stay spent.
-
-        With ``durable=False`` only the in-memory record changes (at once, so
-        concurrent guests see the budget right) and the record is marked
-        dirty: the next write of it persists the undo -- typically
-        :meth:`commit_use` of the same admission, so one write does both.
-        Until then the disk holds the *higher* count, which is the safe
-        direction: a crash can cost an honest guest its attempt, never give
-        anyone a free one. Call :meth:`flush` if no such write follows.
-        """
-        with self._lock:
-            pending = self._in_flight.get(inv_id, 0)
-            if pending == 0:
-                raise LocalProtocolError("attempt_succeeded without a matching begin_attempt")
             inv = self.get(inv_id)
-            new = dataclasses.replace(inv, failed_attempts=inv.failed_attempts - 1)
-            if durable:
-                self._write(new)
-            else:
-                self._records[inv_id] = new
-                self._dirty.add(inv_id)
-            if pending == 1:
-                del self._in_flight[inv_id]
-            else:
-                self._in_flight[inv_id] = pending - 1
-            return new
+            if inv.attempts_left == 0:
+                raise InvitationError(f"invitation {inv_id.hex()}: no attempt left",
+                                      reason="locked")
+            new = dataclasses.replace(inv, failed_attempts=inv.failed_attempts + 1)
+            self._records[inv_id] = new
+            self._dirty.add(inv_id)
+            return new.attempts_left
 
     # -- uses --------------------------------------------------------------------
 
@@ -579,8 +556,10 @@ class InvitationStore:
     def flush(self, inv_id: bytes) -> bool:
         """Persist *inv_id*'s record if memory holds an unwritten change; return whether it wrote.
 
-        Such changes come from ``attempt_succeeded(durable=False)`` and
-        ``commit_use(durable=False)``.
+        Such changes come from :meth:`count_failed_attempt` and
+        ``commit_use(durable=False)``. When this returns (without raising) the
+        disk holds every change made in memory before the call, whichever
+        call wrote it.
         """
         with self._lock:
             if inv_id not in self._dirty:
@@ -621,9 +600,8 @@ class InvitationStore:
         :func:`finished_at`. Never deleted: usable invitations, records with a
         use reserved (:meth:`reserved`) or an unwritten change (:meth:`is_dirty`),
         and the ids in *skip*: the caller's handshakes in progress, which the
-        store cannot see. (One matters even for a finished record: a lock is
-        undone when a handshake's attempt in flight succeeds, and the store
-        cannot tell that attempt from a failed one, which is never taken back.)
+        store cannot see. (One matters even for a finished record: a guest the
+        exhausted invitation admitted may be resuming its admission.)
 
         Each record is unlinked and then forgotten; the directory is fsynced
         once after the last unlink, so the deletions are durable when this
@@ -666,7 +644,6 @@ class InvitationStore:
                 self._records = {k: v for k, v in self._records.items() if k not in gone}
                 for inv_id in removed:
                     self._tails.pop(inv_id, None)
-                    self._in_flight.pop(inv_id, None)
                 try:
                     fsync_dir(self._dir)
                 except OSError as exc:

@@ -1,10 +1,13 @@
 """Child process for test_store_journal: count attempts on one invitation until killed.
 
 Usage: ``python store_writer_child.py DIR INVITATION_HEX``. Opens the store in
-DIR and loops: ``begin_attempt``, ``attempt_succeeded`` (durable), and
-``reserve_use`` + ``commit_use`` every third time; after each
-call returns it prints ``<failed_attempts> <uses>`` as the store now holds
-them on disk. The parent kills it with SIGKILL at a random moment.
+DIR and loops as a host does for a wrong proof: ``check_usable``,
+``count_failed_attempt`` and ``flush``; and every third time ``reserve_use``
++ ``commit_use`` (durable). After each write returns it prints
+``<failed_attempts> <uses>`` as the store now holds them on disk. With one
+attempt left it stops counting (a locked invitation reserves no use) and
+commits a use every time instead, so it writes until killed; the invitation
+needs ``max_uses=None``. The parent kills it with SIGKILL at a random moment.
 """
 
 from __future__ import annotations
@@ -32,14 +35,12 @@ def main() -> None:
     n = 0
     while True:
         n += 1
-        store.begin_attempt(inv_id, NOW)
-        inv = store.get(inv_id)
-        report(inv)
-        inv = store.attempt_succeeded(inv_id)
-        report(inv)
-        if n % 3 == 0:
-            inv = store.commit_use(store.reserve_use(inv_id, NOW), GUEST, NOW)
-            report(inv)
+        if store.check_usable(inv_id, NOW).attempts_left > 1:
+            store.count_failed_attempt(inv_id)
+            store.flush(inv_id)
+            report(store.get(inv_id))
+        if n % 3 == 0 or store.get(inv_id).attempts_left == 1:
+            report(store.commit_use(store.reserve_use(inv_id, NOW), GUEST, NOW))
 
 
 if __name__ == "__main__":

@@ -28,16 +28,15 @@ from p2pinvite.invitations.protocol import (
 from p2pinvite.wire import pack
 
 from .pairing_nodes import Node, open_node
-from .test_protocol import HOST_INFO, Run, one
+from .test_protocol import Run, one, open_run
 
 
 def _admitting_pair() -> Run:
     """A none-method run stopped where the host decides the admission."""
     r = Run(method="none")
     r.g(r.guest.connecting())
-    r.host.connected(r.hs)
-    r.host.receive_message(one(r.guest.connected(r.gs)))
-    r.guest.receive_message(one(r.host.offer("none", HOST_INFO)))
+    _, (challenge,) = open_run(r, "none")
+    r.guest.receive_message(challenge)
     r.host.receive_message(one(r.guest.host_verified()))
     assert r.guest.state is State.ADMITTING
     return r

@@ -68,6 +68,14 @@ def new_space_invite(store: InvitationStore, **kw: Any) -> Invitation:
     return store.create(**args)
 
 
+def spend_attempt(store: InvitationStore, inv_id: bytes, now: float) -> int:
+    """A wrong proof as the host handles it: checked usable, counted, flushed; attempts left."""
+    store.check_usable(inv_id, now)
+    left = store.count_failed_attempt(inv_id)
+    assert store.flush(inv_id) is True
+    return left
+
+
 # -- status derivation ---------------------------------------------------------
 
 REVOKED = {"revoked_at": T0 + 1, "revoked_by": ME}
@@ -311,7 +319,7 @@ def test_records_uses_attempts_and_revocation_survive_reopen(tmp_path: Path) -> 
     b = new_space_invite(store)
     r = store.reserve_use(a.id, T0 + 1)
     store.commit_use(r, GUEST, T0 + 2)
-    store.begin_attempt(a.id, T0 + 3)
+    spend_attempt(store, a.id, T0 + 3)
     store.revoke(b.id, by=ME, now=T0 + 4)
     before = {inv.id: inv for inv in store.list(T0, include_all=True)}
 
@@ -431,12 +439,9 @@ def test_write_failure_leaves_memory_unchanged(
     monkeypatch.setattr("p2pinvite.invitations.store.atomic_write", disk_full)
     monkeypatch.setattr("p2pinvite.invitations.store._append_frame", disk_full_append)
     with pytest.raises(StorageError, match="cannot write"):
-        store.begin_attempt(inv.id, T0)
-    with pytest.raises(StorageError, match="cannot write"):
         store.commit_use(r, GUEST, T0)
     with pytest.raises(StorageError):
         new_space_invite(store)
-    assert store.get(inv.id).failed_attempts == 0
     assert store.get(inv.id).uses == 0
     assert store.reserved(inv.id) == 1  # still held: the caller releases it
     assert len(store) == 1
@@ -485,9 +490,8 @@ def test_expiry_follows_the_now_parameter(tmp_path: Path) -> None:
     inv = new_space_invite(store, auth=AuthMethod.PIN)
     just_before = T0 + 7 * DAY - 1
     assert store.check_usable(inv.id, just_before) == inv
-    assert store.begin_attempt(inv.id, just_before) == 2
-    store.attempt_succeeded(inv.id)
-    for op in (store.check_usable, store.begin_attempt, store.reserve_use):
+    assert spend_attempt(store, inv.id, just_before) == 2
+    for op in (store.check_usable, store.reserve_use):
         with pytest.raises(InvitationError) as exc:
             op(inv.id, T0 + 7 * DAY)
         assert exc.value.reason == "expired"
@@ -507,80 +511,126 @@ async def test_expiry_under_the_autojump_clock(tmp_path: Path, autojump_clock: A
 # -- store: attempts ---------------------------------------------------------------
 
 
-def test_three_unconfirmed_attempts_lock_even_across_reopen(tmp_path: Path) -> None:
+def test_three_failed_attempts_lock_even_across_reopen(tmp_path: Path) -> None:
     store = open_store(tmp_path)
     inv = new_space_invite(store, auth=AuthMethod.PIN)
-    assert store.begin_attempt(inv.id, T0) == 2
+    assert spend_attempt(store, inv.id, T0) == 2
     store = open_store(tmp_path)  # the guest dropped; the daemon restarted
-    assert store.begin_attempt(inv.id, T0) == 1
+    assert spend_attempt(store, inv.id, T0) == 1
     store = open_store(tmp_path)
-    assert store.begin_attempt(inv.id, T0) == 0
+    assert spend_attempt(store, inv.id, T0) == 0
     store = open_store(tmp_path)
+    assert store.get(inv.id).failed_attempts == 3
     assert store.get(inv.id).status(T0) is InvitationStatus.LOCKED
-    with pytest.raises(InvitationError) as exc:
-        store.begin_attempt(inv.id, T0)
-    assert exc.value.reason == "locked"
-    with pytest.raises(InvitationError) as exc:
-        store.reserve_use(inv.id, T0)
-    assert exc.value.reason == "locked"
+    for op in (store.check_usable, store.reserve_use):
+        with pytest.raises(InvitationError) as exc:
+            op(inv.id, T0)
+        assert exc.value.reason == "locked"
 
 
-def test_a_successful_attempt_is_taken_back(tmp_path: Path) -> None:
+def test_a_failed_attempt_binds_at_once_and_is_durable_after_flush(tmp_path: Path) -> None:
     store = open_store(tmp_path)
     inv = new_space_invite(store, auth=AuthMethod.PIN)
-    for _ in range(5):
-        assert store.begin_attempt(inv.id, T0) == 2
-        assert store.get(inv.id).failed_attempts == 1  # paid before the PAKE result
-        assert store.attempt_succeeded(inv.id).failed_attempts == 0
-    assert open_store(tmp_path).get(inv.id).failed_attempts == 0
+    path = tmp_path / "invitations" / f"{inv.id.hex()}.inv"
+    on_disk = path.read_bytes()
+    assert store.count_failed_attempt(inv.id) == 2
+    assert store.get(inv.id).failed_attempts == 1  # what concurrent guests see
+    assert store.get(inv.id).attempts_left == 2
+    assert store.is_dirty(inv.id)
+    assert path.read_bytes() == on_disk  # nothing written yet
+    assert open_store(tmp_path).get(inv.id).failed_attempts == 0  # a crash forgets it
+    assert store.flush(inv.id) is True
+    assert not store.is_dirty(inv.id)
+    assert open_store(tmp_path).get(inv.id).failed_attempts == 1
 
 
-def test_attempt_succeeded_needs_a_matching_begin(tmp_path: Path) -> None:
+def test_flush_without_a_pending_change_writes_nothing(tmp_path: Path) -> None:
     store = open_store(tmp_path)
     inv = new_space_invite(store, auth=AuthMethod.PIN)
-    with pytest.raises(LocalProtocolError):
-        store.attempt_succeeded(inv.id)
-    store.begin_attempt(inv.id, T0)
-    store.attempt_succeeded(inv.id)
-    with pytest.raises(LocalProtocolError):
-        store.attempt_succeeded(inv.id)  # no second refund
-    store.begin_attempt(inv.id, T0)
-    reopened = open_store(tmp_path)  # a crash mid-PAKE: the attempt stays spent
-    with pytest.raises(LocalProtocolError):
-        reopened.attempt_succeeded(inv.id)
-    assert reopened.get(inv.id).failed_attempts == 1
+    path = tmp_path / "invitations" / f"{inv.id.hex()}.inv"
+    on_disk = path.read_bytes()
+    assert store.flush(inv.id) is False  # fresh from create
+    assert path.read_bytes() == on_disk
+    spend_attempt(store, inv.id, T0)
+    on_disk = path.read_bytes()
+    assert store.flush(inv.id) is False  # already flushed
+    assert path.read_bytes() == on_disk
+    assert not store.is_dirty(inv.id)
 
 
-def test_concurrent_attempts_cannot_exceed_the_budget(tmp_path: Path) -> None:
+def test_the_last_failed_attempt_locks_in_memory_before_the_flush(tmp_path: Path) -> None:
     store = open_store(tmp_path)
     inv = new_space_invite(store, auth=AuthMethod.PIN)
-    lefts = [store.begin_attempt(inv.id, T0) for _ in range(3)]  # three PAKEs in flight
+    # Three guesses checked and counted before any flush (their writes in flight).
+    lefts = []
+    for _ in range(3):
+        store.check_usable(inv.id, T0)
+        lefts.append(store.count_failed_attempt(inv.id))
     assert lefts == [2, 1, 0]
-    with pytest.raises(InvitationError):
-        store.begin_attempt(inv.id, T0)
-    store.attempt_succeeded(inv.id)  # one of them was right
-    assert store.get(inv.id).is_usable(T0)
-    assert store.get(inv.id).failed_attempts == 2
+    assert store.get(inv.id).status(T0) is InvitationStatus.LOCKED
+    for op in (store.check_usable, store.reserve_use):  # a fourth guess is never checked
+        with pytest.raises(InvitationError) as exc:
+            op(inv.id, T0)
+        assert exc.value.reason == "locked"
+    with pytest.raises(InvitationError) as exc:  # nor counted: the budget is never exceeded
+        store.count_failed_attempt(inv.id)
+    assert exc.value.reason == "locked"
+    assert store.get(inv.id).failed_attempts == 3
+    assert open_store(tmp_path).get(inv.id).status(T0) is InvitationStatus.PENDING
+    assert store.flush(inv.id) is True  # one write holds all three counts
+    assert store.flush(inv.id) is False
+    reopened = open_store(tmp_path).get(inv.id)
+    assert reopened.failed_attempts == 3
+    assert reopened.status(T0) is InvitationStatus.LOCKED
+
+
+def test_a_failed_flush_keeps_the_count_and_a_later_flush_retries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = open_store(tmp_path)
+    inv = new_space_invite(store, auth=AuthMethod.PIN)
+
+    def disk_full(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("p2pinvite.invitations.store.atomic_write", disk_full)
+    monkeypatch.setattr("p2pinvite.invitations.store._append_frame", disk_full)
+    assert store.count_failed_attempt(inv.id) == 2
+    with pytest.raises(StorageError, match="cannot write"):
+        store.flush(inv.id)
+    assert store.get(inv.id).failed_attempts == 1  # the count still binds in memory
+    assert store.is_dirty(inv.id)
+    assert open_store(tmp_path).get(inv.id).failed_attempts == 0
+    monkeypatch.undo()
+    assert store.flush(inv.id) is True
+    assert not store.is_dirty(inv.id)
+    assert open_store(tmp_path).get(inv.id).failed_attempts == 1
 
 
 def test_short_codes_tolerate_twenty_failures(tmp_path: Path) -> None:
     store = open_store(tmp_path)
     inv = new_space_invite(store, auth=AuthMethod.SHORT)
-    lefts = [store.begin_attempt(inv.id, T0) for _ in range(20)]
+    lefts = [spend_attempt(store, inv.id, T0) for _ in range(20)]
     assert lefts == list(range(19, -1, -1))
     assert store.get(inv.id).status(T0) is InvitationStatus.LOCKED
+    assert open_store(tmp_path).get(inv.id).status(T0) is InvitationStatus.LOCKED
 
 
 def test_unknown_ids_are_refused_everywhere(tmp_path: Path) -> None:
     store = open_store(tmp_path)
     missing = b"\x09" * 16
-    for op in (store.check_usable, store.begin_attempt, store.reserve_use):
+    for op in (store.check_usable, store.reserve_use):
         with pytest.raises(InvitationError) as exc:
             op(missing, T0)
         assert exc.value.reason == "unknown"
+    with pytest.raises(InvitationError) as exc:
+        store.count_failed_attempt(missing)
+    assert exc.value.reason == "unknown"
+    assert not store.is_dirty(missing)
     with pytest.raises(InvitationError):
         store.get(missing)
     assert missing not in store
+    assert list((tmp_path / "invitations").iterdir()) == []
 
 
 # -- store: uses -----------------------------------------------------------------

@@ -28,6 +28,7 @@ from p2pinvite.invitations.protocol import (
     HostInfo,
     Kind,
     Refused,
+    RefusedMsg,
     SendMessage,
     Session,
     State,
@@ -465,6 +466,27 @@ async def _hand_driven_guest(host: Node, guest: Node, *, kind: Kind = "device",
     return link, machine, stream, session
 
 
+async def test_the_host_challenges_before_the_request_arrives(tmp_path: Path) -> None:
+    """The topic names the invitation, so the host speaks first: challenge and CPace share
+    reach a guest that has sent nothing yet, and the run then completes as usual."""
+    async with open_node(tmp_path / "host", name="Alice") as host, \
+            open_node(tmp_path / "guest") as guest:
+        with trio.fail_after(10):
+            link, machine, stream, session = await _hand_driven_guest(host, guest)
+            challenge, pake = [await stream.receive_message() for _ in range(2)]
+            assert (decode_message(challenge).T, decode_message(pake).T) == ("challenge", "pake")
+            for ev in machine.connected(session):  # only now: the request and our share
+                await stream.send_message(ev.data)
+            assert [type(e) for e in machine.receive_message(challenge)] == [HostChallenged]
+            assert machine.host_verified() == []
+            await stream.send_messages([ev.data for ev in machine.receive_message(pake)])
+            answers = [machine.receive_message(await stream.receive_message()) for _ in range(2)]
+            assert [type(e).__name__ for ev in answers for e in ev] == [
+                "Authenticated", "AdmissionReceived"]
+            await stream.aclose()
+        assert host.store.get(link.invitation_id).uses == 1
+
+
 async def test_revoke_stops_a_handshake_in_progress(tmp_path: Path) -> None:
     """A guest that paused after the host's CPace share is told the uniform refusal on revoke."""
     async with open_node(tmp_path / "host", name="Alice") as host, \
@@ -499,8 +521,10 @@ async def test_host_lingers_after_a_refusal_until_the_guest_hangs_up(tmp_path: P
                 host, guest, kind="space", identity=os.urandom(32))  # the wrong kind
             sends = [ev.data for ev in machine.connected(session)]
             await stream.send_messages([*sends, b"\x00" * 200_000])  # more than one read
-            assert machine.receive_message(await stream.receive_message()) == [
-                Refused(UNIFORM_REFUSAL)]
+            # The host challenged us before it read the request; then it refuses it.
+            got = [decode_message(await stream.receive_message()) for _ in range(3)]
+            assert [m.T for m in got] == ["challenge", "pake", "refused"]
+            assert got[-1] == RefusedMsg(UNIFORM_REFUSAL)
             with pytest.raises(ConnectionClosed) as end:
                 await stream.receive_message()
             assert not isinstance(end.value, ConnectionBroken)  # the end marker: a clean end

@@ -32,6 +32,7 @@ from p2pinvite.invitations.protocol import (
     AuthSucceeded,
     ChallengeMsg,
     ConfirmMsg,
+    GuestConnected,
     GuestProtocol,
     GuestRequest,
     HostChallenged,
@@ -126,23 +127,23 @@ class Run:
         """Play the whole handshake, answering every decision like a real driver."""
         self.g(self.guest.connecting())
         request, *early = sends(self.g(self.guest.connected(self.gs)))
-        self.h(self.host.connected(self.hs))
+        assert self.h(self.host.connected(self.hs)) == [GuestConnected()]
+        self.effects.append("store.lookup")
+        # The host challenges at once; the guest's request and share cross it.
+        challenge, *host_early = sends(self.h(self.host.offer(
+            self.method, HOST_INFO, password=self.host_password,
+            admission_key=self.admission.public_key)))
         ev = self.h(self.host.receive_message(request))
         assert ev == [InvitationRequested(INV, self.request.kind)]
-        self.effects.append("store.lookup")
-        out = self.h(self.host.offer(self.method, HOST_INFO, password=self.host_password,
-                                     admission_key=self.admission.public_key))
-        challenge = one(out)
-        # What the guest pipelined (its CPace share) the host reads right after
-        # answering the request; its answers reach the guest after the challenge.
-        later: list[bytes] = []
-        for data in early:
-            later += sends(self.h(self.host.receive_message(data)))
+        self.effects.append("host.check_request")
+        self.h(self.host.request_accepted())
+        for data in early:  # the guest's share: read, nothing to answer
+            assert self.h(self.host.receive_message(data)) == []
         ev = self.g(self.guest.receive_message(challenge))
         assert ev == [HostChallenged(self.method, HOST_INFO)]
         self.effects.append("guest.verify_chain")
         pending = sends(self.g(self.guest.host_verified()))
-        for data in later:
+        for data in host_early:
             pending += self._to_guest(data)
         while pending and self.host.state not in p.FINAL_STATES:
             data = pending.pop(0)
@@ -155,19 +156,16 @@ class Run:
         if isinstance(e, SendMessage):
             return self._to_guest(e.data)
         if isinstance(e, AttemptMade):
+            self.effects.append("store.check_usable")
+            out = self.h(self.host.check_attempt())
+            if out == [AuthSucceeded()]:
+                return []  # nothing counted, nothing written
+            assert out == [AuthFailed()]
             self.failed += 1
-            self.effects.append(f"store.begin_attempt -> failed={self.failed}")
-            out = self.h(self.host.check_attempt(self.max_attempts - self.failed))
-            result: list[bytes] = []
-            for x in out:
-                if isinstance(x, AuthSucceeded):
-                    self.failed -= 1
-                    self.effects.append("store.attempt_succeeded")
-                elif isinstance(x, AuthFailed):
-                    self.effects.append(f"attempt failed, {x.attempts_left} left")
-                else:
-                    result += self._host_event(x)
-            return result
+            left = self.max_attempts - self.failed
+            self.effects.append(f"store.count+flush -> {left} left")
+            refusal = self.h(self.host.attempt_counted(left))
+            return [x for data in sends(refusal) for x in self._to_guest(data)]
         if isinstance(e, AdmissionRequested):
             self.effects += ["store.reserve_use", "log.append+fsync", "store.commit_use"]
             out = self.h(self.host.admit(b"credential", [b"genesis", b"credential"]))
@@ -193,10 +191,12 @@ def test_pin_run_exact_trace() -> None:
     assert r.trace == [
         ("guest", []),
         ("guest", ["Send(request)", "Send(pake)"]),  # the CPace share is pipelined
-        ("host", []),
+        ("host", ["GuestConnected"]),
+        # The host does not wait for the request: challenge and share at once.
+        ("host", ["Send(challenge)", "Send(pake)"]),
         ("host", ["InvitationRequested"]),
-        ("host", ["Send(challenge)"]),
-        ("host", ["Send(pake)"]),
+        ("host", []),
+        ("host", []),
         ("guest", ["HostChallenged"]),
         ("guest", []),
         # Our tag, and the admit sealed under the ISK right behind it.
@@ -211,9 +211,8 @@ def test_pin_run_exact_trace() -> None:
         ("guest", []),
     ]
     assert r.effects == [
-        "store.lookup", "guest.verify_chain", "store.begin_attempt -> failed=1",
-        "store.attempt_succeeded", "store.reserve_use", "log.append+fsync", "store.commit_use",
-        "guest.import_log",
+        "store.lookup", "host.check_request", "guest.verify_chain", "store.check_usable",
+        "store.reserve_use", "log.append+fsync", "store.commit_use", "guest.import_log",
     ]
     assert r.host.state is State.SUCCESS
     assert r.guest.state is State.SUCCESS
@@ -233,7 +232,7 @@ def test_short_method_uses_pake_too() -> None:
 def test_none_run_exact_trace() -> None:
     r = Run(method="none")
     r.run()
-    assert r.trace[5:] == [
+    assert r.trace[6:] == [
         ("guest", ["HostChallenged"]),
         ("guest", ["Send(admit)"]),
         ("host", ["AdmissionRequested"]),
@@ -241,14 +240,14 @@ def test_none_run_exact_trace() -> None:
         ("guest", ["AdmissionReceived"]),
         ("guest", []),
     ]
-    assert "store.begin_attempt -> failed=1" not in r.effects
+    assert "store.check_usable" not in r.effects
     assert r.host.state is r.guest.state is State.SUCCESS
 
 
 def test_key_run_pipelines_proof_and_admit() -> None:
     r = Run(method="key", kind="space")
     r.run()
-    assert r.trace[5:] == [
+    assert r.trace[6:] == [
         ("guest", ["HostChallenged"]),
         ("guest", ["Send(key_proof)", "Send(admit)"]),
         ("host", ["AttemptMade"]),
@@ -258,16 +257,30 @@ def test_key_run_pipelines_proof_and_admit() -> None:
         ("guest", ["AdmissionReceived"]),
         ("guest", []),
     ]
-    assert r.effects[2:4] == ["store.begin_attempt -> failed=1", "store.attempt_succeeded"]
+    assert r.effects[3:5] == ["store.check_usable", "store.reserve_use"]  # no count, no write
     assert r.host.state is r.guest.state is State.SUCCESS
+
+
+def open_run(r: Run, method: p.Method, **offer: bytes) -> tuple[list[bytes], list[bytes]]:
+    """Both sides through their first, crossing messages; the host accepted the request.
+
+    Returns what the guest sent after its request (its CPace share, if any)
+    and what the host sent (its challenge, then its share, if any); neither
+    side has read the other's share or the challenge yet.
+    """
+    r.host.connected(r.hs)
+    from_host = sends(r.host.offer(method, HOST_INFO, **offer))
+    request, *from_guest = sends(r.guest.connected(r.gs))
+    assert r.host.receive_message(request) == [InvitationRequested(INV, r.request.kind)]
+    assert r.host.request_accepted() == []
+    return from_guest, from_host
 
 
 def test_space_admission_carries_identity_and_chain() -> None:
     r = Run(method="none", kind="space")
     r.g(r.guest.connecting())
-    r.host.connected(r.hs)
-    r.host.receive_message(one(r.guest.connected(r.gs)))
-    r.guest.receive_message(one(r.host.offer("none", HOST_INFO)))
+    _, (challenge,) = open_run(r, "none")
+    r.guest.receive_message(challenge)
     admit = one(r.guest.host_verified())
     ev = r.host.receive_message(admit)
     assert ev == [AdmissionRequested(GUEST_KEYS.device_public, r.request.identity,
@@ -280,9 +293,7 @@ def test_wrong_key_is_a_counted_failed_attempt() -> None:
                                 "admission_key": SigningKey.generate()})
     r.guest = GuestProtocol(r.request)
     r.run()
-    assert "store.begin_attempt -> failed=1" in r.effects
-    assert "attempt failed, 2 left" in r.effects
-    assert "guest refused: wrong_key 2" in r.effects
+    assert r.effects[-2:] == ["store.count+flush -> 2 left", "guest refused: wrong_key 2"]
     assert r.host.state is State.ERROR
     assert r.guest.state is State.ERROR
     assert r.failed == 1
@@ -291,12 +302,14 @@ def test_wrong_key_is_a_counted_failed_attempt() -> None:
 def test_wrong_pin_exact_trace_and_attempts() -> None:
     r = Run(guest_password=b"000000")
     r.run()
-    assert r.trace[9:] == [
+    assert r.trace[10:] == [
         ("host", ["AttemptMade"]),
-        ("host", ["AuthFailed", "Send(refused)"]),
+        # Nothing goes out until the driver says the failure is on disk.
+        ("host", ["AuthFailed"]),
+        ("host", ["Send(refused)"]),
         ("guest", ["Refused"]),
     ]
-    assert r.effects[-2:] == ["attempt failed, 2 left", "guest refused: wrong_pin 2"]
+    assert r.effects[-2:] == ["store.count+flush -> 2 left", "guest refused: wrong_pin 2"]
     assert r.failed == 1
     assert r.host.state is State.ERROR
     assert r.host.reason == "wrong_pin"
@@ -313,15 +326,19 @@ def test_last_wrong_pin_locks_both_sides() -> None:
 
 
 def test_host_refusal_is_uniform_on_the_wire_but_precise_locally() -> None:
-    for reason, state in [("expired", State.EXPIRED), ("revoked", State.REVOKED),
-                          ("locked", State.LOCKED), ("unknown", State.ERROR),
-                          ("kind mismatch", State.ERROR)]:
+    cases = [("expired", State.EXPIRED, False), ("revoked", State.REVOKED, False),
+             ("locked", State.LOCKED, False), ("unknown", State.ERROR, False),
+             ("unknown", State.ERROR, True), ("kind mismatch", State.ERROR, True)]
+    for reason, state, at_request in cases:
         gs, hs = sessions()
         guest = GuestProtocol(Run().request)
         host = HostProtocol()
         host.connected(hs)
-        host.receive_message(first(guest.connected(gs)))
-        out = host.refuse(reason)
+        request = first(guest.connected(gs))
+        if at_request:  # offered, then the request names another invitation or kind
+            host.offer("none", HOST_INFO)
+            host.receive_message(request)
+        out = host.refuse(reason)  # else: unusable, refused before any challenge
         assert host.state is state
         assert host.reason == reason
         assert decode_message(one(out)) == RefusedMsg(UNIFORM_REFUSAL)
@@ -331,9 +348,8 @@ def test_host_refusal_is_uniform_on_the_wire_but_precise_locally() -> None:
 
 def test_already_member_is_shared() -> None:
     r = Run(method="none")
-    r.host.connected(r.hs)
-    r.host.receive_message(one(r.guest.connected(r.gs)))
-    r.guest.receive_message(one(r.host.offer("none", HOST_INFO)))
+    _, (challenge,) = open_run(r, "none")
+    r.guest.receive_message(challenge)
     r.host.receive_message(one(r.guest.host_verified()))
     out = r.host.refuse(p.REASON_ALREADY_MEMBER)
     assert r.guest.receive_message(one(out)) == [Refused("already_member")]
@@ -355,8 +371,8 @@ def test_man_in_the_middle_relaying_cpace_admits_no_one() -> None:
         return data
 
     host.connected(host_side)
+    challenge = relay(first(host.offer("pin", HOST_INFO, password=PIN)))
     host.receive_message(relay(first(guest.connected(guest_side))))
-    challenge = relay(one(host.offer("pin", HOST_INFO, password=PIN)))
     with pytest.raises(HandshakeError):
         # The guest refuses the real challenge: its device is not the MITM's...
         guest.receive_message(challenge)
@@ -365,17 +381,18 @@ def test_man_in_the_middle_relaying_cpace_admits_no_one() -> None:
                                           "host_device": None}))
     host = HostProtocol()
     host.connected(host_side)
+    _, pake_b = sends(host.offer("pin", HOST_INFO, password=PIN))
     request, pake_a = sends(guest.connected(guest_side))
     host.receive_message(relay(request))
-    host.offer("pin", HOST_INFO, password=PIN)
+    host.request_accepted()
     forged = HostInfo(HOST_IDENTITY, mitm.device_public, ())
     guest.receive_message(relay(encode_message(ChallengeMsg("pin", forged))))
     assert guest.host_verified() == []
-    pake_b = one(host.receive_message(relay(pake_a)))
+    assert host.receive_message(relay(pake_a)) == []
     confirm, sealed = sends(guest.receive_message(relay(pake_b)))
     assert host.receive_message(relay(confirm)) == [AttemptMade("pin")]
-    out = host.check_attempt(2)
-    assert kinds(out) == ["AuthFailed", "Send(refused)"]
+    assert host.check_attempt() == [AuthFailed()]
+    assert kinds(host.attempt_counted(2)) == ["Send(refused)"]
     assert host.state is State.ERROR
     assert guest.state is State.AUTHENTICATING
     assert all(PIN not in data for data in seen)
@@ -429,9 +446,7 @@ def test_binding_proof_must_match_static_key() -> None:
 
 def test_admit_for_another_device_is_a_violation() -> None:
     r = Run(method="none")
-    r.host.connected(r.hs)
-    r.host.receive_message(one(r.guest.connected(r.gs)))
-    r.host.offer("none", HOST_INFO)
+    open_run(r, "none")
     forged = encode_message(AdmitMsg(DeviceKeys.generate().device_public, None, (), "x"))
     with pytest.raises(ProtocolViolation) as info:
         r.host.receive_message(forged)
@@ -442,9 +457,7 @@ def test_admit_for_another_device_is_a_violation() -> None:
 
 def test_admit_kind_shape_is_enforced() -> None:
     r = Run(method="none", kind="device")
-    r.host.connected(r.hs)
-    r.host.receive_message(one(r.guest.connected(r.gs)))
-    r.host.offer("none", HOST_INFO)
+    open_run(r, "none")
     with pytest.raises(ProtocolViolation):
         r.host.receive_message(encode_message(
             AdmitMsg(GUEST_KEYS.device_public, os.urandom(32), (), "x")))
@@ -453,6 +466,7 @@ def test_admit_kind_shape_is_enforced() -> None:
 def test_messages_out_of_order_are_remote_violations() -> None:
     r = Run()
     r.host.connected(r.hs)
+    r.host.offer("pin", HOST_INFO, password=PIN)
     with pytest.raises(ProtocolViolation, match="unexpected 'confirm'"):
         r.host.receive_message(encode_message(ConfirmMsg(bytes(64))))
     assert r.host.state is State.ERROR
@@ -460,32 +474,44 @@ def test_messages_out_of_order_are_remote_violations() -> None:
         r.host.receive_message(b"")  # nothing is read after the end
 
 
-def test_pake_before_offer_and_double_request_are_violations() -> None:
+def test_pake_before_request_and_double_request_are_violations() -> None:
     r = Run()
     r.host.connected(r.hs)
+    r.host.offer("pin", HOST_INFO, password=PIN)
     req, pake = sends(r.guest.connected(r.gs))
     early = HostProtocol()
     early.connected(r.hs)
+    early.offer("pin", HOST_INFO, password=PIN)
     with pytest.raises(ProtocolViolation, match="unexpected 'pake'"):
-        early.receive_message(pake)  # a share read before any request
+        early.receive_message(pake)  # a share read before the request
     r.host.receive_message(req)
+    r.host.request_accepted()
     with pytest.raises(ProtocolViolation):
         r.host.receive_message(req)
+
+
+def test_nothing_is_read_before_the_offer() -> None:
+    """The host answers a connection before it reads: the request waits for the offer."""
+    r = Run()
+    r.host.connected(r.hs)
+    with pytest.raises(LocalProtocolError, match="request_accepted"):
+        r.host.request_accepted()
+    with pytest.raises(ProtocolViolation, match="unexpected 'request'"):
+        r.host.receive_message(first(r.guest.connected(r.gs)))
 
 
 def test_unsupported_version_is_refused() -> None:
     host = HostProtocol()
     _, hs = sessions()
     host.connected(hs)
+    host.offer("none", HOST_INFO)
     with pytest.raises(ProtocolViolation, match="version"):
         host.receive_message(encode_message(RequestMsg(INV, "device", version=2)))
 
 
 def test_invalid_pake_share_is_a_violation() -> None:
     r = Run()
-    r.host.connected(r.hs)
-    r.host.receive_message(first(r.guest.connected(r.gs)))
-    r.host.offer("pin", HOST_INFO, password=PIN)
+    open_run(r, "pin", password=PIN)
     low_order = bytes(32)
     from p2pinvite.crypto.cpace import lv_cat
     with pytest.raises(ProtocolViolation):
@@ -495,12 +521,10 @@ def test_invalid_pake_share_is_a_violation() -> None:
 
 def _to_sealed_admit(r: Run) -> tuple[bytes, bytes]:
     """Play a PIN run up to the guest's tag and sealed admit; return both."""
-    r.host.connected(r.hs)
-    request, pake_a = sends(r.guest.connected(r.gs))
-    r.host.receive_message(request)
-    r.guest.receive_message(one(r.host.offer("pin", HOST_INFO, password=PIN)))
+    (pake_a,), (challenge, pake_b) = open_run(r, "pin", password=PIN)
+    r.guest.receive_message(challenge)
     assert r.guest.host_verified() == []
-    pake_b = one(r.host.receive_message(pake_a))
+    assert r.host.receive_message(pake_a) == []
     confirm, sealed = sends(r.guest.receive_message(pake_b))
     return confirm, sealed
 
@@ -525,7 +549,7 @@ def test_sealed_admit_opens_to_the_guest_admit_after_the_tag() -> None:
     r = Run(kind="space")
     confirm, sealed = _to_sealed_admit(r)
     assert r.host.receive_message(confirm) == [AttemptMade("pin")]
-    assert kinds(r.host.check_attempt(2)) == ["AuthSucceeded"]
+    assert r.host.check_attempt() == [AuthSucceeded()]
     assert r.host.receive_message(sealed) == [AdmissionRequested(
         GUEST_KEYS.device_public, r.request.identity, (b"guest-chain",), "Bob")]
 
@@ -534,7 +558,7 @@ def test_a_plain_admit_is_a_violation_after_a_pake() -> None:
     r = Run()
     confirm, _ = _to_sealed_admit(r)
     r.host.receive_message(confirm)
-    r.host.check_attempt(2)
+    r.host.check_attempt()
     with pytest.raises(ProtocolViolation, match="unexpected 'admit'"):
         r.host.receive_message(encode_message(r.guest._admit_message()))
     assert r.host.state is State.ERROR
@@ -546,7 +570,7 @@ def test_a_tampered_or_foreign_sealed_admit_is_a_violation() -> None:
         r = Run()
         confirm, sealed = _to_sealed_admit(r)
         r.host.receive_message(confirm)
-        r.host.check_attempt(2)
+        r.host.check_attempt()
         msg = decode_message(sealed)
         assert isinstance(msg, p.SealedAdmitMsg)
         with pytest.raises(ProtocolViolation) as info:
@@ -562,9 +586,7 @@ def test_sealed_admit_before_the_tag_or_without_a_pake_is_a_violation() -> None:
     with pytest.raises(ProtocolViolation, match="unexpected 'admit_sealed'"):
         r.host.receive_message(sealed)  # the tag was skipped
     n = Run(method="none")
-    n.host.connected(n.hs)
-    n.host.receive_message(one(n.guest.connected(n.gs)))
-    n.host.offer("none", HOST_INFO)
+    open_run(n, "none")
     with pytest.raises(ProtocolViolation, match="unexpected 'admit_sealed'"):
         n.host.receive_message(sealed)
 
@@ -606,20 +628,38 @@ def test_seal_is_bound_to_the_key_and_to_an_admit() -> None:
 def test_local_misuse_leaves_state_unchanged() -> None:
     r = Run()
     with pytest.raises(LocalProtocolError):
-        r.host.check_attempt(3)
+        r.host.check_attempt()
     assert r.host.state is State.INIT
     r.host.connected(r.hs)
     with pytest.raises(LocalProtocolError):
-        r.host.offer("pin", HOST_INFO, password=PIN)
-    with pytest.raises(LocalProtocolError):
         r.host.admit(b"c", [])
-    assert r.host.state is State.CONNECTED
-    r.host.receive_message(first(r.guest.connected(r.gs)))
+    with pytest.raises(LocalProtocolError):
+        r.host.attempt_counted(2)
     with pytest.raises(LocalProtocolError, match="needs a password"):
         r.host.offer("pin", HOST_INFO)
+    assert r.host.state is State.CONNECTED
+    r.host.offer("pin", HOST_INFO, password=PIN)
+    with pytest.raises(LocalProtocolError):
+        r.host.offer("pin", HOST_INFO, password=PIN)
     with pytest.raises(LocalProtocolError):
         r.guest.admission_verified()
     assert r.host.state is State.READY_FOR_AUTHENTICATION
+
+
+def test_a_wrong_proof_is_answered_only_once_counted() -> None:
+    r = Run(guest_password=b"000000")
+    confirm, _ = _to_sealed_admit(r)
+    r.host.receive_message(confirm)
+    assert r.host.check_attempt() == [AuthFailed()]
+    assert r.host.state is State.AUTHENTICATING
+    for call in (r.host.check_attempt, lambda: r.host.admit(b"c", [b"e"])):
+        with pytest.raises(LocalProtocolError):
+            call()
+    with pytest.raises(LocalProtocolError, match="negative"):
+        r.host.attempt_counted(-1)
+    assert r.host.state is State.AUTHENTICATING
+    # A revocation while the count is written ends it uniformly, saying nothing more.
+    assert decode_message(one(r.host.cancel())) == RefusedMsg(UNIFORM_REFUSAL)
 
 
 def test_cancel_timeout_and_lost() -> None:

@@ -1,8 +1,9 @@
 """The invitation store's record files: appended frames, torn tails, compaction, kill -9.
 
 A record file is a magic header and frames, the last intact frame being the
-record (docs/PROTOCOL.md Part 3 §5.5). Counters are appended (one fdatasync);
-create, revoke and compaction rewrite the file atomically.
+record (docs/PROTOCOL.md Part 3 §5.5). Counters are appended (one fdatasync):
+a failed attempt when it is flushed, a use when it is committed; create,
+revoke and compaction rewrite the file atomically.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from p2pinvite.errors import StorageError
 from p2pinvite.invitations import store as store_mod
 from p2pinvite.invitations.model import AuthMethod, InvitationKind
 from p2pinvite.invitations.store import FILE_MAGIC, InvitationStore
+
+from .test_model_store import spend_attempt
 
 ME = b"m" * 32
 GUEST = b"g" * 32
@@ -55,13 +59,12 @@ def test_counters_are_appended_and_create_revoke_rewrite(tmp_path: Path) -> None
     inv_id = _new(store)
     path = _path(tmp_path, inv_id)
     assert len(_frames(path)) == 1
-    store.begin_attempt(inv_id, T0)
-    store.attempt_succeeded(inv_id)
+    spend_attempt(store, inv_id, T0)
     store.commit_use(store.reserve_use(inv_id, T0), GUEST, T0)
-    assert len(_frames(path)) == 4
+    assert len(_frames(path)) == 3
     assert _frames(path)[-1] == path.stat().st_size
     again = InvitationStore.open(tmp_path).get(inv_id)
-    assert (again.failed_attempts, again.uses) == (0, 1)
+    assert (again.failed_attempts, again.uses) == (1, 1)
     store.revoke(inv_id, by=ME, now=T0 + 1)
     assert len(_frames(path)) == 1  # a revoke is never an appended frame
     assert InvitationStore.open(tmp_path).get(inv_id).revoked_at == T0 + 1
@@ -73,7 +76,7 @@ def test_long_files_are_compacted(tmp_path: Path) -> None:
     path = _path(tmp_path, inv_id)
     sizes = []
     for _ in range(200):
-        store.begin_attempt(inv_id, T0)
+        spend_attempt(store, inv_id, T0)
         sizes.append(path.stat().st_size)
     assert max(sizes) <= store_mod._COMPACT_BYTES
     assert len(_frames(path)) <= store_mod._COMPACT_FRAMES
@@ -86,10 +89,10 @@ def test_a_torn_append_at_every_byte_leaves_the_previous_record(
 ) -> None:
     store = InvitationStore.open(tmp_path / "a")
     inv_id = _new(store)
-    store.begin_attempt(inv_id, T0)
+    spend_attempt(store, inv_id, T0)
     path = _path(tmp_path / "a", inv_id)
     before = path.read_bytes()
-    store.begin_attempt(inv_id, T0)  # the frame we tear
+    spend_attempt(store, inv_id, T0)  # the frame we tear
     whole = path.read_bytes()
     assert whole.startswith(before)
     for cut in range(len(before), len(whole)):
@@ -105,14 +108,14 @@ def test_a_torn_append_at_every_byte_leaves_the_previous_record(
             assert path.read_bytes() == before  # truncated back to the intact frames
     # And the next append follows the intact frames.
     reopened = InvitationStore.open(tmp_path / "a")
-    reopened.begin_attempt(inv_id, T0)
+    spend_attempt(reopened, inv_id, T0)
     assert InvitationStore.open(tmp_path / "a").get(inv_id).failed_attempts == 2
 
 
 def test_a_damaged_first_frame_is_quarantined(tmp_path: Path) -> None:
     store = InvitationStore.open(tmp_path)
     inv_id = _new(store)
-    store.begin_attempt(inv_id, T0)
+    spend_attempt(store, inv_id, T0)
     path = _path(tmp_path, inv_id)
     data = bytearray(path.read_bytes())
     data[len(FILE_MAGIC) + 10] ^= 0x01  # inside the first frame's record
@@ -135,26 +138,27 @@ def test_a_failed_append_makes_the_next_write_a_rewrite(
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(store_mod, "_append_frame", half_then_fail)
-    with pytest.raises(store_mod.StorageError, match="cannot write"):
-        store.begin_attempt(inv_id, T0)
-    assert store.get(inv_id).failed_attempts == 0
+    store.count_failed_attempt(inv_id)
+    with pytest.raises(StorageError, match="cannot write"):
+        store.flush(inv_id)
+    assert store.is_dirty(inv_id)  # still pending: the next flush retries
     monkeypatch.undo()
-    store.begin_attempt(inv_id, T0)
+    assert store.flush(inv_id) is True
     assert len(_frames(path)) == 1  # rewritten whole, the half frame is gone
+    assert _frames(path)[-1] == path.stat().st_size
     assert InvitationStore.open(tmp_path).get(inv_id).failed_attempts == 1
 
 
 @pytest.mark.slow
 def test_kill_9_never_loses_an_acknowledged_count(tmp_path: Path) -> None:
     """Every value a killed writer reported is on disk, or the one after it (in flight)."""
-    store = InvitationStore.open(tmp_path)
-    inv_id = _new(store)
-    del store
     rng = random.Random(0x1A7E)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     for _ in range(12):
+        # A fresh invitation each round: failed attempts only ever grow.
+        inv_id = _new(InvitationStore.open(tmp_path))
         proc = subprocess.Popen([sys.executable, str(CHILD), str(tmp_path), inv_id.hex()],
                                 stdout=subprocess.PIPE, env=env)
         try:
@@ -169,8 +173,8 @@ def test_kill_9_never_loses_an_acknowledged_count(tmp_path: Path) -> None:
             proc.wait()
         text = out.decode()
         complete = text[: text.rfind("\n") + 1]  # the kill may cut the last line short
-        lines = [tuple(map(int, line.split())) for line in complete.splitlines()]
-        last = lines[-1]
+        lines = [line.split() for line in complete.splitlines()]
+        last = (int(lines[-1][0]), int(lines[-1][1]))
         inv = InvitationStore.open(tmp_path).get(inv_id)
         got = (inv.failed_attempts, inv.uses)
         # Either the last reported state, or one more operation that completed
@@ -180,4 +184,4 @@ def test_kill_9_never_loses_an_acknowledged_count(tmp_path: Path) -> None:
 
 def _one_step(before: tuple[int, int], after: tuple[int, int]) -> bool:
     attempts, uses = before
-    return after in {(attempts + 1, uses), (attempts - 1, uses), (attempts, uses + 1)}
+    return after in {(attempts + 1, uses), (attempts, uses + 1)}
