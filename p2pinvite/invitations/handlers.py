@@ -417,8 +417,10 @@ class _HostDriver:
                 # does a revocation's uniform refusal.
                 await trio.to_thread.run_sync(store.flush, self.inv_id)
             except P2PInviteError as exc:
-                # The count holds in memory; the guest hears nothing it could
-                # use without paying for the guess.
+                # No answer. The count binds in memory (the record stays dirty,
+                # so the record's next write retries it); only a restart while
+                # the disk fails could forget it -- and a silent close after a
+                # tag is all the guest learns.
                 log.warning("invitation %s: could not write a failed attempt: %s",
                             self.inv_id.hex()[:8], exc)
                 self.emit("refused", reason="could not record the attempt")

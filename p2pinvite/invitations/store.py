@@ -253,9 +253,9 @@ class InvitationStore:
     """Durable invitation records under one private directory.
 
     Open with :meth:`open`. Every mutating method has persisted its effect
-    (fsync) when it returns, except the two that say they leave the record
-    for :meth:`flush` (``count_failed_attempt``, ``commit_use(durable=False)``). Unknown ids raise
-    :class:`~p2pinvite.errors.InvitationError` with ``reason="unknown"``;
+    (fsync) when it returns, except the two that leave the record for
+    :meth:`flush` (``count_failed_attempt``, ``commit_use(durable=False)``).
+    Unknown ids raise :class:`~p2pinvite.errors.InvitationError` with ``reason="unknown"``;
     precise reasons are for the local owner only
     (:func:`~p2pinvite.invitations.model.refusal_for_peer` maps them for
     remote peers).

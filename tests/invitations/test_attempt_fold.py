@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from p2pinvite.errors import InvitationError
+from p2pinvite.errors import InvitationError, StorageError
 from p2pinvite.fsutil import atomic_write
 from p2pinvite.invitations import store as store_mod
 from p2pinvite.invitations.codes import generate_pin
@@ -184,3 +184,36 @@ async def test_a_right_pin_then_a_refused_admission_writes_nothing(tmp_path: Pat
             events = await guest.accept(second.code, pin=wrong)
         assert (events[-1].reason, events[-1].attempts_left) == ("wrong_pin", 2)
         assert _on_disk(tmp_path / "host" / "invitations", inv_id) == (1, 0)
+
+
+async def test_a_wrong_pin_that_cannot_be_written_gets_no_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The guess is not answered unless it is on disk; it still binds in memory."""
+    async with open_node(tmp_path / "host", name="Alice") as host, \
+            open_node(tmp_path / "guest") as guest:
+        created = await host.manager.create(kind="device", auth="pin")
+        inv_id = created.invitation.id
+        real_flush = host.store.flush
+
+        def failing_flush(i: bytes) -> bool:
+            raise StorageError("disk full (test)")
+
+        monkeypatch.setattr(host.store, "flush", failing_flush)
+        wrong = next(p for p in iter(generate_pin, None) if p != created.pin)
+        with trio.fail_after(30):
+            events = await guest.accept(created.code, pin=wrong)
+            while host.manager._ctx.active:
+                await trio.sleep(0.01)
+        assert events[-1].state is State.ERROR
+        assert events[-1].reason == "connection lost"  # not wrong_pin: nothing was said
+        assert events[-1].attempts_left is None
+        assert host.store.get(inv_id).failed_attempts == 1  # binds in memory
+        assert host.store.is_dirty(inv_id)
+        assert _on_disk(tmp_path / "host" / "invitations", inv_id) == (0, 0)
+        monkeypatch.setattr(host.store, "flush", real_flush)
+        # The next guess is answered once written, and the disk then holds both.
+        with trio.fail_after(30):
+            events = await guest.accept(created.code, pin=wrong)
+        assert (events[-1].reason, events[-1].attempts_left) == ("wrong_pin", 1)
+        assert _on_disk(tmp_path / "host" / "invitations", inv_id) == (2, 0)
