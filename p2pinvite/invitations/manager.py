@@ -11,7 +11,12 @@ spaces, and the :class:`~p2pinvite.net.manager.NetworkManager` together.
   advertised over mDNS when mDNS is on), short codes under
   ``Topic.for_discriminator``. Each connection on the topic runs
   :func:`~.handlers.serve_guest`. Revoking leaves the topic and cancels the
-  handshakes in progress (their guests are told the uniform refusal).
+  handshakes in progress (their guests are told the uniform refusal). An
+  invitation that finishes otherwise (expired, exhausted, locked) keeps its
+  topic for :data:`HOSTING_GRACE` (10 minutes), so a guest can still resume
+  a dropped admission and a late one is told "not available"; then the topic
+  is left and its mDNS advertisement withdrawn. A restart hosts what is
+  usable or still within that grace.
 * **Accepting.** :meth:`accept` turns a code into a :class:`~.handlers.GuestPlan`,
   runs :func:`~.handlers.run_guest` in the manager's nursery and streams its
   events through a channel, so abandoning the iterator (or :meth:`cancel`)
@@ -26,8 +31,8 @@ spaces, and the :class:`~p2pinvite.net.manager.NetworkManager` together.
   deleted (:meth:`~.store.InvitationStore.prune`), at start -- after the
   reconcile, which may still count a use -- and once a day from a background
   task. Invitations with a handshake in progress are left alone. A pruned
-  invitation's topic is left (an mDNS goodbye if it was advertised); nothing
-  else is sent to peers or subscribers.
+  invitation still hosted (a retention shorter than the grace) has its topic
+  left; nothing else is sent to peers or subscribers.
 
 Time comes from the injected ``clock`` (unix seconds), so tests drive expiry
 with trio's autojump clock.
@@ -37,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import heapq
 import ipaddress
 import logging
 import math
@@ -76,10 +82,11 @@ from .handlers import (
 )
 from .model import AuthMethod, Invitation, InvitationKind, InvitationStatus
 from .protocol import State
-from .store import InvitationPruneFailed, InvitationStore
+from .store import InvitationPruneFailed, InvitationStore, finished_at
 
 __all__ = [
     "DEFAULT_RETENTION",
+    "HOSTING_GRACE",
     "PRUNE_INTERVAL",
     "CreatedInvitation",
     "InvitationManager",
@@ -96,6 +103,17 @@ DEFAULT_RETENTION: Final = 30 * 86400.0
 PRUNE_INTERVAL: Final = 86400.0
 #: At most this many ids are named in the "pruned" log line.
 _LOG_IDS: Final = 16
+#: How long a finished invitation still answers on its topic (seconds of the
+#: manager's clock) before the topic is left and its mDNS advertisement
+#: withdrawn. Long enough for a guest whose connection dropped after its
+#: admission to resume it, and for a late guest to be told the invitation is
+#: not available instead of finding no host; short enough that the LAN does
+#: not keep seeing adverts of invitations nobody can use.
+HOSTING_GRACE: Final = 600.0
+#: A finished invitation past its grace with a handshake still running (a
+#: resume) is looked at again this often; the handshake ends within its step
+#: timeouts, and cutting it would turn a resume into a lost admission.
+_BUSY_RECHECK: Final = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +199,15 @@ class InvitationManager:
         self._ctx = HostContext(keys=keys, identity=identity, spaces=spaces, store=store,
                                 clock=clock, emit=self._emit, step_timeout=step_timeout)
         self._hosted: dict[bytes, Topic] = {}
+        # When this process saw each invitation lock (the record keeps no lock time).
+        self._locked_at: dict[bytes, float] = {}
+        # When each hosted invitation's topic is to be left, and the same as a
+        # heap of (when, id); a heap entry that no longer matches the dict is stale.
+        # Only the invitation that changed is looked at: an admission costs O(log n).
+        self._leave_at: dict[bytes, float] = {}
+        self._leave_queue: list[tuple[float, bytes]] = []
+        # Set when an earlier departure was scheduled: the sleeper re-arms.
+        self._hosting_changed = trio.Event()
         self._accepting: dict[int, tuple[bytes | str, trio.CancelScope]] = {}
         self._stack: AsyncExitStack | None = None
         self._nursery: trio.Nursery | None = None
@@ -194,6 +221,7 @@ class InvitationManager:
         try:
             await self.start()
             await self._nursery.start(self._prune_periodically)
+            await self._nursery.start(self._leave_finished)
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
@@ -213,7 +241,8 @@ class InvitationManager:
                 await stack.aclose()
 
     async def start(self) -> None:
-        """Reconcile use counters with the logs, prune, then host every usable invitation."""
+        """Reconcile use counters with the logs, prune, then host every usable invitation
+        (and every finished one still within :data:`HOSTING_GRACE`)."""
         now = self._clock()
         for inv in self._store.list(now, include_all=True):
             try:
@@ -221,8 +250,10 @@ class InvitationManager:
             except P2PInviteError as exc:
                 log.warning("invitation %s: could not reconcile uses: %s", inv.id.hex()[:8], exc)
         await self._prune_logged()
-        for inv in self._store.list(self._clock()):
-            await self._host(inv)
+        now = self._clock()
+        for inv in self._store.list(now, include_all=True):
+            if self._hosted_until(inv, now) > now:
+                await self._host(inv)
 
     # -- retention -------------------------------------------------------------------
 
@@ -238,8 +269,8 @@ class InvitationManager:
         removed = await trio.to_thread.run_sync(
             lambda: self._store.prune(now, retention=self._retention, skip=busy))
         for inv_id in removed:
-            # A finished invitation may still hold its topic (an expired one is
-            # not left when it expires); a deleted one has nothing to answer with.
+            # A finished invitation holds its topic for HOSTING_GRACE, which may
+            # outlast a short retention; a deleted one has nothing to answer with.
             await self._unhost(inv_id)
         if removed:
             self._log_pruned(removed)
@@ -272,6 +303,81 @@ class InvitationManager:
             await trio.sleep_until(deadline)
             await self._prune_logged()
             deadline = trio.current_time() + PRUNE_INTERVAL
+
+    # -- hosting finished invitations ------------------------------------------------------
+
+    def _hosted_until(self, inv: Invitation, now: float) -> float:
+        """Until when (manager clock) *inv* answers on its topic: :data:`HOSTING_GRACE`
+        after it finished.
+
+        A usable invitation counts as finishing at its expiry (a use or a lock
+        may end it sooner, and reschedules it); an expired or
+        exhausted one at the time :func:`~.store.finished_at` gives; a locked
+        one when this process saw it lock -- the record keeps no lock time, so
+        a locked invitation is not hosted again after a restart; a revoked one
+        not at all.
+        """
+        status = inv.status(now)
+        if status is InvitationStatus.REVOKED:
+            return -math.inf
+        if status is InvitationStatus.LOCKED:
+            since = self._locked_at.get(inv.id, -math.inf)
+        else:
+            finished = finished_at(inv, now)
+            since = inv.expires_at if finished is None else finished
+        return since + HOSTING_GRACE
+
+    def _schedule_leave(self, inv_id: bytes, when: float) -> None:
+        if self._leave_at.get(inv_id) == when:
+            return
+        earliest = self._leave_queue[0][0] if self._leave_queue else math.inf
+        self._leave_at[inv_id] = when
+        heapq.heappush(self._leave_queue, (when, inv_id))
+        if when < earliest:
+            self._hosting_changed.set()
+
+    def _reschedule_leave(self, inv_id: bytes) -> None:
+        """Recompute when hosted *inv_id* leaves its topic (after a use, a lock)."""
+        if inv_id in self._hosted and inv_id in self._store:
+            self._schedule_leave(inv_id, self._hosted_until(self._store.get(inv_id),
+                                                            self._clock()))
+
+    async def _leave_finished(
+            self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Leave the topic of each hosted invitation once :meth:`_hosted_until` has passed.
+
+        Sleeps until the earliest departure, or until an earlier one is
+        scheduled; with nothing hosted it arms no timer at all.
+        """
+        task_status.started()
+        queue = self._leave_queue
+        while True:
+            # A fresh event per pass, made before reading the queue, so that a
+            # change during the pass (even during an await below) wakes the next wait.
+            self._hosting_changed = trio.Event()
+            now = self._clock()
+            while queue:
+                when, inv_id = queue[0]
+                if self._leave_at.get(inv_id) != when:
+                    heapq.heappop(queue)  # stale: rescheduled, or no longer hosted
+                    continue
+                if when > now:
+                    break
+                heapq.heappop(queue)
+                # Due. Look again: the record is the truth, the schedule a forecast.
+                until = (self._hosted_until(self._store.get(inv_id), now)
+                         if inv_id in self._store else -math.inf)
+                if until > now:
+                    self._schedule_leave(inv_id, until)
+                elif self._ctx.active.get(inv_id):
+                    self._schedule_leave(inv_id, now + _BUSY_RECHECK)
+                else:
+                    log.info("invitation %s finished: no longer hosted", inv_id.hex()[:8])
+                    await self._unhost(inv_id)
+                    now = self._clock()
+            wake = queue[0][0] if queue else math.inf
+            with trio.move_on_after(wake - now):
+                await self._hosting_changed.wait()
 
     def _log_pruned(self, removed: list[bytes]) -> None:
         shown = ", ".join(inv_id.hex()[:8] for inv_id in removed[:_LOG_IDS])
@@ -337,15 +443,32 @@ class InvitationManager:
 
         await self._network.join(topic, handler, advertise=self._mdns)
         self._hosted[inv.id] = topic
+        self._schedule_leave(inv.id, self._hosted_until(inv, self._clock()))
 
     async def _unhost(self, inv_id: bytes) -> None:
         for scope in list(self._ctx.active.get(inv_id, ())):
             scope.cancel()
+        self._locked_at.pop(inv_id, None)
+        self._leave_at.pop(inv_id, None)  # its queue entries are stale now
         topic = self._hosted.pop(inv_id, None)
         if topic is not None:
             await self._network.leave(topic)
 
+    def _hosted_discriminators(self) -> set[str]:
+        """The short-code discriminators of the invitations hosted now, usable or not."""
+        out = set()
+        for inv_id in self._hosted:
+            if inv_id in self._store:
+                disc = self._store.get(inv_id).short_discriminator
+                if disc is not None:
+                    out.add(disc)
+        return out
+
     def _emit(self, event: InvitationEvent) -> None:
+        if event.type in ("admitted", "locked"):  # either may finish the invitation
+            if event.type == "locked":
+                self._locked_at[event.invitation_id] = self._clock()
+            self._reschedule_leave(event.invitation_id)
         for chan in list(self._subscribers):
             try:
                 chan.send_nowait(event)
@@ -405,10 +528,12 @@ class InvitationManager:
                                       reason="owner_required")
             target = space_id
         expires_at = None if expires_in is None else now + expires_in
+        # A finished short invitation may still hold its discriminator's topic.
+        taken = self._hosted_discriminators() if auth is AuthMethod.SHORT else set()
         inv = await trio.to_thread.run_sync(lambda: self._store.create(
             kind=kind, target=target, created_by=me, now=now, role=role, auth=auth,
             expires_at=expires_at, max_uses=max_uses, max_attempts=max_attempts, note=note,
-            admission_key=admission_key))
+            admission_key=admission_key, taken_discriminators=taken))
         self._created.set()
         await self._host(inv)
         self._emit(InvitationEvent("created", inv.id))

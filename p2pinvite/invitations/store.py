@@ -358,13 +358,16 @@ class InvitationStore:
         pin: str | None = None,
         short_code: ShortCode | None = None,
         admission_key: bytes | None = None,
+        taken_discriminators: Collection[str] = (),
     ) -> Invitation:
         """Create, persist and return a new invitation.
 
         Defaults: expiry now + 7 days (15 minutes for auth ``short``), one use,
         3 attempts (20 for ``short``). For auth ``pin`` a PIN is generated
         unless *pin* is given; for ``short`` a code with a discriminator no
-        other usable short invitation here has, unless *short_code* is given;
+        other usable short invitation here has and not in
+        *taken_discriminators* (the caller's topics still in use, e.g. a
+        finished invitation still answering), unless *short_code* is given;
         auth ``key`` requires *admission_key*. Inconsistent arguments raise
         :class:`~p2pinvite.invitations.model.InvalidInvitation`.
         """
@@ -387,7 +390,7 @@ class InvitationStore:
             if auth is AuthMethod.PIN and pin is None:
                 pin = generate_pin()
             if is_short and short_code is None:
-                short_code = self._fresh_short_code(now)
+                short_code = self._fresh_short_code(now, taken_discriminators)
             inv = Invitation(
                 id=self._fresh_id(),
                 kind=kind,
@@ -414,11 +417,12 @@ class InvitationStore:
             pass  # 2**-128 per pair; the loop is for correctness, not likelihood
         return inv_id
 
-    def _fresh_short_code(self, now: float) -> ShortCode:
+    def _fresh_short_code(self, now: float, also_taken: Collection[str]) -> ShortCode:
         # The discriminator is what the host advertises; two usable short
         # invitations sharing one would make the guest try both secrets.
         taken = {inv.short_discriminator for inv in self._records.values()
                  if inv.auth is AuthMethod.SHORT and inv.is_usable(now)}
+        taken.update(also_taken)
         for _ in range(1000):
             code = ShortCode.generate()
             if code.discriminator not in taken:

@@ -189,6 +189,10 @@ class NetworkManager:
         """Connections currently in the preamble or handshake."""
         return len(self._pending)
 
+    def is_joined(self, topic: Topic) -> bool:
+        """Whether *topic* is joined (accepted on the listener, advertised if asked)."""
+        return topic.id in self._topics
+
     async def join(self, topic: Topic, handler: Handler, *, advertise: bool = True,
                    discover: bool = False, peers: Sequence[Address] = ()) -> None:
         """Accept connections for *topic* and hand each to *handler*.

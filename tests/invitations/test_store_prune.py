@@ -21,6 +21,7 @@ from p2pinvite.halo.spaces import SpaceService
 from p2pinvite.invitations import store as store_module
 from p2pinvite.invitations.manager import (
     DEFAULT_RETENTION,
+    HOSTING_GRACE,
     PRUNE_INTERVAL,
     InvitationManager,
 )
@@ -399,9 +400,11 @@ async def test_manager_skips_handshakes_in_progress(tmp_path: Path,
 async def test_a_pruned_invitation_is_no_longer_hosted(tmp_path: Path,
                                                       mock_clock: MockClock) -> None:
     now = [T0]
-    async with open_manager(tmp_path, lambda: now[0], retention=DAY) as manager:
+    async with open_manager(tmp_path, lambda: now[0], retention=60) as manager:
         inv_id = (await manager.create(kind="device", expires_in=3600)).invitation.id
-        now[0] = T0 + 3600 + DAY  # expired a day ago: still hosted until pruned
+        # Expired two minutes ago: within its hosting grace, past a one-minute retention.
+        now[0] = T0 + 3600 + 120
+        assert HOSTING_GRACE > 120
         assert inv_id in manager._hosted
         assert await manager.prune() == [inv_id]
         assert inv_id not in manager._hosted
