@@ -81,16 +81,23 @@ class CliError(Exception):
         self.status = status
 
 
-def parse_duration(text: str) -> int:
-    """Seconds in a duration like ``90``, ``45s``, ``30m``, ``2h``, ``7d``, ``1w``."""
-    import argparse
-
+def _duration_seconds(text: str) -> int | None:
     m = _DURATION.match(text.lower())
     if not m or int(m.group(1)) == 0:
+        return None
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in a duration like ``90``, ``45s``, ``30m``, ``2h``, ``7d``, ``1w``."""
+    seconds = _duration_seconds(text)
+    if seconds is None:
+        import argparse
+
         raise argparse.ArgumentTypeError(
             f"invalid duration {text!r} (examples: 30m, 2h, 7d)"
         )
-    return int(m.group(1)) * _UNITS[m.group(2)]
+    return seconds
 
 
 def _listen(text: str) -> tuple[str, int]:
@@ -505,13 +512,15 @@ class DaemonArgs:
     listen: tuple[str, int] | None = None
     mdns_interface: tuple[str, ...] = ()
     no_mdns: bool = False
+    retention: int | None = None
 
 
 def parse_daemon_args(argv: Sequence[str]) -> DaemonArgs | None:
     """Read a plain ``daemon`` command line without argparse, or return ``None``.
 
     Understood: ``--home DIR`` before ``daemon``; ``--listen HOST:PORT``,
-    ``--mdns-interface IFACE`` (repeatable) and ``--no-mdns`` after it; each
+    ``--mdns-interface IFACE`` (repeatable), ``--retention DURATION`` and
+    ``--no-mdns`` after it; each
     value also as ``--opt=VALUE``; later values win, as with argparse. For
     anything else (another command, help, an unknown or abbreviated option,
     a missing or dash-leading value, a bad address) the answer is ``None`` and
@@ -526,7 +535,8 @@ def parse_daemon_args(argv: Sequence[str]) -> DaemonArgs | None:
     interfaces: list[str] = []
     no_mdns = False
     for part, allowed in ((args[:split], ("--home",)),
-                          (args[split + 1:], ("--listen", "--mdns-interface", "--no-mdns"))):
+                          (args[split + 1:], ("--listen", "--mdns-interface", "--retention",
+                                              "--no-mdns"))):
         i = 0
         while i < len(part):
             opt, eq, value = part[i].partition("=")
@@ -556,7 +566,12 @@ def parse_daemon_args(argv: Sequence[str]) -> DaemonArgs | None:
             listen = parse_listen(values["--listen"])
         except ValueError:
             return None
-    return DaemonArgs(values.get("--home"), listen, tuple(interfaces), no_mdns)
+    retention = None
+    if "--retention" in values:
+        retention = _duration_seconds(values["--retention"])
+        if retention is None:
+            return None
+    return DaemonArgs(values.get("--home"), listen, tuple(interfaces), no_mdns, retention)
 
 
 def cmd_daemon(a: DaemonArgs) -> int:
@@ -569,6 +584,7 @@ def cmd_daemon(a: DaemonArgs) -> int:
         listen=a.listen if a.listen is not None else DEFAULT_LISTEN,
         mdns=not a.no_mdns,
         mdns_interfaces=a.mdns_interface or None,
+        retention=a.retention,
     )
     return run(config)
 
@@ -605,6 +621,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--mdns-interface", metavar="IFACE", action="append", default=[],
                    help="announce and browse mDNS on IFACE only (repeatable)")
     d.add_argument("--no-mdns", action="store_true", help="disable mDNS discovery")
+    d.add_argument("--retention", metavar="DURATION", type=parse_duration,
+                   help="how long finished invitations stay listed before their records "
+                        "are deleted (default 30d)")
     d.set_defaults(func=None)
 
     s = sub.add_parser("status", parents=[common], help="show the daemon's state")
@@ -699,7 +718,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "daemon":
         return cmd_daemon(DaemonArgs(args.home, args.listen, tuple(args.mdns_interface),
-                                     args.no_mdns))
+                                     args.no_mdns, args.retention))
     from .client import RequestError, connect
 
     local: _LocalCommand | None = getattr(args, "local", None)

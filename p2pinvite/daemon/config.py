@@ -106,12 +106,15 @@ class DaemonConfig:
 
     ``mdns_interfaces`` is ``None`` for zeroconf's default interfaces, or the
     names of the interfaces to announce on; it is ignored when ``mdns`` is off.
+    ``retention``: seconds a finished invitation stays listed before its record
+    is deleted, ``None`` for the invitation manager's default (30 days).
     """
 
     home: Path
     listen: tuple[str, int] = DEFAULT_LISTEN
     mdns: bool = True
     mdns_interfaces: tuple[str, ...] | None = None
+    retention: float | None = None
 
     @property
     def socket_path(self) -> Path:

@@ -47,7 +47,7 @@ from ..halo.credentials import Role
 from ..halo.identity import IdentityExists, IdentityService, NoIdentity
 from ..halo.keys import DeviceKeys, SigningKey
 from ..halo.spaces import SpaceExists, SpaceService, UnknownSpace
-from ..invitations.manager import InvitationManager
+from ..invitations.manager import DEFAULT_RETENTION, InvitationManager
 from ..invitations.model import INVITABLE_ROLES, MAX_NOTE_LENGTH, MAX_USES_LIMIT, Invitation
 from ..invitations.store import InvitationStore
 from ..net.manager import NetworkManager, open_network_manager
@@ -626,8 +626,9 @@ async def run_daemon(
         ) as net:
             _remember_port(config, net)
             store = InvitationStore.open(config.home / INVITATIONS_DIR)
-            manager = InvitationManager(config.home, keys, identity, spaces, net, store,
-                                        mdns=mdns is not None)
+            manager = InvitationManager(
+                config.home, keys, identity, spaces, net, store, mdns=mdns is not None,
+                retention=DEFAULT_RETENTION if config.retention is None else config.retention)
             daemon = Daemon(config, identity, spaces, net, mdns, manager)
             async with manager, trio.open_nursery() as nursery:
                 await nursery.start(serve_ipc, config.socket_path, method_table(daemon))

@@ -26,7 +26,7 @@ def _by_argparse(argv: list[str]) -> DaemonArgs | None:
         return None
     if a.command != "daemon":
         return None
-    return DaemonArgs(a.home, a.listen, tuple(a.mdns_interface), a.no_mdns)
+    return DaemonArgs(a.home, a.listen, tuple(a.mdns_interface), a.no_mdns, a.retention)
 
 
 @pytest.mark.parametrize("argv", [
@@ -36,6 +36,7 @@ def _by_argparse(argv: list[str]) -> DaemonArgs | None:
     ["daemon", "--mdns-interface", "lo", "--mdns-interface=eth0", "--listen", "0.0.0.0:1",
      "--listen", "10.0.0.1:2"],
     ["daemon", "--no-mdns", "--no-mdns"],
+    ["daemon", "--retention", "2d", "--retention=90"],
 ])
 def test_accepted_lines_mean_what_argparse_says(argv: list[str]) -> None:
     fast = parse_daemon_args(argv)
@@ -58,6 +59,9 @@ def test_accepted_lines_mean_what_argparse_says(argv: list[str]) -> None:
     ["--home", "daemon"],
     ["join", "daemon"],
     ["daemon", "extra"],
+    ["daemon", "--retention"],
+    ["daemon", "--retention", "0"],
+    ["daemon", "--retention=3x"],
 ])
 def test_anything_else_is_left_to_argparse(argv: list[str]) -> None:
     assert parse_daemon_args(argv) is None
@@ -67,7 +71,13 @@ _TOKENS = st.sampled_from([
     "daemon", "--home", "--home=/x", "/h", "--listen", "--listen=127.0.0.1:5",
     "127.0.0.1:0", "[::1]:9", "bad", "--mdns-interface", "--mdns-interface=lo", "eth0",
     "--no-mdns", "--no-mdns=1", "-h", "--", "status", "--json",
+    "--retention", "--retention=1w", "12h", "0",
 ])
+
+
+def test_retention_is_read_in_seconds() -> None:
+    assert parse_daemon_args(["daemon", "--retention", "2d"]) == DaemonArgs(retention=2 * 86400)
+    assert parse_daemon_args(["daemon"]) == DaemonArgs(retention=None)
 
 
 @settings(max_examples=150, deadline=None)

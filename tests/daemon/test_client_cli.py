@@ -8,6 +8,7 @@ import signal
 import socket
 import stat
 import subprocess
+import time
 
 import msgpack
 import pytest
@@ -432,3 +433,19 @@ def test_invite_revoke_and_bad_code(daemon: DaemonProc) -> None:
     r = daemon.cli("invite", "validate", "p2pinvite:NOTACODE")
     assert r.returncode == 1
     assert "invalid_code" in r.stderr
+
+
+def test_retention_option_prunes_finished_invitations_at_start(daemons: DaemonFactory) -> None:
+    d = daemons.start()
+    assert d.cli("identity", "create", "--name", "Alice").returncode == 0
+    inv = _json(d.cli("invite", "create", "--device", "--auth", "none", "--json"))
+    _json(d.cli("invite", "revoke", inv["id"], "--json"))  # type: ignore[index]
+    assert d.stop() == 0
+    time.sleep(1.1)  # the record is now finished for more than a second
+    d = daemons.start(d.home)  # the default retention (30 days) keeps it
+    listed = _json(d.cli("invite", "list", "--all", "--json"))
+    assert [i["id"] for i in listed] == [inv["id"]]  # type: ignore[index,union-attr]
+    assert d.stop() == 0
+    d = daemons.start(d.home, extra=["--retention", "1s"])
+    assert _json(d.cli("invite", "list", "--all", "--json")) == []
+    assert "pruned 1 finished invitation record(s)" in d.stderr()
