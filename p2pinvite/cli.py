@@ -520,12 +520,12 @@ def parse_daemon_args(argv: Sequence[str]) -> DaemonArgs | None:
 
     Understood: ``--home DIR`` before ``daemon``; ``--listen HOST:PORT``,
     ``--mdns-interface IFACE`` (repeatable), ``--retention DURATION`` and
-    ``--no-mdns`` after it; each
-    value also as ``--opt=VALUE``; later values win, as with argparse. For
-    anything else (another command, help, an unknown or abbreviated option,
-    a missing or dash-leading value, a bad address) the answer is ``None`` and
-    the argparse parser handles the whole line, errors included. Whatever this
-    function accepts, argparse reads the same way (tested).
+    ``--no-mdns`` after it; each value also as ``--opt=VALUE``; later
+    values win, as with argparse. For anything else (another command, help,
+    an unknown or abbreviated option, a missing or dash-leading value, a bad
+    address or duration) the answer is ``None`` and the argparse parser
+    handles the whole line, errors included. Whatever this function accepts,
+    argparse reads the same way (tested).
     """
     args = list(argv)
     if "daemon" not in args:

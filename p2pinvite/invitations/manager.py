@@ -311,11 +311,10 @@ class InvitationManager:
         after it finished.
 
         A usable invitation counts as finishing at its expiry (a use or a lock
-        may end it sooner, and reschedules it); an expired or
-        exhausted one at the time :func:`~.store.finished_at` gives; a locked
-        one when this process saw it lock -- the record keeps no lock time, so
-        a locked invitation is not hosted again after a restart; a revoked one
-        not at all.
+        may end it sooner, and reschedules it); an expired or exhausted one at
+        the time :func:`~.store.finished_at` gives; a locked one when this
+        process saw it lock -- the record keeps no lock time, so a locked
+        invitation is not hosted again after a restart; a revoked one not at all.
         """
         status = inv.status(now)
         if status is InvitationStatus.REVOKED:
@@ -328,6 +327,8 @@ class InvitationManager:
         return since + HOSTING_GRACE
 
     def _schedule_leave(self, inv_id: bytes, when: float) -> None:
+        # Wake the sleeper only for a departure earlier than the heap's first
+        # entry: it sleeps until that one at the latest.
         if self._leave_at.get(inv_id) == when:
             return
         earliest = self._leave_queue[0][0] if self._leave_queue else math.inf
