@@ -53,6 +53,16 @@ async def wait_until(cond: Callable[[], bool]) -> None:
     raise AssertionError("condition not reached")
 
 
+async def assert_left_after(node: Node, topic: Topic, clock: MockClock, seconds: float) -> None:
+    """*topic* is still joined one second before *seconds* have passed, and left at them."""
+    clock.jump(seconds - 1)
+    await settle()
+    assert node.network.is_joined(topic)
+    clock.jump(1)
+    await settle()
+    assert not node.network.is_joined(topic)
+
+
 def wrong(pin: str) -> str:
     return "135792" if pin != "135792" else "246813"
 
@@ -74,12 +84,7 @@ async def test_an_exhausted_invitation_answers_for_the_grace_then_leaves(
         # Exhausted but still answering: a late guest is told, rather than finding no host.
         events = await late.accept(created.code)
         assert (events[-1].state, events[-1].reason) == (State.ERROR, UNIFORM_REFUSAL)
-        mock_clock.jump(HOSTING_GRACE - 1)
-        await settle()
-        assert host.network.is_joined(topic)
-        mock_clock.jump(1)
-        await settle()
-        assert not host.network.is_joined(topic)
+        await assert_left_after(host, topic, mock_clock, HOSTING_GRACE)
         # Only the hosting ended: the record stays listed for its retention.
         assert host.manager.get(inv_id).status(host.manager._clock()) \
             is InvitationStatus.EXHAUSTED
@@ -92,14 +97,10 @@ async def test_an_expired_invitation_leaves_its_topic_after_the_grace(
         kept = (await host.manager.create(kind="device", expires_in=7200)).invitation.id
         inv_id = (await host.manager.create(kind="device", expires_in=3600)).invitation.id
         topic = topic_of(host, inv_id)
-        mock_clock.jump(3600 + HOSTING_GRACE - 1)
-        await settle()
+        mock_clock.jump(3600)
         assert host.manager.get(inv_id).status(host.manager._clock()) \
             is InvitationStatus.EXPIRED
-        assert host.network.is_joined(topic)
-        mock_clock.jump(1)
-        await settle()
-        assert not host.network.is_joined(topic)
+        await assert_left_after(host, topic, mock_clock, HOSTING_GRACE)
         assert host.network.is_joined(topic_of(host, kept))  # the other one is untouched
 
 
@@ -114,12 +115,7 @@ async def test_a_locked_invitation_answers_for_the_grace_after_the_lock(
         for _ in range(3):
             events = await guest.accept(created.code, pin=wrong(created.pin))
         assert (events[-1].state, events[-1].attempts_left) == (State.LOCKED, 0)
-        mock_clock.jump(HOSTING_GRACE - 1)
-        await settle()
-        assert host.network.is_joined(topic)
-        mock_clock.jump(1)
-        await settle()
-        assert not host.network.is_joined(topic)
+        await assert_left_after(host, topic, mock_clock, HOSTING_GRACE)
 
 
 async def test_a_revoked_invitation_leaves_at_once(tmp_path: Path,
