@@ -30,11 +30,7 @@ T0 = 1_700_000_000.0  # open_node's default clock is T0 + trio.current_time()
 
 
 def topic_of(node: Node, inv_id: bytes) -> Topic:
-    inv = node.manager.get(inv_id)
-    if inv.auth is AuthMethod.SHORT:
-        assert inv.short_discriminator is not None
-        return Topic.for_discriminator(inv.short_discriminator)
-    return Topic.from_secret(inv.secret)
+    return node.manager._topic(node.manager.get(inv_id))
 
 
 async def settle() -> None:
