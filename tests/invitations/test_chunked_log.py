@@ -25,6 +25,7 @@ from p2pinvite.invitations.protocol import (
     decode_message,
     encode_message,
 )
+from p2pinvite.invitations.protocol import guest as guest_machine
 from p2pinvite.wire import pack
 
 from .pairing_nodes import Node, open_node
@@ -124,7 +125,7 @@ def test_guest_refuses_entries_out_of_turn_and_refusal_after_admitted() -> None:
 
 
 def test_guest_caps_the_total_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(p, "MAX_LOG_BYTES", 2500)
+    monkeypatch.setattr(guest_machine, "MAX_LOG_BYTES", 2500)
     r = _admitting_pair()
     _partial(r, 10, (b"a" * 1000,))
     assert r.guest.receive_message(encode_message(EntriesMsg((b"b" * 1000,)))) == []
