@@ -157,11 +157,15 @@ class VerifyingKey:
 
     def verify(self, signature: bytes, message: bytes) -> None:
         """Raise :class:`BadSignature` unless *signature* is this key's signature of *message*."""
-        check_signature(signature)
-        try:
-            self._key.verify(signature, message)
-        except InvalidSignature:
-            raise BadSignature("Ed25519 signature does not verify", reason="mismatch") from None
+        _verify_checked(self._key, signature, message)
+
+
+def _verify_checked(key: Ed25519PublicKey, signature: bytes, message: bytes) -> None:
+    check_signature(signature)
+    try:
+        key.verify(signature, message)
+    except InvalidSignature:
+        raise BadSignature("Ed25519 signature does not verify", reason="mismatch") from None
 
 
 def verify(public_key: bytes, signature: bytes, message: bytes) -> None:
@@ -171,4 +175,7 @@ def verify(public_key: bytes, signature: bytes, message: bytes) -> None:
     for a refused or wrong signature (both are
     :class:`~p2pinvite.errors.SignatureError`).
     """
-    VerifyingKey.from_bytes(public_key).verify(signature, message)
+    check_public_key(public_key)
+    # Not through VerifyingKey: building the frozen dataclass costs about
+    # as much as all the checks together, for a key used once.
+    _verify_checked(Ed25519PublicKey.from_public_bytes(public_key), signature, message)
