@@ -11,7 +11,9 @@ so an application can catch one type. Below it the tree is organised by
   is dropped; nothing else is affected. ``refusal`` carries what, if anything,
   may be sent back to the peer, so an I/O layer can answer without protocol
   knowledge.
-* :class:`CryptoError` -- a cryptographic check failed or a key is unusable.
+* :class:`CryptoError` -- a cryptographic check failed or a key is unusable;
+  :class:`SignatureError` is its Ed25519 branch (:class:`BadSignature`,
+  :class:`WeakPublicKey`).
 * :class:`ConnectionClosed` / :class:`HandshakeTimeout` -- the transport ended.
 * :class:`StorageError` -- something on disk is wrong (keys, logs, records).
 * :class:`CredentialError` -- a credential is invalid or not allowed.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 __all__ = [
     "UNIFORM_REFUSAL",
+    "BadSignature",
     "BadTag",
     "CodeError",
     "ConnectionClosed",
@@ -47,7 +50,9 @@ __all__ = [
     "NonceExhausted",
     "P2PInviteError",
     "RemoteProtocolError",
+    "SignatureError",
     "StorageError",
+    "WeakPublicKey",
 ]
 
 #: The single reason a remote peer is ever given when an invitation cannot be
@@ -103,6 +108,32 @@ class NonceExhausted(CryptoError):
 
 class InvalidPoint(CryptoError, RemoteProtocolError):
     """A peer's public value is a low-order or otherwise forbidden point."""
+
+
+class SignatureError(CryptoError):
+    """An Ed25519 signature check refused its input (``p2pinvite/crypto/ed25519.py``).
+
+    Callers that only need "valid or not" catch this one type. ``reason`` is
+    machine-readable: ``length``, ``non_canonical`` or ``small_order`` (the
+    public key, or ``R`` with a ``_r`` suffix), ``s_out_of_range``, ``mismatch``.
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class BadSignature(SignatureError):
+    """The signature does not verify, or its ``R`` or ``S`` is forbidden."""
+
+
+class WeakPublicKey(SignatureError, InvalidPoint):
+    """An Ed25519 public key that no signature may verify under.
+
+    Not 32 bytes, not a canonical encoding, or one of the 8 points of small
+    order: under such a key (the identity point, say) one signature can be
+    valid for every message, so the key is refused before any signature is.
+    """
 
 
 class HandshakeError(CryptoError, RemoteProtocolError):

@@ -13,7 +13,8 @@ is the normative description; the short version:
   sizes, and the input must *be* the canonical encoding (no second encoding of
   one credential exists, so ids cannot be malleated).
 * Signature: Ed25519 by ``signer`` over ``SIGNATURE_CONTEXT || pack(map
-  without "sig" and "chain")``.
+  without "sig" and "chain")``, verified strictly (:mod:`p2pinvite.crypto.ed25519`:
+  no small-order or non-canonical key or ``R``, ``S`` below L).
 * Id: ``BLAKE2b-256(pack(map with "chain" emptied))``: the signed content plus
   the signature, independent of the evidence in ``chain``.
 * Chain: when ``signer != issuer``, ``chain`` lists ``AuthorizedDevice``
@@ -40,10 +41,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import msgpack
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ..errors import CredentialError, DecodeError
+from ..crypto.ed25519 import VerifyingKey
+from ..errors import CredentialError, DecodeError, SignatureError
 from ..wire import unpack
 from .keys import Signer
 
@@ -445,8 +445,10 @@ class CredentialVerifier:
     """Checks signatures and chains, remembering what it has already verified.
 
     Chain elements are cached by their exact bytes (a stripped element's
-    bytes determine its signature check), and public key objects by key, so
-    a chain shared by many credentials costs one verification per element.
+    bytes determine its signature check), and checked public keys by key, so
+    a chain shared by many credentials costs one verification per element
+    and a signer's key is checked once however many credentials it signs.
+    Signatures are verified strictly (:mod:`p2pinvite.crypto.ed25519`).
     A verifier holds only public data; share one per log or per process.
     """
 
@@ -454,25 +456,31 @@ class CredentialVerifier:
 
     def __init__(self) -> None:
         self._chain_ok: dict[bytes, Credential] = {}
-        self._pubkeys: dict[bytes, Ed25519PublicKey] = {}
+        self._pubkeys: dict[bytes, VerifyingKey] = {}
 
-    def _public(self, key: bytes) -> Ed25519PublicKey:
+    def _public(self, key: bytes) -> VerifyingKey:
+        # Only keys that pass the strict key check are cached; a refused key
+        # raises WeakPublicKey here every time it is named as a signer.
         pk = self._pubkeys.get(key)
         if pk is None:
+            pk = VerifyingKey.from_bytes(key)
             if len(self._pubkeys) >= _CACHE_LIMIT:
                 self._pubkeys.clear()
-            pk = Ed25519PublicKey.from_public_bytes(key)
             self._pubkeys[key] = pk
         return pk
 
     def check_signature(self, cred: Credential) -> None:
-        """Raise ``CredentialError(rule="bad_signature")`` unless ``signer`` signed *cred*."""
+        """Raise ``CredentialError(rule="bad_signature")`` unless ``signer`` signed *cred*.
+
+        The refusal's cause is the :class:`~p2pinvite.errors.SignatureError`
+        saying why (a small-order signer key, a wrong signature, ...).
+        """
         try:
             self._public(cred.signer).verify(cred.signature, cred.payload)
-        except (InvalidSignature, ValueError):
+        except SignatureError as exc:
             raise CredentialError(
-                f"{cred.type_name} credential has a bad signature", rule="bad_signature"
-            ) from None
+                f"{cred.type_name} credential has a bad signature ({exc})", rule="bad_signature"
+            ) from exc
 
     def _chain_element(self, data: bytes) -> Credential:
         cached = self._chain_ok.get(data)
@@ -489,8 +497,10 @@ class CredentialVerifier:
             )
         try:
             self.check_signature(elem)
-        except CredentialError:
-            raise CredentialError("chain element has a bad signature", rule="bad_chain") from None
+        except CredentialError as exc:
+            raise CredentialError(
+                f"chain element has a bad signature ({exc.__cause__ or exc})", rule="bad_chain"
+            ) from exc
         if len(self._chain_ok) >= _CACHE_LIMIT:
             self._chain_ok.clear()
         self._chain_ok[data] = elem

@@ -36,14 +36,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Protocol
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from ..errors import DecodeError, HandshakeError, InvalidKey, KeyFileError, StorageError
+from ..crypto import ed25519
+from ..errors import (
+    DecodeError,
+    HandshakeError,
+    InvalidKey,
+    KeyFileError,
+    SignatureError,
+    StorageError,
+)
 from ..fsutil import atomic_write, ensure_private_dir, read_private
 from ..wire import expect_bytes, expect_map, pack, unpack
 
@@ -91,13 +95,13 @@ def _ed25519_from_seed(seed: bytes) -> Ed25519PrivateKey:
 def verify_ed25519(public_key: bytes, signature: bytes, message: bytes) -> bool:
     """True iff *signature* is a valid Ed25519 signature of *message* by *public_key*.
 
-    Never raises for bad input: a malformed key or signature is simply invalid.
+    Valid under the strict rules of :mod:`p2pinvite.crypto.ed25519` (no
+    small-order or non-canonical key or ``R``, ``S`` below L). Never raises
+    for bad input: a malformed or refused key or signature is simply invalid.
     """
-    if len(public_key) != 32 or len(signature) != 64:
-        return False
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
-    except (InvalidSignature, ValueError):
+        ed25519.verify(public_key, signature, message)
+    except SignatureError:
         return False
     return True
 
@@ -290,11 +294,21 @@ def load_or_create_device_keys(home: Path) -> DeviceKeys:
 
 
 def verify_static_binding(device_public: bytes, static_public: bytes, signature: bytes) -> None:
-    """Check that *device_public* signed *static_public*; :class:`HandshakeError` if not."""
-    if len(static_public) != 32 or not verify_ed25519(
-        device_public, signature, _binding_message(static_public)
-    ):
+    """Check that *device_public* signed *static_public*; :class:`HandshakeError` if not.
+
+    The signature is checked strictly (:func:`p2pinvite.crypto.ed25519.verify`),
+    so a small-order or non-canonical device key is refused: under one, a
+    single signature would bind every static key. The refusal's cause is the
+    :class:`~p2pinvite.errors.SignatureError` saying why.
+    """
+    if len(static_public) != 32:
         raise HandshakeError("static key is not bound to the claimed device key")
+    try:
+        ed25519.verify(device_public, signature, _binding_message(static_public))
+    except SignatureError as exc:
+        raise HandshakeError(
+            f"static key is not bound to the claimed device key ({exc})"
+        ) from exc
 
 
 def verify_binding_proof(data: bytes, remote_static: bytes) -> bytes:
@@ -302,7 +316,8 @@ def verify_binding_proof(data: bytes, remote_static: bytes) -> bytes:
 
     *remote_static* is the static key the handshake authenticated. Returns the
     peer's 32-byte device key; raises :class:`HandshakeError` when the proof is
-    malformed, names another static key, or its signature is wrong.
+    malformed, names another static key, or its signature is wrong or made
+    under a refused (small-order, non-canonical) device key.
     """
     try:
         m = expect_map(unpack(data, max_size=_MAX_PROOF, max_items=8), "binding proof")
