@@ -111,6 +111,17 @@ def _listen(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _log_level(text: str) -> str:
+    import argparse
+
+    from .daemon.config import parse_log_level
+
+    try:
+        return parse_log_level(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _positive(text: str) -> int:
     import argparse
 
@@ -513,19 +524,23 @@ class DaemonArgs:
     mdns_interface: tuple[str, ...] = ()
     no_mdns: bool = False
     retention: int | None = None
+    #: ``--log-level`` as given (normalized); ``None``: ``$P2PINVITE_LOG_LEVEL``, else info.
+    log_level: str | None = None
 
 
 def parse_daemon_args(argv: Sequence[str]) -> DaemonArgs | None:
     """Read a plain ``daemon`` command line without argparse, or return ``None``.
 
     Understood: ``--home DIR`` before ``daemon``; ``--listen HOST:PORT``,
-    ``--mdns-interface IFACE`` (repeatable), ``--retention DURATION`` and
-    ``--no-mdns`` after it; each value also as ``--opt=VALUE``; later
-    values win, as with argparse. For anything else (another command, help,
-    an unknown or abbreviated option, a missing or dash-leading value, a bad
-    address or duration) the answer is ``None`` and the argparse parser
-    handles the whole line, errors included. Whatever this function accepts,
-    argparse reads the same way (tested).
+    ``--mdns-interface IFACE`` (repeatable), ``--retention DURATION``,
+    ``--log-level LEVEL`` and ``--no-mdns`` after it; each value also as
+    ``--opt=VALUE``; later values win, as with argparse. For anything else
+    (another command, help, an unknown or abbreviated option, a missing or
+    dash-leading value, a bad address, duration or level) the answer is
+    ``None`` and the argparse parser handles the whole line, errors
+    included. Whatever this function accepts, argparse reads the same way
+    (tested). ``$P2PINVITE_LOG_LEVEL`` is not read here but by
+    :func:`cmd_daemon`, for both parsers alike.
     """
     args = list(argv)
     if "daemon" not in args:
@@ -536,7 +551,7 @@ def parse_daemon_args(argv: Sequence[str]) -> DaemonArgs | None:
     no_mdns = False
     for part, allowed in ((args[:split], ("--home",)),
                           (args[split + 1:], ("--listen", "--mdns-interface", "--retention",
-                                              "--no-mdns"))):
+                                              "--log-level", "--no-mdns"))):
         i = 0
         while i < len(part):
             opt, eq, value = part[i].partition("=")
@@ -571,12 +586,27 @@ def parse_daemon_args(argv: Sequence[str]) -> DaemonArgs | None:
         retention = _duration_seconds(values["--retention"])
         if retention is None:
             return None
-    return DaemonArgs(values.get("--home"), listen, tuple(interfaces), no_mdns, retention)
+    log_level = None
+    if "--log-level" in values:
+        from .daemon.config import parse_log_level
+
+        try:
+            log_level = parse_log_level(values["--log-level"])
+        except ValueError:
+            return None
+    return DaemonArgs(values.get("--home"), listen, tuple(interfaces), no_mdns, retention,
+                      log_level)
 
 
 def cmd_daemon(a: DaemonArgs) -> int:
     """``daemon``: run the daemon in the foreground until SIGINT/SIGTERM."""
-    from .daemon.config import DEFAULT_LISTEN, DaemonConfig, resolve_home
+    from .daemon.config import DEFAULT_LISTEN, DaemonConfig, resolve_home, resolve_log_level
+
+    try:
+        log_level = resolve_log_level(a.log_level)
+    except ValueError as exc:  # a bad $P2PINVITE_LOG_LEVEL (a bad flag never gets here)
+        print(f"p2pinvite: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     from .daemon.service import run
 
     config = DaemonConfig(
@@ -585,6 +615,7 @@ def cmd_daemon(a: DaemonArgs) -> int:
         mdns=not a.no_mdns,
         mdns_interfaces=a.mdns_interface or None,
         retention=a.retention,
+        log_level=log_level,
     )
     return run(config)
 
@@ -624,6 +655,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--retention", metavar="DURATION", type=parse_duration,
                    help="how long finished invitations stay listed before their records "
                         "are deleted (default 30d)")
+    d.add_argument("--log-level", metavar="LEVEL", type=_log_level,
+                   help="debug, info or warning (default: $P2PINVITE_LOG_LEVEL, else info)")
     d.set_defaults(func=None)
 
     s = sub.add_parser("status", parents=[common], help="show the daemon's state")
@@ -718,7 +751,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "daemon":
         return cmd_daemon(DaemonArgs(args.home, args.listen, tuple(args.mdns_interface),
-                                     args.no_mdns, args.retention))
+                                     args.no_mdns, args.retention, args.log_level))
     from .client import RequestError, connect
 
     local: _LocalCommand | None = getattr(args, "local", None)
