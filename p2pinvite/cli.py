@@ -9,6 +9,8 @@ on stdout). Failures print one line on stderr and exit non-zero:
 1     the daemon refused or failed the request
 2     bad command line
 3     no daemon is running on the home (the message says how to start one)
+4     the home's socket is served by another user's process: refused,
+      nothing was sent to it
 ====  ==============================================================
 
 Start-up stays light: trio, cryptography and zeroconf are imported only by the
@@ -55,6 +57,9 @@ EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_NO_DAEMON: Final = 3
+#: Not "request failed" (nothing was asked) nor "not running" (something is, and a
+#: script must not react by starting a daemon of its own): a separate alarm.
+EXIT_FOREIGN_DAEMON: Final = 4
 
 #: Size of an Ed25519 admission key: the public key and the private seed alike.
 ADMISSION_KEY_BYTES: Final = 32
@@ -636,7 +641,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="p2pinvite",
         description="Peer-to-peer invitations: pair devices and admit people on the LAN.",
-        epilog="exit status: 0 ok, 1 request failed, 2 usage, 3 daemon not running",
+        epilog="exit status: 0 ok, 1 request failed, 2 usage, 3 daemon not running, "
+               "4 the socket is served by another user (refused)",
     )
     p.add_argument("--version", action="version", version=f"p2pinvite {__version__}")
     p.add_argument(
@@ -752,7 +758,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "daemon":
         return cmd_daemon(DaemonArgs(args.home, args.listen, tuple(args.mdns_interface),
                                      args.no_mdns, args.retention, args.log_level))
-    from .client import RequestError, connect
+    from .client import ForeignDaemon, RequestError, connect
 
     local: _LocalCommand | None = getattr(args, "local", None)
     func: _Command = args.func
@@ -764,6 +770,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             func(client, args)
     except DaemonNotRunning as exc:
         _fail(str(exc), EXIT_NO_DAEMON)
+    except ForeignDaemon as exc:
+        _fail(str(exc), EXIT_FOREIGN_DAEMON)
     except CliError as exc:
         _fail(str(exc), exc.status)
     except RequestError as exc:
