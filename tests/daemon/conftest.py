@@ -45,10 +45,17 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 def run_cli(home: Path, *args: str, input: str | None = None,
             timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m p2pinvite --home HOME ARGS...`` and capture its output."""
+    """Run ``python -m p2pinvite --home HOME ARGS...`` and capture its output.
+
+    *input* is its standard input (default: empty). The CLI runs in a session
+    of its own, without a controlling terminal, as under cron or CI: it can
+    never stop to prompt on the terminal of whoever runs the tests.
+    """
     return subprocess.run(
         [PY, "-m", "p2pinvite", "--home", str(home), *args],
-        capture_output=True, text=True, input=input, timeout=timeout, env=child_env(), cwd=REPO,
+        capture_output=True, text=True, timeout=timeout, env=child_env(), cwd=REPO,
+        input=input, stdin=subprocess.DEVNULL if input is None else None,
+        start_new_session=True,
     )
 
 
