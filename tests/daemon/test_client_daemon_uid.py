@@ -145,8 +145,8 @@ async def test_async_client_refuses_another_uid_before_sending(impostor: Imposto
 
 @pytest.mark.slow
 def test_cli_refuses_another_uid_with_exit_4(impostor: Impostor) -> None:
-    for argv in (["status"], ["join", _LINK, "--json"]):
-        r = run_cli(impostor.home, *argv)
+    for argv, stdin in ((["status"], None), (["join", "-", "--json"], f"{_LINK}\n")):
+        r = run_cli(impostor.home, *argv, input=stdin)
         assert r.returncode == 4, (argv, r.stderr)
         assert r.stdout == ""
         [line] = r.stderr.splitlines()
