@@ -441,7 +441,7 @@ def read_secret_file(path: Path, what: str) -> str:
         raise CliError(f"cannot read the {what} file {path}: {exc.strerror or exc}",
                        EXIT_USAGE) from None
     except P2PInviteError as exc:  # not regular, readable by others, too large
-        raise CliError(f"{what} file: {exc} (chmod 600 {path})", EXIT_USAGE) from None
+        raise CliError(f"{what} file: {exc}", EXIT_USAGE) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
