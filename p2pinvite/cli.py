@@ -9,6 +9,8 @@ on stdout). Failures print one line on stderr and exit non-zero:
 1     the daemon refused or failed the request
 2     bad command line
 3     no daemon is running on the home (the message says how to start one)
+4     the home's socket is served by another user's process: refused,
+      nothing was sent to it
 ====  ==============================================================
 
 Start-up stays light: trio, cryptography and zeroconf are imported only by the
@@ -29,7 +31,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn, TextIO
 
@@ -55,6 +57,9 @@ EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_NO_DAEMON: Final = 3
+#: Not "request failed" (nothing was asked) nor "not running" (something is, and a
+#: script must not react by starting a daemon of its own): a separate alarm.
+EXIT_FOREIGN_DAEMON: Final = 4
 
 #: Size of an Ed25519 admission key: the public key and the private seed alike.
 ADMISSION_KEY_BYTES: Final = 32
@@ -107,6 +112,17 @@ def _listen(text: str) -> tuple[str, int]:
 
     try:
         return parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _log_level(text: str) -> str:
+    import argparse
+
+    from .daemon.config import parse_log_level
+
+    try:
+        return parse_log_level(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -361,13 +377,165 @@ def cmd_invite_validate(c: Client, a: argparse.Namespace) -> None:
                        EXIT_FAILED)
 
 
-def _join_once(c: Client, a: argparse.Namespace, pin: str | None,
+# -- join: the code and the PIN, kept out of argv ------------------------------------
+#
+# A code carries its invitation's 256-bit secret, and a PIN is the password of
+# the PAKE: on the command line either is readable by every local user (ps,
+# /proc/PID/cmdline) for as long as the join runs, and it lands in shell
+# history. So each has three safe sources besides argv -- a prompt without
+# echo, standard input ("-"), a private file -- and argv still works but
+# warns. Secrets are read before connecting when that needs no interaction
+# (files, stdin: usage errors then come first, daemon or not); prompts come
+# after connecting, so nobody types a secret for a daemon that is not there
+# or is not ours. Nothing here ever puts a secret into a message.
+
+#: Largest code or PIN read from a file or a line of stdin (a link code is < 500 chars).
+_MAX_SECRET: Final = 4096
+
+_ARGV_WARNING: Final = {
+    (True, False): "the code on the command line is visible to other local users (ps, "
+                   "/proc); pass it on standard input (join -), with --code-file PATH, "
+                   "or leave it out to be asked",
+    (False, True): "--pin on the command line is visible to other local users (ps, /proc); "
+                   "use --pin - (standard input), --pin-file PATH, or leave it out to be asked",
+    (True, True): "the code and the PIN on the command line are visible to other local users "
+                  "(ps, /proc); pass them on standard input (join - --pin -), in files "
+                  "(--code-file, --pin-file), or leave them out to be asked",
+}
+
+
+@dataclass(slots=True)
+class JoinSecrets:
+    """The code and PIN of a ``join``, as far as they could be read before connecting.
+
+    ``None``: not given; the code is then asked for, and the PIN too when the
+    invitation needs one (both only when there is a terminal to ask on).
+    """
+
+    code: str | None = field(default=None, repr=False)
+    pin: str | None = field(default=None, repr=False)
+
+
+def _one_line(text: str, what: str, where: str) -> str:
+    value = text.strip()
+    if not value:
+        raise CliError(f"{where} is empty; expected the {what}", EXIT_USAGE)
+    if "\n" in value or "\r" in value:
+        raise CliError(f"{where} has more than one line; expected only the {what}", EXIT_USAGE)
+    return value
+
+
+def read_secret_file(path: Path, what: str) -> str:
+    """The *what* (``code`` or ``PIN``) in the private file *path*: one line of text.
+
+    Like ``--admission-key-file``, the file must be a regular file that only its
+    owner can access (0600 or 0400): a secret in a file others can read is no
+    secret. Raises :class:`CliError` (usage) with one line that never quotes the
+    content.
+    """
+    from .fsutil import read_private
+
+    try:
+        data = read_private(path, max_size=_MAX_SECRET)
+    except OSError as exc:
+        raise CliError(f"cannot read the {what} file {path}: {exc.strerror or exc}",
+                       EXIT_USAGE) from None
+    except P2PInviteError as exc:  # not regular, readable by others, too large
+        raise CliError(f"{what} file: {exc}", EXIT_USAGE) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CliError(f"{path} is not text; expected the {what}", EXIT_USAGE) from None
+    return _one_line(text, what, str(path))
+
+
+def _stdin_line(number: int, what: str) -> str:
+    line = sys.stdin.readline(_MAX_SECRET + 1)
+    if not line:
+        raise CliError(f"expected the {what} on line {number} of standard input, "
+                       "got end of input", EXIT_USAGE)
+    if len(line) > _MAX_SECRET:
+        raise CliError(f"line {number} of standard input is too long for a {what}", EXIT_USAGE)
+    return _one_line(line, what, f"line {number} of standard input")
+
+
+def can_prompt() -> bool:
+    """Whether a prompt has a terminal to ask on (the controlling tty, else stdin)."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return sys.stdin.isatty()
+    os.close(fd)
+    return True
+
+
+def _ask(prompt: str, what: str) -> str:
+    """Ask on the terminal without echo; never falls back to reading a pipe."""
+    import getpass
+    import warnings
+
+    with warnings.catch_warnings():
+        # getpass falls back to reading stdin *with* echo when it cannot turn
+        # echo off; that is not a terminal, so refuse instead.
+        warnings.simplefilter("error", getpass.GetPassWarning)
+        try:
+            value = getpass.getpass(prompt)
+        except getpass.GetPassWarning:
+            raise CliError(f"cannot ask for the {what} without echo: no terminal",
+                           EXIT_USAGE) from None
+        except EOFError:
+            raise CliError(f"no {what} given (end of input)", EXIT_USAGE) from None
+    value = value.strip()
+    if not value:
+        raise CliError(f"no {what} given", EXIT_USAGE)
+    return value
+
+
+def prepare_join(a: argparse.Namespace) -> None:
+    """Read what ``join`` can read without asking, before connecting: ``a.secrets``.
+
+    Sources: CODE (argv, warned about), ``-`` (stdin), ``--code-file``, else a
+    prompt later; ``--pin`` (argv, warned about), ``--pin -`` (stdin),
+    ``--pin-file``, else a prompt later if the invitation needs a PIN. When
+    both come from stdin, line 1 is the code and line 2 the PIN. Without a
+    terminal, a missing code is a usage error here, never a hang.
+    """
+    if a.code is not None and a.code_file is not None:
+        raise CliError("give the code once: CODE or --code-file PATH", EXIT_USAGE)
+    code_argv = a.code not in (None, "-")
+    pin_argv = a.pin not in (None, "-")
+    if code_argv or pin_argv:
+        print(f"p2pinvite: warning: {_ARGV_WARNING[code_argv, pin_argv]}", file=sys.stderr,
+              flush=True)
+    secrets = JoinSecrets()
+    line = 0
+    if a.code == "-":
+        line += 1
+        secrets.code = _stdin_line(line, "code")
+    elif a.code_file is not None:
+        secrets.code = read_secret_file(Path(a.code_file), "code")
+    elif a.code is not None:
+        secrets.code = _one_line(a.code, "code", "CODE")
+    elif not can_prompt():
+        raise CliError("no code given and no terminal to ask for it: pass it on standard "
+                       "input (join -) or in a private file (--code-file PATH)", EXIT_USAGE)
+    if a.pin == "-":
+        line += 1
+        secrets.pin = _stdin_line(line, "PIN")
+    elif a.pin_file is not None:
+        secrets.pin = read_secret_file(Path(a.pin_file), "PIN")
+    elif a.pin is not None:
+        secrets.pin = _one_line(a.pin, "PIN", "--pin")
+    a.secrets = secrets
+
+
+def _join_once(c: Client, a: argparse.Namespace, code: str, pin: str | None,
                seed: bytes | None) -> JoinResult:
     import json
 
     from .client import AcceptEvent
 
-    for item in c.invitations.accept(a.code, pin=pin, name=a.name, admission_seed=seed):
+    for item in c.invitations.accept(code, pin=pin, name=a.name, admission_seed=seed):
         if isinstance(item, AcceptEvent):
             if a.json:
                 print(json.dumps({"state": item.state, **item.info}), file=sys.stderr)
@@ -379,12 +547,12 @@ def _join_once(c: Client, a: argparse.Namespace, pin: str | None,
 
 
 def cmd_join(c: Client, a: argparse.Namespace) -> None:
-    """``join CODE``: accept an invitation, with live progress."""
-    import getpass
-
+    """``join [CODE]``: accept an invitation, with live progress (see :func:`prepare_join`)."""
     from .client import RequestError
 
-    info = c.invitations.validate(a.code)
+    secrets: JoinSecrets = a.secrets
+    code = secrets.code if secrets.code is not None else _ask("Code: ", "code")
+    info = c.invitations.validate(code)
     if not info.valid:
         raise CliError(f"this code cannot be used: {info.reason or 'not valid'}")
     seed: bytes | None = None
@@ -396,24 +564,27 @@ def cmd_join(c: Client, a: argparse.Namespace) -> None:
     elif a.admission_key_file is not None:
         raise CliError(f"--admission-key-file applies to key invitations only "
                        f"(this one uses {info.auth})", EXIT_USAGE)
-    pin: str | None = a.pin
+    pin = secrets.pin
     prompted = False
     if info.auth == "pin" and pin is None:
-        pin = getpass.getpass("PIN: ")
+        if not can_prompt():
+            raise CliError("this invitation needs a PIN and there is no terminal to ask for "
+                           "it: use --pin - (standard input) or --pin-file PATH", EXIT_USAGE)
+        pin = _ask("PIN: ", "PIN")
         prompted = True
     # The daemon answers every failed proof with wrong_pin; name what the user typed.
     wrong = {"short": "wrong code", "key": "wrong admission key"}.get(info.auth or "", "wrong PIN")
     while True:
         try:
-            result = _join_once(c, a, pin, seed)
+            result = _join_once(c, a, code, pin, seed)
             break
         except RequestError as exc:
             left = exc.attempts_left
             if exc.code != "wrong_pin":
                 raise
-            if prompted and left and sys.stdin.isatty():
+            if prompted and left and can_prompt():
                 print(f"{wrong} ({left} attempt{'s' if left != 1 else ''} left)", file=sys.stderr)
-                pin = getpass.getpass("PIN: ")
+                pin = _ask("PIN: ", "PIN")
                 continue
             tail = "" if left is None else f"; {left} attempt{'s' if left != 1 else ''} left"
             raise CliError(f"{wrong}{tail}") from None
@@ -513,19 +684,23 @@ class DaemonArgs:
     mdns_interface: tuple[str, ...] = ()
     no_mdns: bool = False
     retention: int | None = None
+    #: ``--log-level`` as given (normalized); ``None``: ``$P2PINVITE_LOG_LEVEL``, else info.
+    log_level: str | None = None
 
 
 def parse_daemon_args(argv: Sequence[str]) -> DaemonArgs | None:
     """Read a plain ``daemon`` command line without argparse, or return ``None``.
 
     Understood: ``--home DIR`` before ``daemon``; ``--listen HOST:PORT``,
-    ``--mdns-interface IFACE`` (repeatable), ``--retention DURATION`` and
-    ``--no-mdns`` after it; each value also as ``--opt=VALUE``; later
-    values win, as with argparse. For anything else (another command, help,
-    an unknown or abbreviated option, a missing or dash-leading value, a bad
-    address or duration) the answer is ``None`` and the argparse parser
-    handles the whole line, errors included. Whatever this function accepts,
-    argparse reads the same way (tested).
+    ``--mdns-interface IFACE`` (repeatable), ``--retention DURATION``,
+    ``--log-level LEVEL`` and ``--no-mdns`` after it; each value also as
+    ``--opt=VALUE``; later values win, as with argparse. For anything else
+    (another command, help, an unknown or abbreviated option, a missing or
+    dash-leading value, a bad address, duration or level) the answer is
+    ``None`` and the argparse parser handles the whole line, errors
+    included. Whatever this function accepts, argparse reads the same way
+    (tested). ``$P2PINVITE_LOG_LEVEL`` is not read here but by
+    :func:`cmd_daemon`, for both parsers alike.
     """
     args = list(argv)
     if "daemon" not in args:
@@ -536,7 +711,7 @@ def parse_daemon_args(argv: Sequence[str]) -> DaemonArgs | None:
     no_mdns = False
     for part, allowed in ((args[:split], ("--home",)),
                           (args[split + 1:], ("--listen", "--mdns-interface", "--retention",
-                                              "--no-mdns"))):
+                                              "--log-level", "--no-mdns"))):
         i = 0
         while i < len(part):
             opt, eq, value = part[i].partition("=")
@@ -571,12 +746,27 @@ def parse_daemon_args(argv: Sequence[str]) -> DaemonArgs | None:
         retention = _duration_seconds(values["--retention"])
         if retention is None:
             return None
-    return DaemonArgs(values.get("--home"), listen, tuple(interfaces), no_mdns, retention)
+    log_level = None
+    if "--log-level" in values:
+        from .daemon.config import parse_log_level
+
+        try:
+            log_level = parse_log_level(values["--log-level"])
+        except ValueError:
+            return None
+    return DaemonArgs(values.get("--home"), listen, tuple(interfaces), no_mdns, retention,
+                      log_level)
 
 
 def cmd_daemon(a: DaemonArgs) -> int:
     """``daemon``: run the daemon in the foreground until SIGINT/SIGTERM."""
-    from .daemon.config import DEFAULT_LISTEN, DaemonConfig, resolve_home
+    from .daemon.config import DEFAULT_LISTEN, DaemonConfig, resolve_home, resolve_log_level
+
+    try:
+        log_level = resolve_log_level(a.log_level)
+    except ValueError as exc:  # a bad $P2PINVITE_LOG_LEVEL (a bad flag never gets here)
+        print(f"p2pinvite: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     from .daemon.service import run
 
     config = DaemonConfig(
@@ -585,6 +775,7 @@ def cmd_daemon(a: DaemonArgs) -> int:
         mdns=not a.no_mdns,
         mdns_interfaces=a.mdns_interface or None,
         retention=a.retention,
+        log_level=log_level,
     )
     return run(config)
 
@@ -605,7 +796,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="p2pinvite",
         description="Peer-to-peer invitations: pair devices and admit people on the LAN.",
-        epilog="exit status: 0 ok, 1 request failed, 2 usage, 3 daemon not running",
+        epilog="exit status: 0 ok, 1 request failed, 2 usage, 3 daemon not running, "
+               "4 the socket is served by another user (refused)",
     )
     p.add_argument("--version", action="version", version=f"p2pinvite {__version__}")
     p.add_argument(
@@ -624,6 +816,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--retention", metavar="DURATION", type=parse_duration,
                    help="how long finished invitations stay listed before their records "
                         "are deleted (default 30d)")
+    d.add_argument("--log-level", metavar="LEVEL", type=_log_level,
+                   help="debug, info or warning (default: $P2PINVITE_LOG_LEVEL, else info)")
     d.set_defaults(func=None)
 
     s = sub.add_parser("status", parents=[common], help="show the daemon's state")
@@ -683,13 +877,29 @@ def build_parser() -> argparse.ArgumentParser:
     vv.add_argument("code", metavar="CODE")
     vv.set_defaults(func=cmd_invite_validate)
 
-    j = sub.add_parser("join", parents=[common], help="accept an invitation code")
-    j.add_argument("code", metavar="CODE")
-    j.add_argument("--pin", help="the PIN (asked interactively when needed and not given)")
+    j = sub.add_parser(
+        "join", parents=[common], help="accept an invitation code",
+        description="Accept an invitation. Keep the code and the PIN off the command line, "
+                    "where other local users can read them: leave them out to be asked "
+                    "(no echo), give - to read them from standard input (the code on line "
+                    "1, the PIN on the next), or name private files (mode 0600).",
+    )
+    j.add_argument("code", metavar="CODE", nargs="?",
+                   help="the invitation code; - reads it from standard input; "
+                        "left out: asked for (a code here is visible to other users)")
+    j.add_argument("--code-file", metavar="PATH",
+                   help="read the code from PATH (a private file: mode 0600)")
+    pin = j.add_mutually_exclusive_group()
+    pin.add_argument("--pin", metavar="PIN",
+                     help="the PIN; - reads it from standard input (after the code, if that "
+                          "is read there too); left out: asked for when the invitation needs "
+                          "one (a PIN here is visible to other users)")
+    pin.add_argument("--pin-file", metavar="PATH",
+                     help="read the PIN from PATH (a private file: mode 0600)")
     j.add_argument("--name", help="your display name, if this device has no identity yet")
     j.add_argument("--admission-key-file", metavar="PATH",
                    help="for a key invitation: the private admission key file (mode 0600)")
-    j.set_defaults(func=cmd_join)
+    j.set_defaults(func=cmd_join, prepare=prepare_join)
 
     ak = sub.add_parser("admission-key", help="key pairs for --auth key invitations")
     asub = ak.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -718,19 +928,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "daemon":
         return cmd_daemon(DaemonArgs(args.home, args.listen, tuple(args.mdns_interface),
-                                     args.no_mdns, args.retention))
-    from .client import RequestError, connect
+                                     args.no_mdns, args.retention, args.log_level))
+    from .client import ForeignDaemon, RequestError, connect
 
     local: _LocalCommand | None = getattr(args, "local", None)
+    prepare: _LocalCommand | None = getattr(args, "prepare", None)
     func: _Command = args.func
     try:
         if local is not None:
             local(args)
             return EXIT_OK
+        if prepare is not None:
+            prepare(args)  # usage errors first, whether a daemon runs or not
         with connect(args.home) as client:
             func(client, args)
     except DaemonNotRunning as exc:
         _fail(str(exc), EXIT_NO_DAEMON)
+    except ForeignDaemon as exc:
+        _fail(str(exc), EXIT_FOREIGN_DAEMON)
     except CliError as exc:
         _fail(str(exc), exc.status)
     except RequestError as exc:

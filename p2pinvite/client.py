@@ -23,6 +23,13 @@ Failures raise :class:`RequestError` (an :class:`~p2pinvite.errors.IPCError`;
 ``code`` is one of :data:`~p2pinvite.ipc_codec.ERROR_CODES`, ``wrong_pin``
 carries ``attempts_left``) or :class:`~p2pinvite.errors.DaemonNotRunning`
 when nothing listens on the home's socket. The wire is docs/PROTOCOL.md Part 10.
+
+Both clients check who serves the socket before they send anything: the
+daemon checks the client's uid, and the client checks the daemon's
+(``SO_PEERCRED``). A socket served by a process of another uid -- another
+user's daemon, or something impersonating ours in a home others can write
+to -- would otherwise receive our codes, PINs and admission keys. It is
+refused with :class:`ForeignDaemon`, also when we are root.
 """
 
 from __future__ import annotations
@@ -31,11 +38,12 @@ import builtins
 import itertools
 import os
 import socket
+import struct
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Literal, Self
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, Self
 
 from .daemon.config import resolve_home
 from .errors import ConnectionClosed, DaemonNotRunning, DecodeError, IPCError
@@ -64,6 +72,7 @@ __all__ = [
     "CodeInfo",
     "CreatedInvitation",
     "Device",
+    "ForeignDaemon",
     "Identity",
     "InvitationEvent",
     "InvitationInfo",
@@ -107,6 +116,19 @@ class RequestError(IPCError):
         """PIN attempts left after a ``wrong_pin`` error, if given."""
         v = self.details.get("attempts_left")
         return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+class ForeignDaemon(IPCError):
+    """The home's socket is served by a process of another uid; nothing was sent to it.
+
+    ``uid`` is the uid the socket's server runs as (``None`` if it could not be
+    read), ``expected_uid`` ours (the effective uid).
+    """
+
+    def __init__(self, message: str, *, uid: int | None, expected_uid: int) -> None:
+        super().__init__(message, code="foreign_daemon")
+        self.uid = uid
+        self.expected_uid = expected_uid
 
 
 # -- typed results ---------------------------------------------------------------
@@ -515,6 +537,44 @@ def _connect_error(path: Path, exc: OSError) -> IPCError:
     return IPCError(f"cannot connect to {path}: {exc.strerror or exc}", code="unreachable")
 
 
+class _HasGetsockopt(Protocol):
+    def getsockopt(self, level: int, optname: int, buflen: int, /) -> bytes: ...
+
+
+def _user(uid: int) -> str:
+    """``uid 1000 (alice)``: the name is best effort."""
+    import pwd
+
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _check_daemon_uid(sock: _HasGetsockopt, path: Path) -> None:
+    """Raise :class:`ForeignDaemon` unless *sock*'s peer runs as our effective uid.
+
+    On a connected Unix socket, ``SO_PEERCRED`` gives the credentials the
+    server had when it called ``listen``: a process cannot pass itself off as
+    another uid. Unreadable credentials are refused too (fail closed).
+    """
+    expected = os.geteuid()
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _pid, uid, _gid = struct.unpack("3i", raw)
+    except (OSError, struct.error) as exc:
+        raise ForeignDaemon(
+            f"cannot tell which user serves {path} ({exc}); refusing to use it",
+            uid=None, expected_uid=expected,
+        ) from None
+    if uid != expected:
+        raise ForeignDaemon(
+            f"{path} is served by {_user(uid)}, not by you ({_user(expected)}); "
+            f"refusing to use it: check who owns {path.parent} and its permissions",
+            uid=uid, expected_uid=expected,
+        )
+
+
 # -- blocking client -------------------------------------------------------------------
 
 
@@ -537,15 +597,24 @@ class Client:
     def connect(
         cls, home: str | os.PathLike[str] | None = None, *, timeout: float | None = DEFAULT_TIMEOUT
     ) -> Client:
-        """Connect to the daemon of *home* (resolved like ``--home``)."""
+        """Connect to the daemon of *home* (resolved like ``--home``).
+
+        Raises :class:`~p2pinvite.errors.DaemonNotRunning` when nobody serves
+        the socket, and :class:`ForeignDaemon` when a process of another uid
+        does (nothing is sent to it).
+        """
         path = resolve_home(home) / SOCKET_NAME
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(timeout)
             sock.connect(os.fspath(path))
+            _check_daemon_uid(sock, path)
         except OSError as exc:
             sock.close()
             raise _connect_error(path, exc) from None
+        except ForeignDaemon:
+            sock.close()
+            raise
         return cls(sock, path, timeout=timeout)
 
     def close(self) -> None:
@@ -769,7 +838,11 @@ class AsyncClient:
     async def connect(
         cls, home: str | os.PathLike[str] | None = None, *, timeout: float | None = DEFAULT_TIMEOUT
     ) -> AsyncClient:
-        """Connect to the daemon of *home* (resolved like ``--home``)."""
+        """Connect to the daemon of *home* (resolved like ``--home``).
+
+        Raises as the blocking :meth:`Client.connect` does (:class:`ForeignDaemon`
+        before anything is sent to a socket served by another uid).
+        """
         import trio
 
         path = resolve_home(home) / SOCKET_NAME
@@ -777,6 +850,11 @@ class AsyncClient:
             stream = await trio.open_unix_socket(os.fspath(path))
         except OSError as exc:
             raise _connect_error(path, exc) from None
+        try:
+            _check_daemon_uid(stream.socket, path)
+        except ForeignDaemon:
+            await stream.aclose()
+            raise
         return cls(stream, path, timeout=timeout)
 
     async def aclose(self) -> None:

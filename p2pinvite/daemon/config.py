@@ -31,18 +31,29 @@ from ..ipc_codec import SOCKET_NAME
 
 __all__ = [
     "DEFAULT_LISTEN",
+    "DEFAULT_LOG_LEVEL",
     "ENV_HOME",
+    "ENV_LOG_LEVEL",
     "LOCK_NAME",
+    "LOG_LEVELS",
     "DaemonAlreadyRunning",
     "DaemonConfig",
     "default_home",
     "hold_home_lock",
     "parse_listen",
+    "parse_log_level",
     "resolve_home",
+    "resolve_log_level",
     "socket_path",
 ]
 
 ENV_HOME: Final = "P2PINVITE_HOME"
+#: The daemon's log level when ``--log-level`` is not given.
+ENV_LOG_LEVEL: Final = "P2PINVITE_LOG_LEVEL"
+#: The levels ``--log-level`` and ``$P2PINVITE_LOG_LEVEL`` accept, most verbose first.
+#: Names only; :data:`p2pinvite.daemon.logs.LEVELS` maps them to :mod:`logging` levels.
+LOG_LEVELS: Final = ("debug", "info", "warning")
+DEFAULT_LOG_LEVEL: Final = "info"
 LOCK_NAME: Final = "daemon.lock"
 #: All interfaces, a port chosen by the kernel.
 DEFAULT_LISTEN: Final = ("0.0.0.0", 0)  # noqa: S104 - a LAN daemon listens on the LAN
@@ -100,6 +111,38 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def parse_log_level(text: str) -> str:
+    """The level named by *text*, one of :data:`LOG_LEVELS` (case-insensitive).
+
+    Raises :class:`ValueError` with a one-line reason (argparse shows it).
+    """
+    level = text.strip().lower()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"invalid log level {text!r} (expected debug, info or warning)")
+    return level
+
+
+def resolve_log_level(flag: str | None = None) -> str:
+    """The daemon's log level: *flag* (``--log-level``) if given, else ``$P2PINVITE_LOG_LEVEL``.
+
+    The flag wins over the environment; an unset or empty variable means
+    :data:`DEFAULT_LOG_LEVEL`. Raises :class:`ValueError` naming the source of a
+    bad value, so the caller can report a usage error rather than silently
+    logging at some other level.
+    """
+    if flag is not None:
+        return parse_log_level(flag)
+    env = os.environ.get(ENV_LOG_LEVEL, "")
+    if not env:
+        return DEFAULT_LOG_LEVEL
+    try:
+        return parse_log_level(env)
+    except ValueError:
+        raise ValueError(
+            f"invalid {ENV_LOG_LEVEL}={env!r} (expected debug, info or warning)"
+        ) from None
+
+
 @dataclass(frozen=True, slots=True)
 class DaemonConfig:
     """Everything ``p2pinvite daemon`` is started with.
@@ -108,6 +151,7 @@ class DaemonConfig:
     names of the interfaces to announce on; it is ignored when ``mdns`` is off.
     ``retention``: seconds a finished invitation stays listed before its record
     is deleted, ``None`` for the invitation manager's default (30 days).
+    ``log_level``: one of :data:`LOG_LEVELS`.
     """
 
     home: Path
@@ -115,6 +159,7 @@ class DaemonConfig:
     mdns: bool = True
     mdns_interfaces: tuple[str, ...] | None = None
     retention: float | None = None
+    log_level: str = DEFAULT_LOG_LEVEL
 
     @property
     def socket_path(self) -> Path:

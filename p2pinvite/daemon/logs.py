@@ -27,9 +27,19 @@ import sys
 import time
 from typing import Any, Final, TextIO
 
-__all__ = ["REDACTED", "RedactFilter", "StructuredFormatter", "close_logging", "setup_logging"]
+__all__ = [
+    "LEVELS",
+    "REDACTED",
+    "RedactFilter",
+    "StructuredFormatter",
+    "close_logging",
+    "setup_logging",
+]
 
 REDACTED: Final = "<redacted>"
+
+#: ``--log-level`` names (:data:`p2pinvite.daemon.config.LOG_LEVELS`) to :mod:`logging` levels.
+LEVELS: Final = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 
 #: Field names that are never printed (matched as a whole word or a name part).
 _SECRET_NAME: Final = re.compile(
@@ -113,13 +123,22 @@ class StructuredFormatter(logging.Formatter):
         return " ".join(parts).replace("\n", "\\n")
 
 
-def setup_logging(*, level: int = logging.INFO, stream: TextIO | None = None) -> logging.Handler:
+def setup_logging(
+    *, level: int | str = logging.INFO, stream: TextIO | None = None
+) -> logging.Handler:
     """Send the ``p2pinvite`` loggers to *stream* (stderr) in the structured format.
+
+    *level* is a :mod:`logging` level or one of the names in :data:`LEVELS`
+    (``debug``, ``info``, ``warning``); records below it are dropped. It
+    applies to the ``p2pinvite.*`` loggers only: libraries' own loggers
+    (zeroconf, trio) keep their defaults.
 
     Returns the installed handler, for :func:`close_logging`. The redaction
     filter sits on the handler, so records from every ``p2pinvite.*`` logger
-    (and from libraries logging under it) pass through it.
+    (and from libraries logging under it) pass through it, at every level.
     """
+    if isinstance(level, str):
+        level = LEVELS[level]
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(StructuredFormatter())
     handler.addFilter(RedactFilter())

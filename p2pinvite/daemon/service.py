@@ -640,6 +640,7 @@ async def run_daemon(
                         "device_key": keys.device_public.hex(),
                         "listen": " ".join(f"{h}:{p}" for h, p in net.addresses),
                         "mdns": ",".join(mdns) if mdns else "off",
+                        "log_level": config.log_level,
                     },
                 )
                 task_status.started(daemon)
@@ -653,7 +654,7 @@ async def run_daemon(
 
 def run(config: DaemonConfig) -> int:
     """``p2pinvite daemon``: run in the foreground; return the process exit status."""
-    handler = setup_logging()
+    handler = setup_logging(level=config.log_level)
     try:
         trio.run(run_daemon, config)
     except P2PInviteError as exc:

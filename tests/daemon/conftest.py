@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,19 +33,29 @@ STOP_TIMEOUT = 10.0
 CLI_TIMEOUT = 30.0
 
 
-def _env() -> dict[str, str]:
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a child process: ours, minus p2pinvite settings, plus *extra*."""
     env = dict(os.environ)
     env.pop("P2PINVITE_HOME", None)
+    env.pop("P2PINVITE_LOG_LEVEL", None)  # tests that need it set it themselves
     env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
     return env
 
 
 def run_cli(home: Path, *args: str, input: str | None = None,
             timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m p2pinvite --home HOME ARGS...`` and capture its output."""
+    """Run ``python -m p2pinvite --home HOME ARGS...`` and capture its output.
+
+    *input* is its standard input (default: empty). The CLI runs in a session
+    of its own, without a controlling terminal, as under cron or CI: it can
+    never stop to prompt on the terminal of whoever runs the tests.
+    """
     return subprocess.run(
         [PY, "-m", "p2pinvite", "--home", str(home), *args],
-        capture_output=True, text=True, input=input, timeout=timeout, env=_env(), cwd=REPO,
+        capture_output=True, text=True, timeout=timeout, env=child_env(), cwd=REPO,
+        input=input, stdin=subprocess.DEVNULL if input is None else None,
+        start_new_session=True,
     )
 
 
@@ -101,15 +111,16 @@ class DaemonProc:
                 self.proc.wait(timeout=STOP_TIMEOUT)
 
 
-def spawn_daemon(home: Path, extra: Sequence[str] = ()) -> DaemonProc:
-    """Start a daemon process on *home* without waiting for it."""
+def spawn_daemon(home: Path, extra: Sequence[str] = (),
+                 env: Mapping[str, str] | None = None) -> DaemonProc:
+    """Start a daemon process on *home* without waiting for it (*env*: extra variables)."""
     stderr_path = home.parent / f"{home.name}.{time.monotonic_ns()}.stderr"
     with stderr_path.open("wb") as err:
         proc = subprocess.Popen(
             [PY, "-m", "p2pinvite", "--home", str(home), "daemon",
              "--listen", "127.0.0.1:0", "--no-mdns", *extra],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-            env=_env(), cwd=REPO,
+            env=child_env(env), cwd=REPO,
         )
     return DaemonProc(home, proc, stderr_path)
 
@@ -140,15 +151,17 @@ class DaemonFactory:
         self._dirs.append(base)
         return base / "home"
 
-    def spawn(self, home: Path | None = None, extra: Sequence[str] = ()) -> DaemonProc:
+    def spawn(self, home: Path | None = None, extra: Sequence[str] = (),
+              env: Mapping[str, str] | None = None) -> DaemonProc:
         """Start a daemon (not waiting for readiness); it is cleaned up at the end."""
-        d = spawn_daemon(home if home is not None else self.new_home(), extra)
+        d = spawn_daemon(home if home is not None else self.new_home(), extra, env)
         self._daemons.append(d)
         return d
 
-    def start(self, home: Path | None = None, extra: Sequence[str] = ()) -> DaemonProc:
+    def start(self, home: Path | None = None, extra: Sequence[str] = (),
+              env: Mapping[str, str] | None = None) -> DaemonProc:
         """Start a daemon and wait until its IPC socket answers."""
-        d = self.spawn(home, extra)
+        d = self.spawn(home, extra, env)
         wait_ready(d)
         return d
 

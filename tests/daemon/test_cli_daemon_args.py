@@ -26,7 +26,8 @@ def _by_argparse(argv: list[str]) -> DaemonArgs | None:
         return None
     if a.command != "daemon":
         return None
-    return DaemonArgs(a.home, a.listen, tuple(a.mdns_interface), a.no_mdns, a.retention)
+    return DaemonArgs(a.home, a.listen, tuple(a.mdns_interface), a.no_mdns, a.retention,
+                      a.log_level)
 
 
 @pytest.mark.parametrize("argv", [
@@ -37,6 +38,9 @@ def _by_argparse(argv: list[str]) -> DaemonArgs | None:
      "--listen", "10.0.0.1:2"],
     ["daemon", "--no-mdns", "--no-mdns"],
     ["daemon", "--retention", "2d", "--retention=90"],
+    ["daemon", "--log-level", "debug"],
+    ["daemon", "--log-level=WARNING", "--no-mdns"],
+    ["--home", "/h", "daemon", "--log-level", "info", "--log-level=Debug"],
 ])
 def test_accepted_lines_mean_what_argparse_says(argv: list[str]) -> None:
     fast = parse_daemon_args(argv)
@@ -62,6 +66,12 @@ def test_accepted_lines_mean_what_argparse_says(argv: list[str]) -> None:
     ["daemon", "--retention"],
     ["daemon", "--retention", "0"],
     ["daemon", "--retention=3x"],
+    ["daemon", "--log-level"],
+    ["daemon", "--log-level", "loud"],
+    ["daemon", "--log-level="],
+    ["daemon", "--log-level", "error"],  # not a level the daemon offers
+    ["daemon", "--log-level", "--no-mdns"],
+    ["daemon", "--log", "debug"],  # an abbreviation
 ])
 def test_anything_else_is_left_to_argparse(argv: list[str]) -> None:
     assert parse_daemon_args(argv) is None
@@ -72,7 +82,15 @@ _TOKENS = st.sampled_from([
     "127.0.0.1:0", "[::1]:9", "bad", "--mdns-interface", "--mdns-interface=lo", "eth0",
     "--no-mdns", "--no-mdns=1", "-h", "--", "status", "--json",
     "--retention", "--retention=1w", "12h", "0",
+    "--log-level", "--log-level=debug", "--log-level=", "DEBUG", "warning", "loud",
 ])
+
+
+def test_log_level_is_read_and_normalized() -> None:
+    assert parse_daemon_args(["daemon", "--log-level", "DEBUG"]) == DaemonArgs(log_level="debug")
+    assert parse_daemon_args(["daemon", "--log-level=warning"]) == DaemonArgs(
+        log_level="warning")
+    assert parse_daemon_args(["daemon"]) == DaemonArgs(log_level=None)  # the env decides later
 
 
 def test_retention_is_read_in_seconds() -> None:

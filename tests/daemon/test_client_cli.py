@@ -394,11 +394,11 @@ def test_invite_and_join_with_pin_between_two_daemons(daemons: DaemonFactory) ->
     assert isinstance(info, dict)
     assert (info["valid"], info["auth"], info["kind"]) == (True, "pin", "space")
 
-    wrong = guest.cli("join", inv["code"], "--pin", _wrong(inv["pin"]))
+    wrong = guest.cli("join", "-", "--pin", "-", input=f"{inv['code']}\n{_wrong(inv['pin'])}\n")
     assert wrong.returncode == 1
     assert "wrong PIN; 2 attempts left" in wrong.stderr
 
-    ok = guest.cli("join", inv["code"], "--pin", inv["pin"])
+    ok = guest.cli("join", "-", "--pin", "-", input=f"{inv['code']}\n{inv['pin']}\n")
     assert ok.returncode == 0, ok.stderr
     assert "connecting" in ok.stderr
     assert "admitted" in ok.stderr

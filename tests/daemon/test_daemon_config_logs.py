@@ -15,7 +15,7 @@ import pytest
 
 from p2pinvite.cli import build_parser, parse_duration
 from p2pinvite.daemon import config as cfg
-from p2pinvite.daemon.logs import REDACTED, close_logging, setup_logging
+from p2pinvite.daemon.logs import LEVELS, REDACTED, close_logging, setup_logging
 from p2pinvite.daemon.service import to_wire
 from p2pinvite.errors import StorageError
 
@@ -195,3 +195,47 @@ def test_log_redacts_secret_fields_and_text(log_stream: io.StringIO) -> None:
     assert "peer=ok" in out
     assert "Traceback" not in out
     assert "error=ValueError" in out
+
+
+def test_log_level_names_agree_between_config_and_logs() -> None:
+    assert tuple(LEVELS) == cfg.LOG_LEVELS
+    assert cfg.DEFAULT_LOG_LEVEL in cfg.LOG_LEVELS
+
+
+def test_log_level_flag_wins_over_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(cfg.ENV_LOG_LEVEL, raising=False)
+    assert cfg.resolve_log_level() == "info"
+    assert cfg.resolve_log_level("Warning") == "warning"
+    monkeypatch.setenv(cfg.ENV_LOG_LEVEL, "")
+    assert cfg.resolve_log_level() == "info"  # empty means unset, as for P2PINVITE_HOME
+    monkeypatch.setenv(cfg.ENV_LOG_LEVEL, " DEBUG ")
+    assert cfg.resolve_log_level() == "debug"
+    assert cfg.resolve_log_level("info") == "info"
+    monkeypatch.setenv(cfg.ENV_LOG_LEVEL, "verbose")
+    with pytest.raises(ValueError, match=r"^invalid P2PINVITE_LOG_LEVEL='verbose' "):
+        cfg.resolve_log_level()
+    assert cfg.resolve_log_level("debug") == "debug"  # a good flag makes the variable moot
+    with pytest.raises(ValueError, match=r"^invalid log level 'error' "):
+        cfg.resolve_log_level("error")
+
+
+@pytest.mark.parametrize(("level", "shown"), [
+    ("debug", ["DEBUG", "INFO", "WARNING"]),
+    ("info", ["INFO", "WARNING"]),
+    ("warning", ["WARNING"]),
+])
+def test_setup_logging_level_filters_records(level: str, shown: list[str]) -> None:
+    stream = io.StringIO()
+    handler = setup_logging(level=level, stream=stream)
+    try:
+        log = logging.getLogger("p2pinvite.net")
+        log.debug("dialing peer pin=111111")
+        log.info("connected", extra={"psk": b"k" * 32})
+        log.warning("dropped p2pinvite:AEBAGBAFAYDQQCIKBMGA2DQPCAIREEYUCULBOGAZDINRYHI6D4QA")
+    finally:
+        close_logging(handler)
+    lines = stream.getvalue().splitlines()
+    assert [line.split(" ")[1] for line in lines] == shown
+    out = stream.getvalue()
+    for secret in ("111111", "6b" * 32, "AEBAGBAF"):
+        assert secret not in out  # redaction holds at every level, debug included

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import DaemonFactory, run_cli
-from .test_e2e_pairing import failure_line, invite, join_ok, make_pair, members, ok_json
+from .test_e2e_pairing import failure_line, invite, join, join_ok, make_pair, members, ok_json
 
 pytestmark = pytest.mark.slow
 
@@ -97,7 +97,7 @@ def test_wrong_admission_key_is_refused_with_attempts_left(daemons: DaemonFactor
     inv = invite(p.host, "--space", p.space_id, "--role", "reader", "--auth", "key",
                  "--admission-key", public)
 
-    r = p.guest.cli("join", inv["code"], "--admission-key-file", str(wrong))
+    r = join(p.guest, inv["code"], "--admission-key-file", str(wrong))
     assert r.returncode == 1
     assert failure_line(r) == "p2pinvite: wrong admission key; 2 attempts left"
     [record] = ok_json(p.host, "invite", "list")
@@ -115,9 +115,11 @@ def test_key_options_are_checked_with_one_line_each(daemons: DaemonFactory) -> N
     key = p.guest.home.parent / "bob.key"
     public = generate(p.guest.home, key)
 
-    def usage(d_cli: list[str], expected: str, *, host: bool = True) -> None:
+    def usage(d_cli: list[str], expected: str, *, host: bool = True,
+              code: str | None = None) -> None:
+        """Run *d_cli* (with *code*: ``join - D_CLI...``, the code on stdin); exit 2."""
         d = p.host if host else p.guest
-        r = d.cli(*d_cli)
+        r = d.cli(*d_cli) if code is None else join(d, code, *d_cli)
         assert r.returncode == 2, r.stderr
         assert r.stdout == ""
         assert r.stderr.splitlines()[-1].endswith(expected), r.stderr
@@ -131,18 +133,18 @@ def test_key_options_are_checked_with_one_line_each(daemons: DaemonFactory) -> N
     assert ok_json(p.host, "invite", "list") == []
 
     pin_inv = invite(p.host, "--space", p.space_id)
-    usage(["join", pin_inv["code"], "--pin", pin_inv["pin"], "--admission-key-file", str(key)],
+    usage(["--admission-key-file", str(key)],
           "--admission-key-file applies to key invitations only (this one uses pin)",
-          host=False)
+          host=False, code=pin_inv["code"])
     key_inv = invite(p.host, "--space", p.space_id, "--auth", "key", "--admission-key", public)
-    usage(["join", key_inv["code"]],
+    usage([],
           "this invitation needs the admission key it names: --admission-key-file PATH",
-          host=False)
-    usage(["join", key_inv["code"], "--admission-key-file", str(key.parent / "missing.key")],
-          "does not exist", host=False)
+          host=False, code=key_inv["code"])
+    usage(["--admission-key-file", str(key.parent / "missing.key")],
+          "does not exist", host=False, code=key_inv["code"])
     os.chmod(key, 0o640)
-    usage(["join", key_inv["code"], "--admission-key-file", str(key)],
-          "expected 0600", host=False)
+    usage(["--admission-key-file", str(key)],
+          "expected 0600", host=False, code=key_inv["code"])
     # None of these cost the invitations an attempt.
     records = ok_json(p.host, "invite", "list")
     assert sorted((r["auth"], r["failed_attempts"]) for r in records) == [("key", 0), ("pin", 0)]

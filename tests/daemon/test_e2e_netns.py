@@ -26,6 +26,7 @@ from p2pinvite.invitations.codes import LinkCode, ShortCode, is_trivial_digits
 
 from ..net.netns import Namespace, skip_reason, veth_namespaces
 from .conftest import PY, REPO, DaemonProc, wait_ready
+from .test_e2e_pairing import join
 
 pytestmark = [
     pytest.mark.slow,
@@ -116,11 +117,11 @@ def test_short_code_space_pairing_over_mdns(
     assert ShortCode.parse(code).encode() == code  # DDDD-SSSS-SSSC with a valid check digit
 
     # A mistyped secret reaches the host (same discriminator) and costs one attempt.
-    r = guest.cli("join", mistyped(code))
+    r = join(guest, mistyped(code))
     assert r.returncode == 1
     assert r.stderr.splitlines()[-1] == "p2pinvite: wrong code; 19 attempts left"
 
-    r = guest.cli("join", code, "--json")
+    r = join(guest, code, "--json")
     assert r.returncode == 0, f"{r.stderr}\nhost:\n{host.stderr()}\nguest:\n{guest.stderr()}"
     assert json.loads(r.stdout) == {"kind": "space", "identity_key": bob["identity_key"],
                                     "space_id": space["space_id"], "space_name": "Garden",
@@ -143,7 +144,7 @@ def test_short_code_device_pairing_over_mdns(
     laptop = start.start(b, start.home("laptop"))
     alice = ok_json(host, "identity", "create", "--name", "Alice")
     inv = ok_json(host, "invite", "create", "--device", "--auth", "short")
-    r = laptop.cli("join", inv["code"], "--json")
+    r = join(laptop, inv["code"], "--json")
     assert r.returncode == 0, f"{r.stderr}\nhost:\n{host.stderr()}"
     assert json.loads(r.stdout)["identity_key"] == alice["identity_key"]
     host_devices = [dv["device_key"] for dv in ok_json(host, "devices")]
@@ -173,7 +174,7 @@ def test_link_code_survives_host_restart_on_a_new_port(
     (Path(host.home) / "listen.port").unlink()
     host = start.start(a, host.home)
     [[_, new_port]] = ok_json(host, "status")["addresses"]
-    r = guest.cli("join", inv["code"], "--pin", inv["pin"], "--json")
+    r = join(guest, inv["code"], "--json", pin=inv["pin"])
     assert r.returncode == 0, f"{r.stderr}\nhost:\n{host.stderr()}"
     assert json.loads(r.stdout)["role"] == "reader"
     assert members(host, space["space_id"]) == members(guest, space["space_id"])

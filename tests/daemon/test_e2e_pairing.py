@@ -106,9 +106,17 @@ def invite(host: DaemonProc, *args: str) -> dict[str, Any]:
     return inv
 
 
-def join_ok(guest: DaemonProc, code: str, *extra: str) -> dict[str, Any]:
-    """``join CODE EXTRA... --json``: must succeed; returns the result map."""
-    r = guest.cli("join", code, *extra, "--json")
+def join(d: DaemonProc, code: str, *extra: str,
+         pin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``join`` the safe way: the code (and the PIN) on standard input, never in argv."""
+    if pin is None:
+        return d.cli("join", "-", *extra, input=f"{code}\n")
+    return d.cli("join", "-", "--pin", "-", *extra, input=f"{code}\n{pin}\n")
+
+
+def join_ok(guest: DaemonProc, code: str, *extra: str, pin: str | None = None) -> dict[str, Any]:
+    """``join - EXTRA... --json`` (see :func:`join`): must succeed; returns the result map."""
+    r = join(guest, code, *extra, "--json", pin=pin)
     assert r.returncode == 0, r.stderr
     states = [json.loads(line)["state"] for line in r.stderr.splitlines()]
     assert states[-1] == "admitted"
@@ -149,7 +157,7 @@ def test_space_invitation_with_pin_members_agree(daemons: DaemonFactory) -> None
     inv = invite(p.host, "--space", p.space_id, "--role", "editor", "--note", "for Bob")
     assert (inv["kind"], inv["auth"]) == ("space", "pin")
 
-    result = join_ok(p.guest, inv["code"], "--pin", inv["pin"])
+    result = join_ok(p.guest, inv["code"], pin=inv["pin"])
     assert result == {"kind": "space", "identity_key": p.bob["identity_key"],
                       "space_id": p.space_id, "space_name": "Photos", "role": "editor"}
 
@@ -168,7 +176,7 @@ def test_space_invitation_with_pin_members_agree(daemons: DaemonFactory) -> None
     # A single-use code does not admit a second person.
     carol = daemons.start()
     ok_json(carol, "identity", "create", "--name", "Carol")
-    again = carol.cli("join", inv["code"], "--pin", inv["pin"])
+    again = join(carol, inv["code"], pin=inv["pin"])
     assert "refused" in failure_line(again)
     assert members(p.host, p.space_id) == expected
 
@@ -184,7 +192,7 @@ def test_device_invitation_joins_the_identity(daemons: DaemonFactory) -> None:
     assert (inv["kind"], inv["auth"]) == ("device", "pin")
     assert ok_json(laptop, "invite", "validate", inv["code"])["kind"] == "device"
 
-    result = join_ok(laptop, inv["code"], "--pin", inv["pin"])
+    result = join_ok(laptop, inv["code"], pin=inv["pin"])
     assert result["kind"] == "device"
     assert result["identity_key"] == alice["identity_key"]
 
@@ -209,7 +217,7 @@ def test_device_invitation_joins_the_identity(daemons: DaemonFactory) -> None:
     assert members(laptop, made["space_id"]) == [(alice["identity_key"], "Alice", "owner")]
     other = invite(host, "--device")
     assert "already_has_identity" in failure_line(
-        laptop.cli("join", other["code"], "--pin", other["pin"]))
+        join(laptop, other["code"], pin=other["pin"]))
 
 
 # -- 3. host restart between invite create and join ----------------------------------------
@@ -224,7 +232,7 @@ def test_host_restart_between_create_and_join(daemons: DaemonFactory) -> None:
     before = tcp_address(p.host)
     inv = invite(p.host, "--space", "Photos", "--role", "reader")
     assert "2 attempts left" in failure_line(
-        p.guest.cli("join", inv["code"], "--pin", wrong(inv["pin"])))
+        join(p.guest, inv["code"], pin=wrong(inv["pin"])))
 
     assert p.host.stop() == 0
     host = daemons.start(p.host.home, extra=listen)
@@ -234,8 +242,8 @@ def test_host_restart_between_create_and_join(daemons: DaemonFactory) -> None:
 
     # The count is durable: the next wrong PIN leaves one attempt, not two.
     assert "1 attempt left" in failure_line(
-        p.guest.cli("join", inv["code"], "--pin", wrong(inv["pin"], 2)))
-    result = join_ok(p.guest, inv["code"], "--pin", inv["pin"])
+        join(p.guest, inv["code"], pin=wrong(inv["pin"], 2)))
+    result = join_ok(p.guest, inv["code"], pin=inv["pin"])
     assert (result["space_id"], result["role"]) == (p.space_id, "reader")
     expected = sorted([(p.alice["identity_key"], "Alice", "owner"),
                        (p.bob["identity_key"], "Bob", "reader")])
@@ -393,7 +401,7 @@ def test_garbage_on_tcp_and_ipc_then_pairing_still_works(daemons: DaemonFactory)
         _send_ipc_garbage(p.guest)
 
         # While the idle flood is still open, the real pairing succeeds.
-        result = join_ok(p.guest, inv["code"], "--pin", inv["pin"])
+        result = join_ok(p.guest, inv["code"], pin=inv["pin"])
         assert result["role"] == "editor"
         assert members(p.host, p.space_id) == members(p.guest, p.space_id)
         assert len(members(p.host, p.space_id)) == 2
@@ -416,7 +424,7 @@ def test_three_wrong_pins_lock_the_invitation(daemons: DaemonFactory) -> None:
     inv = invite(p.host, "--space", p.space_id, "--role", "editor")
     expected_left = ["2 attempts left", "1 attempt left", "0 attempts left"]
     for k, left in enumerate(expected_left, start=1):
-        r = p.guest.cli("join", inv["code"], "--pin", wrong(inv["pin"], k))
+        r = join(p.guest, inv["code"], pin=wrong(inv["pin"], k))
         line = failure_line(r)
         assert line == f"p2pinvite: wrong PIN; {left}", line
 
@@ -434,7 +442,7 @@ def test_three_wrong_pins_lock_the_invitation(daemons: DaemonFactory) -> None:
     assert line.startswith("p2pinvite: not usable (locked)"), line
 
     # The right PIN no longer opens it; the guest learns only the uniform refusal.
-    r = p.guest.cli("join", inv["code"], "--pin", inv["pin"], "--json")
+    r = join(p.guest, inv["code"], "--json", pin=inv["pin"])
     line = failure_line(r, json_mode=True)
     assert "[refused]" in line
     assert "locked" not in line
@@ -480,25 +488,29 @@ def test_every_command_speaks_json_and_fails_in_one_line(daemons: DaemonFactory)
     # Failures: non-zero exit, nothing on stdout, exactly one line on stderr,
     # with and without --json.
     nobody = daemons.new_home()
-    failing: list[tuple[list[str], DaemonProc | None, int, str]] = [
-        (["status"], None, 3, "not running"),
-        (["identity", "create", "--name", "Again"], host, 1, "already_exists"),
-        (["space", "members", "nowhere"], host, 1, "not_found"),
-        (["space", "create", "X"], daemons.start(), 1, "no_identity"),
-        (["invite", "revoke", "ab" * 16], host, 1, "not_found"),
-        (["invite", "validate", "p2pinvite:AAAA"], host, 1, "invalid_code"),
-        (["invite", "create", "--space", "nowhere"], host, 1, "not_found"),
-        (["join", "1234-5678-9012"], guest, 1, ""),
-        (["join", inv["code"]], guest, 1, "already_has_identity"),
-        (["join", "nonsense"], guest, 1, "invalid_code"),
+    # join reads its code on standard input: a code in argv adds a warning line.
+    failing: list[tuple[list[str], DaemonProc | None, int, str, str | None]] = [
+        (["status"], None, 3, "not running", None),
+        (["identity", "create", "--name", "Again"], host, 1, "already_exists", None),
+        (["space", "members", "nowhere"], host, 1, "not_found", None),
+        (["space", "create", "X"], daemons.start(), 1, "no_identity", None),
+        (["invite", "revoke", "ab" * 16], host, 1, "not_found", None),
+        (["invite", "validate", "p2pinvite:AAAA"], host, 1, "invalid_code", None),
+        (["invite", "create", "--space", "nowhere"], host, 1, "not_found", None),
+        (["join", "-"], guest, 1, "", "1234-5678-9012\n"),
+        (["join", "-"], guest, 1, "already_has_identity", f"{inv['code']}\n"),
+        (["join", "-"], guest, 1, "invalid_code", "nonsense\n"),
+        (["join", "-"], None, 3, "not running", f"{inv['code']}\n"),
+        (["join", "-"], guest, 2, "end of input", ""),
     ]
-    for args, d, status, needle in failing:
+    for args, d, status, needle, stdin in failing:
         for json_flag in ((), ("--json",)):
             argv = [*args, *json_flag]
-            r = run_cli(nobody if d is None else d.home, *argv)
+            r = run_cli(nobody if d is None else d.home, *argv, input=stdin)
             assert r.returncode == status, (argv, r.returncode, r.stderr)
             line = failure_line(r, json_mode=bool(json_flag))
             assert needle in line, (argv, line)
+            assert inv["code"][10:] not in r.stderr  # a code is never quoted back
     # A usage error is argparse's (exit 2), never a traceback.
     r = host.cli("invite", "create", "--device", "--role", "editor", "--json")
     assert r.returncode == 2
@@ -513,11 +525,16 @@ def test_interrupted_join_leaves_both_daemons_serving(daemons: DaemonFactory) ->
     p = make_pair(daemons)
     inv = invite(p.host, "--space", p.space_id, "--role", "editor")
     cli = subprocess.Popen(
-        [PY, "-m", "p2pinvite", "--home", str(p.guest.home), "join", inv["code"],
-         "--pin", inv["pin"], "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [PY, "-m", "p2pinvite", "--home", str(p.guest.home), "join", "-", "--pin", "-",
+         "--json"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
     try:
+        assert cli.stdin is not None
         assert cli.stderr is not None
+        # Left open: join reads exactly its two lines (communicate() closes it later).
+        cli.stdin.write(f"{inv['code']}\n{inv['pin']}\n")
+        cli.stdin.flush()
         ready, _, _ = select.select([cli.stderr], [], [], 20)
         assert ready, "join printed no progress within 20 s"
         first = cli.stderr.readline()  # the first progress event: the join is under way
@@ -536,7 +553,7 @@ def test_interrupted_join_leaves_both_daemons_serving(daemons: DaemonFactory) ->
     # shielded; the guest may have been cut off before installing it), a new
     # join succeeds -- fresh or resumed -- and admits Bob exactly once.
     if p.space_id not in [s["space_id"] for s in ok_json(p.guest, "space", "list")]:
-        join_ok(p.guest, inv["code"], "--pin", inv["pin"])
+        join_ok(p.guest, inv["code"], pin=inv["pin"])
     [record] = ok_json(p.host, "invite", "list", "--all")
     assert (record["status"], record["uses"]) == ("exhausted", 1)
     assert members(p.host, p.space_id) == members(p.guest, p.space_id)
