@@ -45,15 +45,17 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 import trio
 
 from ..errors import (
+    UNIFORM_REFUSAL,
     ConnectionClosed,
     CredentialError,
+    HandshakeError,
     InvitationError,
     P2PInviteError,
     RemoteProtocolError,
@@ -68,11 +70,11 @@ from ..halo.credentials import (
     decode_credential,
 )
 from ..halo.identity import IdentityService
-from ..halo.keys import DeviceKeys, Signer
+from ..halo.keys import DeviceKeys, Signer, verify_binding_proof
 from ..halo.log import decode_entry
 from ..halo.spaces import SpaceService
-from ..net.manager import NetworkManager
-from ..net.secure import SecureStream
+from ..net.manager import Candidates, NetworkManager
+from ..net.secure import ConnectionBroken, SecureStream
 from ..net.topics import Topic
 from . import protocol as p
 from .model import AuthMethod, Invitation, InvitationKind, InvitationStatus
@@ -97,6 +99,9 @@ log = logging.getLogger("p2pinvite.invitations")
 DEFAULT_STEP_TIMEOUT: Final = 30.0
 #: Longest the guest looks for the host before giving up.
 DEFAULT_CONNECT_TIMEOUT: Final = 30.0
+#: Longest a host waits for a guest's first message (its request, sent at once).
+REQUEST_TIMEOUT: Final = 5.0
+
 _ADMITTERS: Final = frozenset({Role.OWNER, Role.ADMIN})
 
 
@@ -184,22 +189,34 @@ def _session(stream: SecureStream, local_static: bytes) -> p.Session:
 
 
 class _Dropped(Exception):
-    """Internal: the peer went away or the step timed out (the machine knows which)."""
+    """Internal: the peer went away or the step timed out (the machine knows which).
+
+    ``broken``: the connection failed (no authenticated end of stream: a reset,
+    a crash, bytes that did not decrypt), as opposed to a peer that ended the
+    session on purpose or went silent. Only a broken one is worth dialing again.
+    """
+
+    def __init__(self, *, broken: bool) -> None:
+        super().__init__("broken" if broken else "ended")
+        self.broken = broken
 
 
 async def _receive(stream: SecureStream, machine: p.HostProtocol | p.GuestProtocol,
-                   timeout: float) -> bytes:
+                   timeout: float, max_size: int) -> bytes:
     try:
         with trio.move_on_after(timeout):
-            return await stream.receive_message()
-    except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            return await stream.receive_message(max_size)
+    except ConnectionBroken:
         machine.connection_lost()
-        raise _Dropped from None
-    except RemoteProtocolError:
+        raise _Dropped(broken=True) from None
+    except (ConnectionClosed, trio.ClosedResourceError):  # the peer's end-of-stream marker
+        machine.connection_lost()
+        raise _Dropped(broken=False) from None
+    except (RemoteProtocolError, trio.BrokenResourceError):
         machine.connection_lost()  # the secure stream already judged the bytes
-        raise _Dropped from None
+        raise _Dropped(broken=True) from None
     machine.timed_out()
-    raise _Dropped
+    raise _Dropped(broken=False)
 
 
 def _take_sends(queue: deque[p.Event]) -> list[bytes]:
@@ -220,11 +237,11 @@ async def _send(stream: SecureStream, machine: p.HostProtocol | p.GuestProtocol,
     except trio.TooSlowError:
         if machine.state not in p.FINAL_STATES:
             machine.timed_out()
-        raise _Dropped from None
+        raise _Dropped(broken=False) from None
     except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
         if machine.state not in p.FINAL_STATES:
             machine.connection_lost()
-        raise _Dropped from None
+        raise _Dropped(broken=True) from None
 
 
 # --------------------------------------------------------------------------
@@ -274,6 +291,9 @@ class _HostDriver:
         self.peer: bytes | None = None
 
     def emit(self, type_: str, **kw: object) -> None:
+        if type_ == "refused":
+            log.debug("invitation %s: session with %s refused: %s", self.inv_id.hex()[:8],
+                      self.peer.hex()[:12] if self.peer else "an unproved peer", kw.get("reason"))
         self.ctx.emit(InvitationEvent(type_, self.inv_id, peer=self.peer, **kw))  # type: ignore[arg-type]
 
     async def run(self) -> None:
@@ -308,8 +328,12 @@ class _HostDriver:
             self.peer = self.host.peer_device
             self.emit("guest_connected")
             await self._drain(events)  # the challenge, without waiting for the request
+            # A guest sends its request right after the accept: one that does not
+            # is dropped soon, not after a whole step of holding a session.
+            timeout = min(self.ctx.step_timeout, REQUEST_TIMEOUT)
             while self.host.state not in p.FINAL_STATES:
-                data = await _receive(self.stream, self.host, self.ctx.step_timeout)
+                data = await _receive(self.stream, self.host, timeout, p.MAX_GUEST_MESSAGE)
+                timeout = self.ctx.step_timeout
                 try:
                     events = self.host.receive_message(data)
                 except RemoteProtocolError as exc:
@@ -397,34 +421,35 @@ class _HostDriver:
         assert isinstance(ev, p.AttemptMade)
         store = self.ctx.store
         # No await from here to the count below: a proof is checked only while
-        # the invitation is usable, and a wrong one is counted before any other
-        # guest's proof can be checked, so concurrent guesses stay in the budget.
-        if not self.resume_only:
-            try:
+        # the invitation is usable (or, resuming, still exhausted and no more),
+        # and a wrong one is counted before any other guest's proof can be
+        # checked, so concurrent guesses stay in the budget.
+        try:
+            if self.resume_only:
+                store.check_resumable(self.inv_id, self.ctx.clock())
+            else:
                 store.check_usable(self.inv_id, self.ctx.clock())
-            except InvitationError as exc:
-                return self._refuse(exc.reason)
+        except InvitationError as exc:
+            return self._refuse(exc.reason)
         if isinstance(self.host.check_attempt()[0], p.AuthSucceeded):
             return []  # nothing was counted, nothing to write
-        if self.resume_only:
-            # An exhausted invitation admits no one new; only the guest it
-            # already admitted gets this far, so nothing is counted.
-            left = store.get(self.inv_id).attempts_left
-        else:
-            left = store.count_failed_attempt(self.inv_id)
-            try:
-                # Not cancellable: the answer below waits for the disk, and so
-                # does a revocation's uniform refusal.
-                await trio.to_thread.run_sync(store.flush, self.inv_id)
-            except P2PInviteError as exc:
-                # No answer. The count binds in memory (the record stays dirty,
-                # so the record's next write retries it); only a restart while
-                # the disk fails could forget it -- and a silent close after a
-                # tag is all the guest learns.
-                log.warning("invitation %s: could not write a failed attempt: %s",
-                            self.inv_id.hex()[:8], exc)
-                self.emit("refused", reason="could not record the attempt")
-                return self.host.fail("could not record the failed attempt")
+        # Counted on an exhausted invitation too: its admitted guest may resume
+        # with the right proof, but a wrong one costs an attempt like any other,
+        # or the PIN would have an oracle without limit for ten minutes.
+        left = store.count_failed_attempt(self.inv_id, self.ctx.clock())
+        try:
+            # Not cancellable: the answer below waits for the disk, and so
+            # does a revocation's uniform refusal.
+            await trio.to_thread.run_sync(store.flush, self.inv_id)
+        except P2PInviteError as exc:
+            # No answer. The count binds in memory (the record stays dirty,
+            # so the record's next write retries it); only a restart while
+            # the disk fails could forget it -- and a silent close after a
+            # tag is all the guest learns.
+            log.warning("invitation %s: could not write a failed attempt: %s",
+                        self.inv_id.hex()[:8], exc)
+            self.emit("refused", reason="could not record the attempt")
+            return self.host.fail("could not record the failed attempt")
         self.emit("locked" if left == 0 else "failed_attempt",
                   reason=self.host.reason, attempts_left=left)
         return self.host.attempt_counted(left)
@@ -673,10 +698,70 @@ class GuestPlan:
     name: str = ""
 
 
+#: A guest whose connection to the host dropped mid-session dials it again
+#: (and resumes where the host got to) at most this many times per join.
+MAX_RESUMES: Final = 3
+#: Short codes name no host: once every host found with the code's
+#: discriminator has answered, the guest waits this long (seconds) for another
+#: before it reports the answers.
+SHORT_CODE_SETTLE: Final = 1.0
+# Guest progress, in order: a join reports a state only when it is further on.
+_PROGRESS: Final = {p.State.INIT: 0, p.State.CONNECTING: 1, p.State.CONNECTED: 2,
+                    p.State.READY_FOR_AUTHENTICATION: 3, p.State.AUTHENTICATING: 4,
+                    p.State.ADMITTING: 5}
+
+
+def _answer_rank(ev: AcceptEvent) -> int:
+    """How telling a failed candidate's answer is (short codes: the best one is reported)."""
+    if ev.attempts_left is not None:
+        return 4  # a wrong code: the host that holds this discriminator's invitation
+    if ev.reason == p.REASON_ALREADY_MEMBER:
+        return 3
+    if ev.reason == "connection lost" or ev.state is p.State.TIMEOUT:
+        return 0
+    return 2 if ev.reason == UNIFORM_REFUSAL else 1
+
+
+@dataclass(eq=False)
+class _Attempt:
+    """One session of a join: its machine and the host identity its challenge proved."""
+
+    guest: p.GuestProtocol
+    host_identity: bytes | None = None
+
+
 class _GuestDriver:
+    """One join: dial the host, run a session per host found, decide the answer.
+
+    Hosts come from :meth:`NetworkManager.dial`, one connection per host at a
+    time; a host whose handshake payload is not the code's device (link
+    codes) is dropped there, before the handshake completes. Each connection
+    runs its own :class:`~.protocol.GuestProtocol` in its own task:
+
+    * success ends the join (the others are cancelled);
+    * a connection that *breaks* mid-session (a reset, a crash: no
+      authenticated end of stream) is dialed again and the session starts
+      over: the host resumes where it got to (it finds our credential after
+      its fsync), at most :data:`MAX_RESUMES` times. A host that ends the
+      stream on purpose without answering (it could not record a wrong
+      guess) or goes silent past a step's timeout is an answer, not a drop:
+      dialing again would only spend another attempt;
+    * link codes: the code names the host, so its answer (a refusal, a wrong
+      PIN, an admission that does not verify) is the join's answer;
+    * short codes name only a discriminator, which another host (or an
+      impostor) may advertise too: every host found gets its own session
+      (each is one online guess against that host only: the right host's
+      attempts are never spent by a wrong one) and a host's failure only
+      drops that host. When every host found has answered and no other turns
+      up for :data:`SHORT_CODE_SETTLE`, the most telling answer is reported
+      (a wrong code with the attempts left, before a uniform refusal).
+
+    No host at all within ``connect_timeout`` is "host unreachable".
+    """
+
     def __init__(self, plan: GuestPlan, identity: IdentityService, spaces: SpaceService,
                  network: NetworkManager, *, mdns: bool, step_timeout: float,
-                 connect_timeout: float) -> None:
+                 connect_timeout: float, report: Callable[[AcceptEvent], None]) -> None:
         self.plan = plan
         self.identity = identity
         self.spaces = spaces
@@ -684,26 +769,56 @@ class _GuestDriver:
         self.mdns = mdns
         self.step_timeout = step_timeout
         self.connect_timeout = connect_timeout
+        self._report = report
         ident_key = identity.identity_key if plan.kind is InvitationKind.SPACE else None
         chain = tuple(identity.device_chain()) if ident_key is not None else ()
-        self.guest = p.GuestProtocol(p.GuestRequest(
+        self._request = p.GuestRequest(
             kind=plan.kind.value,
             method=plan.method.value,
             device=identity.device.device_public, invitation_id=plan.invitation_id,
             host_device=plan.host_device, password=plan.password,
             admission_key=plan.admission_key, identity=ident_key, chain=chain,
-            name=plan.name))
-        self.host_identity: bytes | None = None
+            name=plan.name)
+        # The code names its host, so that host's answer is the join's answer.
+        self._authoritative = plan.host_device is not None
         self.result: AcceptResult | None = None
         self.prepared: _Prepared | None = None
+        self._progress = 0
+        self._final: AcceptEvent | None = None
+        self._done = trio.Event()
+        self._wake = trio.Event()
+        self._running = 0
+        self._idle_since = 0.0
+        self._answers: list[AcceptEvent] = []
+        self._resumes: dict[bytes, int] = {}
+        self._install_lock = trio.Lock()
 
-    def _event(self, **kw: object) -> AcceptEvent:
-        g = self.guest
-        refused = g.refused
-        reason = g.reason if g.state in p.FINAL_STATES and g.state is not p.State.SUCCESS else None
-        return AcceptEvent(g.state, reason=reason,
+    # -- reporting ---------------------------------------------------------------------
+
+    def _advance(self, state: p.State) -> None:
+        rank = _PROGRESS.get(state)
+        if rank is not None and rank > self._progress:
+            self._progress = rank
+            self._report(AcceptEvent(state))
+
+    @staticmethod
+    def _event_of(guest: p.GuestProtocol, result: AcceptResult | None = None) -> AcceptEvent:
+        refused = guest.refused
+        ok = guest.state is p.State.SUCCESS
+        return AcceptEvent(guest.state, reason=None if ok else guest.reason,
                            attempts_left=refused.attempts_left if refused else None,
-                           result=self.result, **kw)
+                           result=result)
+
+    def _finish(self, event: AcceptEvent) -> None:
+        if self._final is None:
+            self._final = event
+            self._done.set()
+
+    def _poke(self) -> None:
+        self._wake.set()
+        self._wake = trio.Event()
+
+    # -- the join ----------------------------------------------------------------------
 
     def _prepare(self) -> _Prepared | None:
         plan = self.plan
@@ -715,43 +830,109 @@ class _GuestDriver:
         return _Prepared(lambda: self.spaces.prepare_import(target),
                          lambda: self.spaces.discard_prepared(target))
 
-    async def run(self) -> AsyncIterator[AcceptEvent]:
-        guest = self.guest
-        guest.connecting()
-        yield self._event()
+    async def run(self) -> AcceptEvent:
+        """Run the join to its final event (reported too); progress is reported on the way."""
+        self._advance(p.State.CONNECTING)
         self.prepared = self._prepare()
         try:
-            async for ev in self._connect_and_converse():
-                yield ev
+            final = await self._join()
         finally:
             if self.result is None and self.prepared is not None:
                 await self.prepared.discard()
+        self._report(final)
+        return final
 
-    async def _connect_and_converse(self) -> AsyncIterator[AcceptEvent]:
-        guest = self.guest
+    def _check_peer(self, remote_static: bytes, payload: bytes) -> None:
+        # Runs after Noise message 2: a host that cannot prove the device key
+        # the code names is abandoned before the handshake completes.
+        device = verify_binding_proof(payload, remote_static)
+        want = self.plan.host_device
+        if want is not None and device != want:
+            raise HandshakeError("not the device the code names")
+
+    async def _join(self) -> AcceptEvent:
+        plan = self.plan
+        self._idle_since = trio.current_time()
         try:
-            stream = await self.network.connect(self.plan.topic, hints=self.plan.hints,
-                                                mdns=self.mdns, timeout=self.connect_timeout)
-        except ConnectionClosed as exc:
-            guest.fail(f"host unreachable: {exc.reason}")
-            yield self._event()
-            return
+            async with (self.network.dial(plan.topic, hints=plan.hints, mdns=self.mdns,
+                                          check_peer=self._check_peer) as found,
+                        trio.open_nursery() as nursery):
+                nursery.start_soon(self._take, found, nursery)
+                nursery.start_soon(self._watch, found)
+                await self._done.wait()
+                nursery.cancel_scope.cancel()
+        except ConnectionClosed as exc:  # nothing to dial: no hints and mDNS off
+            return AcceptEvent(p.State.ERROR, reason=f"host unreachable: {exc.reason}")
+        assert self._final is not None
+        return self._final
+
+    async def _take(self, found: Candidates, nursery: trio.Nursery) -> None:
+        while True:
+            stream = await found.next()
+            self._running += 1
+            self._poke()
+            nursery.start_soon(self._session, found, stream)
+
+    async def _watch(self, found: Candidates) -> None:
+        """End the join when nobody answers: no host within the connect timeout, or
+        (short codes) no further host after every one found has answered."""
+        while True:
+            if self._running:
+                await self._wake.wait()
+                continue
+            quiet = SHORT_CODE_SETTLE if self._answers else self.connect_timeout
+            due = self._idle_since + quiet
+            now = trio.current_time()
+            if now >= due and found.pending == 0:
+                if self._answers:
+                    self._finish(max(self._answers, key=_answer_rank))
+                else:
+                    why = f" (last error: {found.last_error})" if found.last_error else ""
+                    self._finish(AcceptEvent(p.State.ERROR, reason=(
+                        f"host unreachable: no peer for topic {self.plan.topic.short_id}"
+                        f" answered within {self.connect_timeout:g} s{why}")))
+                return
+            with trio.move_on_after(max(due - now, 0.1)):
+                await self._wake.wait()
+
+    async def _session(self, found: Candidates, stream: SecureStream) -> None:
+        peer = stream.remote_static
+        guest = p.GuestProtocol(self._request)
+        guest.connecting()
+        broken = False
         try:
-            async for ev in self._converse(stream):
-                yield ev
+            broken = await self._converse(_Attempt(guest), stream)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2.0):
                 await stream.aclose()
+            self._running -= 1
+            self._idle_since = trio.current_time()
+            self._poke()
+        event = self._event_of(guest, self.result)
+        if event.ok:
+            self._finish(event)
+            return
+        if broken and self._resumes.get(peer, 0) < MAX_RESUMES:
+            self._resumes[peer] = self._resumes.get(peer, 0) + 1
+            log.debug("join %s: connection to the host dropped; dialing it again",
+                      self.plan.topic.short_id)
+            found.release(peer, again=True)
+        elif self._authoritative:
+            self._finish(event)
+        else:
+            log.debug("join %s: a host answered %s; looking for others",
+                      self.plan.topic.short_id, event.reason)
+            found.reject(peer)
+            self._answers.append(event)
 
-    async def _converse(self, stream: SecureStream) -> AsyncIterator[AcceptEvent]:
-        guest = self.guest
+    async def _converse(self, attempt: _Attempt, stream: SecureStream) -> bool:
+        """Run one session to a final state; True if it ended because the connection broke."""
+        guest = attempt.guest
         try:
             events = guest.connected(_session(stream, self.identity.device.static_public))
         except RemoteProtocolError:
-            yield self._event()
-            return
-        last = guest.state
-        yield self._event()
+            return False
+        self._advance(guest.state)
         try:
             queue = deque(events)
             while guest.state not in p.FINAL_STATES:
@@ -759,34 +940,35 @@ class _GuestDriver:
                     if sends := _take_sends(queue):
                         await _send(stream, guest, sends, self.step_timeout)
                     else:
-                        queue.extend(await self._decide(queue.popleft()))
-                    if guest.state is not last:
-                        last = guest.state
-                        yield self._event()
+                        queue.extend(await self._decide(attempt, queue.popleft()))
+                    self._advance(guest.state)
                 if guest.state in p.FINAL_STATES:
                     break
-                data = await _receive(stream, guest, self.step_timeout)
+                data = await _receive(stream, guest, self.step_timeout, p.MAX_CHUNK_BYTES)
                 with contextlib.suppress(RemoteProtocolError):  # the machine is in ERROR
                     queue.extend(guest.receive_message(data))
-                if guest.state is not last:
-                    last = guest.state
-                    yield self._event()
-        except _Dropped:
-            yield self._event()
+                self._advance(guest.state)
+        except _Dropped as exc:
+            return exc.broken
+        return False
 
-    async def _decide(self, ev: p.Event) -> list[p.Event]:
-        guest = self.guest
+    async def _decide(self, attempt: _Attempt, ev: p.Event) -> list[p.Event]:
+        guest = attempt.guest
         if isinstance(ev, p.HostChallenged):
             try:
                 self._check_host(ev.host)
             except CredentialError as exc:
                 return guest.fail(f"host is not authorized: {exc}")
+            attempt.host_identity = ev.host.identity
             return guest.host_verified()
         if isinstance(ev, p.AdmissionReceived):
-            try:
-                self.result = await self._install(ev)
-            except (P2PInviteError, OSError) as exc:
-                return guest.fail(f"admission did not verify: {exc}")
+            async with self._install_lock:  # one admission is installed, whoever sent it
+                if self.result is not None:
+                    return guest.fail("already admitted through another host")
+                try:
+                    self.result = await self._install(ev, attempt.host_identity)
+                except (P2PInviteError, OSError) as exc:
+                    return guest.fail(f"admission did not verify: {exc}")
             return guest.admission_verified()
         return []  # Authenticated, Refused: reported through the state
 
@@ -797,9 +979,9 @@ class _GuestDriver:
                 and host.identity != plan.target):
             raise CredentialError("host speaks for another identity than the code names",
                                   rule="wrong_identity")
-        self.host_identity = host.identity
 
-    async def _install(self, ev: p.AdmissionReceived) -> AcceptResult:
+    async def _install(self, ev: p.AdmissionReceived, host_identity: bytes | None
+                       ) -> AcceptResult:
         plan = self.plan
         if self.prepared is not None:
             await self.prepared.wait()
@@ -809,7 +991,7 @@ class _GuestDriver:
             raise CredentialError(f"credential: {exc}", rule="malformed") from None
         if ev.credential not in _credentials_in(ev.entries):
             raise CredentialError("our credential is not in the log", rule="not_admitted")
-        if cred.issuer != self.host_identity:
+        if cred.issuer != host_identity:
             raise CredentialError("credential not issued by the host's identity",
                                   rule="wrong_issuer")
         a = cred.assertion
@@ -836,16 +1018,16 @@ class _GuestDriver:
 
 async def run_guest(plan: GuestPlan, identity: IdentityService, spaces: SpaceService,
                     network: NetworkManager, *, mdns: bool,
+                    report: Callable[[AcceptEvent], None],
                     step_timeout: float = DEFAULT_STEP_TIMEOUT,
-                    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
-                    ) -> AsyncIterator[AcceptEvent]:
-    """Accept an invitation as the guest; yield an :class:`AcceptEvent` per state.
+                    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> AcceptEvent:
+    """Accept an invitation as the guest; *report* gets an :class:`AcceptEvent` per state.
 
-    The last event is final: SUCCESS with ``result``, or a failure with its
-    reason. Never raises for what the host or the network does.
+    Returns the final event (also reported): SUCCESS with ``result``, or a
+    failure with its reason. Never raises for what the host or the network
+    does; cancelling it abandons the join (nothing is installed).
     """
     driver = _GuestDriver(plan, identity, spaces, network, mdns=mdns,
-                          step_timeout=step_timeout, connect_timeout=connect_timeout)
-    async for ev in driver.run():
-        yield ev
-
+                          step_timeout=step_timeout, connect_timeout=connect_timeout,
+                          report=report)
+    return await driver.run()

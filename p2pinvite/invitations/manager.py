@@ -7,16 +7,18 @@ ties the durable :class:`~.store.InvitationStore`, this device's identity and
 spaces, and the :class:`~p2pinvite.net.manager.NetworkManager` together.
 
 * **Hosting.** Every usable invitation is joined on the network manager under
-  its topic: link invitations under ``Topic.from_secret(secret)`` (XXpsk3,
-  advertised over mDNS when mDNS is on), short codes under
-  ``Topic.for_discriminator``. Each connection on the topic runs
-  :func:`~.handlers.serve_guest`. Revoking leaves the topic and cancels the
-  handshakes in progress (their guests are told the uniform refusal). An
-  invitation that finishes otherwise (expired, exhausted, locked) keeps its
-  topic for :data:`HOSTING_GRACE` (10 minutes), so a guest can still resume
-  a dropped admission and a late one is told "not available"; then the topic
-  is left and its mDNS advertisement withdrawn. A restart hosts what is
-  usable or still within that grace.
+  its topic, as a *session topic* (every connection its own session, never
+  cancelled for another one): link invitations under
+  ``Topic.from_secret(secret)`` (XXpsk0, advertised over mDNS when mDNS is
+  on), short codes under ``Topic.for_discriminator``. Each connection on the
+  topic runs :func:`~.handlers.serve_guest`. An invitation that finishes
+  (revoked, expired, exhausted, locked) keeps its topic for
+  :data:`HOSTING_GRACE` (10 minutes) after it finished, so a guest can still
+  resume a dropped admission and a late one is told "not available" at once
+  instead of finding no host; then the topic is left and its mDNS
+  advertisement withdrawn. Revoking also cancels the handshakes in progress
+  (their guests are told the uniform refusal). A restart hosts what is usable
+  or still within that grace (every finish time is in the record).
 * **Accepting.** :meth:`accept` turns a code into a :class:`~.handlers.GuestPlan`,
   runs :func:`~.handlers.run_guest` in the manager's nursery and streams its
   events through a channel, so abandoning the iterator (or :meth:`cancel`)
@@ -199,8 +201,6 @@ class InvitationManager:
         self._ctx = HostContext(keys=keys, identity=identity, spaces=spaces, store=store,
                                 clock=clock, emit=self._emit, step_timeout=step_timeout)
         self._hosted: dict[bytes, Topic] = {}
-        # When this process saw each invitation lock (the record keeps no lock time).
-        self._locked_at: dict[bytes, float] = {}
         # When each hosted invitation's topic is to be left, and the same as a
         # heap of (when, id); a heap entry that no longer matches the dict is stale.
         # Only the invitation that changed is looked at: an admission costs O(log n).
@@ -310,21 +310,14 @@ class InvitationManager:
         """Until when (manager clock) *inv* answers on its topic: :data:`HOSTING_GRACE`
         after it finished.
 
-        A usable invitation counts as finishing at its expiry (a use or a lock
-        may end it sooner, and reschedules it); an expired or exhausted one at
-        the time :func:`~.store.finished_at` gives; a locked one when this
-        process saw it lock -- the record keeps no lock time, so a locked
-        invitation is not hosted again after a restart; a revoked one not at all.
+        A usable invitation counts as finishing at its expiry (a use, a lock or
+        a revocation may end it sooner, and reschedules it); a finished one at
+        the time :func:`~.store.finished_at` gives (revoked, locked, exhausted,
+        expired alike, so a guest arriving late is told at once, also after a
+        restart).
         """
-        status = inv.status(now)
-        if status is InvitationStatus.REVOKED:
-            return -math.inf
-        if status is InvitationStatus.LOCKED:
-            since = self._locked_at.get(inv.id, -math.inf)
-        else:
-            finished = finished_at(inv, now)
-            since = inv.expires_at if finished is None else finished
-        return since + HOSTING_GRACE
+        finished = finished_at(inv, now)
+        return (inv.expires_at if finished is None else finished) + HOSTING_GRACE
 
     def _schedule_leave(self, inv_id: bytes, when: float) -> None:
         # Wake the sleeper only for a departure earlier than the heap's first
@@ -442,14 +435,13 @@ class InvitationManager:
             assert isinstance(stream, SecureStream)
             await serve_guest(stream, ctx, inv_id)
 
-        await self._network.join(topic, handler, advertise=self._mdns)
+        await self._network.join(topic, handler, advertise=self._mdns, one_per_peer=False)
         self._hosted[inv.id] = topic
         self._schedule_leave(inv.id, self._hosted_until(inv, self._clock()))
 
     async def _unhost(self, inv_id: bytes) -> None:
         for scope in list(self._ctx.active.get(inv_id, ())):
             scope.cancel()
-        self._locked_at.pop(inv_id, None)
         self._leave_at.pop(inv_id, None)  # its queue entries are stale now
         topic = self._hosted.pop(inv_id, None)
         if topic is not None:
@@ -466,9 +458,7 @@ class InvitationManager:
         return out
 
     def _emit(self, event: InvitationEvent) -> None:
-        if event.type in ("admitted", "locked"):  # either may finish the invitation
-            if event.type == "locked":
-                self._locked_at[event.invitation_id] = self._clock()
+        if event.type in ("admitted", "locked", "revoked"):  # each may finish it
             self._reschedule_leave(event.invitation_id)
         for chan in list(self._subscribers):
             try:
@@ -557,12 +547,15 @@ class InvitationManager:
         return self._store.get(invitation_id)
 
     async def revoke(self, invitation_id: bytes) -> Invitation:
-        """Revoke: keep a tombstone, stop its handshakes in progress, leave its topic."""
+        """Revoke: keep a tombstone and stop its handshakes in progress (their guests are
+        told the uniform refusal). Its topic still answers, with that refusal, for
+        :data:`HOSTING_GRACE`, like any finished invitation's."""
         me = self._identity_key()
         now = self._clock()  # read on the trio thread: the clock may be trio's
         inv = await trio.to_thread.run_sync(
             lambda: self._store.revoke(invitation_id, by=me, now=now))
-        await self._unhost(invitation_id)
+        for scope in list(self._ctx.active.get(invitation_id, ())):
+            scope.cancel()
         self._emit(InvitationEvent("revoked", invitation_id))
         return inv
 
@@ -696,13 +689,20 @@ class InvitationManager:
             # its closed channel must end this join, never the daemon's nursery.
             async with send:
                 last: AcceptEvent | None = None
-                with scope, contextlib.suppress(trio.BrokenResourceError):
-                    async for ev in run_guest(plan, self._identity, self._spaces,
-                                              self._network, mdns=self._mdns,
-                                              step_timeout=self._step_timeout,
-                                              connect_timeout=self._connect_timeout):
-                        last = ev
+
+                def report(ev: AcceptEvent) -> None:
+                    nonlocal last
+                    last = ev
+                    try:
                         send.send_nowait(ev)
+                    except trio.BrokenResourceError:
+                        scope.cancel()  # nobody listens any more: give the join up
+
+                with scope:
+                    await run_guest(plan, self._identity, self._spaces, self._network,
+                                    mdns=self._mdns, report=report,
+                                    step_timeout=self._step_timeout,
+                                    connect_timeout=self._connect_timeout)
                 if scope.cancelled_caught and (last is None or not last.final):
                     with contextlib.suppress(trio.BrokenResourceError):
                         send.send_nowait(AcceptEvent(State.CANCELLED, reason="cancelled"))

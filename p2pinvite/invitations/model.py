@@ -116,8 +116,8 @@ MAX_ATTEMPTS_LIMIT: Final = 1000
 #: the authoritative history of who was admitted.
 MAX_ACCEPTED_RECORDED: Final = 1000
 MAX_NOTE_LENGTH: Final = 1024
-#: Version of the record map (field ``v``).
-RECORD_VERSION: Final = 1
+#: Version of the record map (field ``v``). 2 added ``locked_at``.
+RECORD_VERSION: Final = 2
 #: Exclusive upper bound of timestamps: link codes carry expiry as uint32.
 _MAX_TIME: Final = float(2**32)
 
@@ -200,6 +200,9 @@ class Invitation:
     accepted_by: tuple[tuple[bytes, float], ...] = ()
     revoked_at: float | None = None
     revoked_by: bytes | None = None
+    #: When the last attempt was spent (set exactly when locked): a restarted
+    #: host keeps answering on the topic for a while after it, as after any end.
+    locked_at: float | None = None
 
     def __post_init__(self) -> None:
         _need(isinstance(self.id, bytes) and len(self.id) == 16, "id must be 16 bytes")
@@ -251,8 +254,11 @@ class Invitation:
         _need(self.revoked_at is None or _is_time(self.revoked_at), "revoked_at must be a time")
         _need(self.revoked_by is None or _is_key(self.revoked_by),
               "revoked_by must be a 32-byte key")
+        _need((self.locked_at is not None) == (self.failed_attempts >= self.max_attempts),
+              "locked_at is set exactly when no attempt is left")
+        _need(self.locked_at is None or _is_time(self.locked_at), "locked_at must be a time")
         # Normalise ints to floats so a record equals its decoded copy exactly.
-        for name in ("created_at", "expires_at", "revoked_at"):
+        for name in ("created_at", "expires_at", "revoked_at", "locked_at"):
             v = getattr(self, name)
             if v is not None and not isinstance(v, float):
                 object.__setattr__(self, name, float(v))
@@ -324,6 +330,7 @@ class Invitation:
             "accepted_by": [[k, at] for k, at in self.accepted_by],
             "revoked_at": self.revoked_at,
             "revoked_by": self.revoked_by,
+            "locked_at": self.locked_at,
         }
 
     def to_bytes(self) -> bytes:
@@ -376,6 +383,8 @@ class Invitation:
                 revoked_at=None if m["revoked_at"] is None
                 else _time_of(m["revoked_at"], "revoked_at"),
                 revoked_by=_opt_bytes(m, "revoked_by"),
+                locked_at=None if m["locked_at"] is None
+                else _time_of(m["locked_at"], "locked_at"),
             )
         except InvalidInvitation as exc:
             raise DecodeError(f"inconsistent invitation record: {exc}") from None

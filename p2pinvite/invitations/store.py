@@ -155,16 +155,12 @@ class InvitationPruneFailed(StorageError):
 def finished_at(inv: Invitation, now: float) -> float | None:
     """Since when *inv* is finished for good at *now*, or ``None`` if it is still usable.
 
-    The record keeps no "became locked/exhausted" time, so each status uses
-    the closest time the record does hold that is never *before* the real
-    one (retention may run late, never early):
-
     * revoked: ``revoked_at``;
+    * locked: ``locked_at`` (when its last attempt was spent);
     * expired: ``expires_at``;
     * exhausted: the latest ``accepted_by`` time (the use that exhausted it),
-      or ``expires_at`` if the record names no one;
-    * locked: ``expires_at``. An attempt is only spent on a usable invitation,
-      so the lock happened before expiry.
+      or ``expires_at`` if the record names no one (a record keeps the most
+      recent uses only).
 
     A use may still be committed after the invitation finished (a reservation
     taken before it), so the latest ``accepted_by`` time is a floor for every
@@ -174,8 +170,10 @@ def finished_at(inv: Invitation, now: float) -> float | None:
     if status is InvitationStatus.REVOKED:
         assert inv.revoked_at is not None
         since = inv.revoked_at
-    elif status in (InvitationStatus.EXPIRED, InvitationStatus.LOCKED,
-                    InvitationStatus.EXHAUSTED):
+    elif status is InvitationStatus.LOCKED:
+        assert inv.locked_at is not None
+        since = inv.locked_at
+    elif status in (InvitationStatus.EXPIRED, InvitationStatus.EXHAUSTED):
         since = inv.expires_at
     else:
         return None
@@ -480,10 +478,25 @@ class InvitationStore:
             raise err
         return inv
 
+    def check_resumable(self, inv_id: bytes, now: float) -> Invitation:
+        """Return the record if its admitted guests may still resume at *now*, else raise.
+
+        That is an exhausted invitation (every use taken, not revoked, not
+        locked): only a guest it already admitted gets anything from it.
+        Raises :class:`~p2pinvite.errors.InvitationError` with the status as
+        the reason otherwise.
+        """
+        inv = self.get(inv_id)
+        status = inv.status(now)
+        if status is not InvitationStatus.EXHAUSTED:
+            raise InvitationError(f"invitation {inv_id.hex()} is {status.value}",
+                                  reason=status.value)
+        return inv
+
     # -- authentication attempts -------------------------------------------
 
-    def count_failed_attempt(self, inv_id: bytes) -> int:
-        """Count one wrong proof, in memory, at once; return the attempts left.
+    def count_failed_attempt(self, inv_id: bytes, now: float) -> int:
+        """Count one wrong proof at *now*, in memory, at once; return the attempts left.
 
         Concurrent guests see the smaller budget immediately (the invitation is
         locked in memory when none are left). The record is marked dirty: the
@@ -500,7 +513,9 @@ class InvitationStore:
             if inv.attempts_left == 0:
                 raise InvitationError(f"invitation {inv_id.hex()}: no attempt left",
                                       reason="locked")
-            new = dataclasses.replace(inv, failed_attempts=inv.failed_attempts + 1)
+            failed = inv.failed_attempts + 1
+            new = dataclasses.replace(inv, failed_attempts=failed,
+                                      locked_at=now if failed >= inv.max_attempts else None)
             self._records[inv_id] = new
             self._dirty.add(inv_id)
             return new.attempts_left

@@ -9,7 +9,7 @@ One TCP listener serves every topic. A connection goes through three phases:
    size limit; an unknown topic or a malformed preamble closes the connection
    without a word. The preamble's msgpack bytes become the Noise prologue, so
    a middlebox that rewrites them breaks the handshake.
-2. **Handshake** (Noise ``XX``, or ``XXpsk3`` with the topic's PSK), via
+2. **Handshake** (Noise ``XX``, or ``XXpsk0`` with the topic's PSK), via
    :func:`p2pinvite.net.secure.open_secure_stream`. Phases 1 and 2 share one
    deadline (``handshake_timeout``). While in them a connection is
    *unauthenticated*; at most ``max_unauthenticated`` exist, and a new one
@@ -17,17 +17,33 @@ One TCP listener serves every topic. A connection goes through three phases:
    real peer out: the newest connection always gets its chance).
 3. **Accept**. The listener sends one empty application message (the
    *accept*). The dialer counts the connection as established only once it
-   has read it: with ``XXpsk3`` the PSK is mixed in by the initiator's last
-   message, so the accept is what proves to the dialer that the responder
-   holds the PSK too, and that it took the connection (not dropped it as a
-   duplicate).
+   has read it: it says the listener took the connection (did not drop it
+   as a duplicate or over a cap).
 
-Established connections of a joined topic go to its handler, each in its own
-task in the manager's nursery. Per topic there is at most one connection per
-remote static key. When a second one appears (both sides dialed at once), both
-sides keep the same one: the connection dialed by the *lower* static public
-key (bytewise); if both were dialed by the same side, the newer one. The loser
-is closed (its handler, if it had started, is cancelled).
+Topics come in two kinds (:meth:`NetworkManager.join`):
+
+* **Session topics** (``one_per_peer=False``: invitations). Every accepted
+  connection is its own session and runs its own handler; nothing ever
+  cancels a session in favour of another connection from the same peer (a
+  guest's second connection is a second session, and the guest decides which
+  one it talks on). Sessions are capped across the daemon
+  (``max_sessions``) and per source address (``max_sessions_per_source``);
+  a connection over a cap is closed before the accept.
+* **Peer topics** (``one_per_peer=True``: member swarms). At most one
+  connection per remote static key. When a second one appears (both sides
+  dialed at once), both sides keep the same one: the connection dialed by the
+  *lower* static public key (bytewise); if both were dialed by the same side,
+  the newer one (a dialer never holds two at once, so the older one is a
+  connection the dialer already gave up). The loser is closed (its handler,
+  if it had started, is cancelled).
+
+Dialing a topic (:meth:`NetworkManager.dial`, the guest side) races every
+address hint and every address mDNS finds, **one dial per address** and
+**one connection per peer**: the dialer checks the peer's static key and
+handshake payload after message 2, before it completes the handshake, and
+abandons a dial to a peer it already holds a connection to, or one the
+caller's check rejects (the wrong host). Those peers are then never
+completed, so the listener never sees a duplicate session.
 
 Swarms (``join(..., discover=True)``) browse mDNS for the topic and dial each
 address found until one connection is established, backing off exponentially
@@ -35,14 +51,16 @@ with jitter (capped) between failures. A lost instance stops its dialing.
 
 Nothing that goes wrong on one connection (bad bytes, a handler raising)
 reaches another connection or the manager: it is logged (logger
-``p2pinvite.net``, never secrets or keys) and that connection is closed.
+``p2pinvite.net``; every connection's fate at debug level, never secrets or
+keys) and that connection is closed.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -61,7 +79,7 @@ from ..errors import (
 )
 from ..wire import expect_bytes, expect_int, expect_map, frame, pack, unpack
 from .peers import PeerFound, PeerLost
-from .secure import SecureStream, open_secure_stream
+from .secure import PeerCheck, SecureStream, open_secure_stream
 from .topics import TOPIC_ID_SIZE, Topic
 
 if TYPE_CHECKING:
@@ -70,7 +88,10 @@ if TYPE_CHECKING:
 __all__ = [
     "ACCEPT",
     "MAX_PREAMBLE",
+    "MAX_SESSIONS",
+    "MAX_SESSIONS_PER_SOURCE",
     "PREAMBLE_VERSION",
+    "Candidates",
     "Handler",
     "NetworkManager",
     "PeerUnreachable",
@@ -89,10 +110,15 @@ ACCEPT: Final = b""
 #: Dial backoff: first delay, cap (seconds); each delay is jittered to 50-100 %.
 BACKOFF_BASE: Final = 0.25
 BACKOFF_CAP: Final = 30.0
-#: connect() retries a failing hint at most this far apart.
+#: A guest's dials (:meth:`NetworkManager.dial`) retry a failing address at most this far apart.
 CONNECT_BACKOFF_CAP: Final = 2.0
 #: How long closing one connection may take (it is shielded from cancellation).
 CLOSE_TIMEOUT: Final = 2.0
+#: Sessions (connections of session topics: invitations) served at once, in
+#: all, and from one source address. Each holds at most its protocol's
+#: message limit in buffers, so these caps bound the memory guests can pin.
+MAX_SESSIONS: Final = 128
+MAX_SESSIONS_PER_SOURCE: Final = 32
 
 Handler = Callable[[SecureStream], Awaitable[None]]
 Address = tuple[str, int]
@@ -104,6 +130,14 @@ _DIAL_ERRORS: Final = (P2PInviteError, OSError, trio.BrokenResourceError,
 
 class PeerUnreachable(ConnectionClosed):
     """No peer of the topic completed the handshake in time (``connect``)."""
+
+
+class _Unwanted(ConnectionClosed):
+    """Internal: a dial abandoned after message 2, the peer being already connected."""
+
+
+class _Rejected(_Unwanted):
+    """Internal: a dial abandoned after message 2, the peer being one we do not want."""
 
 
 def encode_preamble(topic_id: bytes) -> bytes:
@@ -145,22 +179,164 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _peer_id(key: bytes) -> str:
+    # A static public key is not a secret; a prefix names a peer in a log line.
+    return key.hex()[:12]
+
+
+def _source(stream: trio.abc.Stream) -> str:
+    try:
+        return str(stream.socket.getpeername()[0])  # type: ignore[attr-defined]
+    except (AttributeError, OSError):
+        return "?"
+
+
 @dataclass(eq=False)
 class _Conn:
     stream: SecureStream
     dialer: bytes  # static public key of the side that dialed
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     done: trio.Event = field(default_factory=trio.Event)
+    source: str | None = None  # counted in the session caps under this address
 
 
 @dataclass(eq=False)
 class _Joined:
     topic: Topic
     handler: Handler
+    one_per_peer: bool
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    # one_per_peer topics: the connection of each peer; session topics: every session.
     conns: dict[bytes, _Conn] = field(default_factory=dict)
+    sessions: set[_Conn] = field(default_factory=set)
     # What a dial to an address authenticated as, so a connected peer is not redialed.
     seen_at: dict[Address, bytes] = field(default_factory=dict)
+
+    def live(self) -> list[_Conn]:
+        return [*self.conns.values(), *self.sessions]
+
+
+class Candidates:
+    """The peers of one topic as a dialer finds them: :meth:`NetworkManager.dial`.
+
+    Every address (hints, then whatever mDNS finds) is dialed by one task,
+    retried with backoff while it fails. A peer is *held* from the moment a
+    dial's handshake reveals it (message 2) until the caller releases it;
+    while it is held, other dials that reach it are abandoned before they
+    complete the handshake, so there is at most one connection per peer. The
+    *check_peer* callback rejects peers for good (the wrong host): their
+    dials are abandoned the same way and those addresses are not retried.
+    """
+
+    def __init__(self, manager: NetworkManager, topic: Topic, nursery: trio.Nursery,
+                 check_peer: PeerCheck | None) -> None:
+        self._manager = manager
+        self._topic = topic
+        self._nursery = nursery
+        self._check_peer = check_peer
+        self._send, self._recv = trio.open_memory_channel[SecureStream](math.inf)
+        self._dialing: set[Address] = set()
+        self._held: set[bytes] = set()
+        self._rejected: set[bytes] = set()
+        self._changed = trio.Event()
+        #: Dials whose handshake has revealed a wanted peer and not yet ended.
+        self.pending = 0
+        #: The last failure of any dial (for the error the caller reports).
+        self.last_error: str | None = None
+
+    def add(self, addr: Address) -> None:
+        """Dial *addr* too (once: an address already being dialed is not dialed twice)."""
+        if addr in self._dialing:
+            log.debug("dial %s: %s:%d already being dialed", self._topic.short_id, *addr)
+            return
+        self._dialing.add(addr)
+        self._nursery.start_soon(self._dial_loop, addr)
+
+    async def next(self) -> SecureStream:
+        """The next established connection, to a peer not held already (it is now held)."""
+        return await self._recv.receive()
+
+    def release(self, peer: bytes, *, again: bool) -> None:
+        """The caller is done with its connection to *peer* (a static public key).
+
+        ``again``: the peer may be dialed again (its session dropped and should
+        resume); otherwise it is rejected for the rest of this dial.
+        """
+        self._held.discard(peer)
+        if not again:
+            self._rejected.add(peer)
+        self._wake()
+
+    def reject(self, peer: bytes) -> None:
+        """Never connect to *peer* again in this dial (e.g. it answered like the wrong host)."""
+        self.release(peer, again=False)
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _claim(self, remote: bytes, payload: bytes) -> None:
+        if remote in self._rejected:
+            raise _Rejected(f"peer {_peer_id(remote)} was rejected")
+        if remote in self._held:
+            raise _Unwanted(f"peer {_peer_id(remote)} is already connected")
+        if self._check_peer is not None:
+            try:
+                self._check_peer(remote, payload)
+            except P2PInviteError as exc:
+                self._rejected.add(remote)
+                raise _Rejected(f"peer {_peer_id(remote)} rejected: {exc}") from None
+        self._held.add(remote)
+
+    async def _dial_once(self, addr: Address) -> SecureStream:
+        claimed: list[bytes] = []
+
+        def check(remote: bytes, payload: bytes) -> None:
+            self._claim(remote, payload)
+            claimed.append(remote)
+            self.pending += 1
+
+        try:
+            stream = await self._manager._dial(self._topic, addr, check_peer=check)
+        except BaseException:
+            if claimed:  # the peer was held for this dial: let the others have it
+                self.pending -= 1
+                self._held.discard(claimed[0])
+                self._wake()
+            raise
+        self.pending -= 1
+        return stream
+
+    async def _dial_loop(self, addr: Address) -> None:
+        topic = self._topic
+        attempt = 0
+        while True:
+            changed = self._changed
+            log.debug("dial %s: %s:%d", topic.short_id, *addr)
+            try:
+                stream = await self._dial_once(addr)
+            except _Rejected as exc:
+                log.debug("dial %s: %s:%d abandoned: %s", topic.short_id, *addr, exc.reason)
+                return  # this address speaks for a peer we do not want
+            except _Unwanted as exc:
+                log.debug("dial %s: %s:%d abandoned: %s", topic.short_id, *addr, exc.reason)
+                await changed.wait()  # a duplicate: try again once its peer is released
+                continue
+            except _DIAL_ERRORS as exc:
+                self.last_error = _describe(exc)
+                log.debug("dial %s: %s:%d failed: %s", topic.short_id, *addr, self.last_error)
+                await trio.sleep(_backoff(attempt, CONNECT_BACKOFF_CAP))
+                attempt += 1
+                continue
+            peer = stream.remote_static
+            log.debug("dial %s: %s:%d established with peer %s", topic.short_id, *addr,
+                      _peer_id(peer))
+            self._send.send_nowait(stream)
+            while peer in self._held:  # until the caller is done with this peer
+                await self._changed.wait()
+            if peer in self._rejected:
+                return
+            attempt = 0
 
 
 class NetworkManager:
@@ -168,7 +344,9 @@ class NetworkManager:
 
     def __init__(self, nursery: trio.Nursery, *, static_key: bytes, payload: bytes,
                  addresses: list[Address], discovery: Discovery | None,
-                 handshake_timeout: float, max_unauthenticated: int) -> None:
+                 handshake_timeout: float, max_unauthenticated: int,
+                 max_sessions: int = MAX_SESSIONS,
+                 max_sessions_per_source: int = MAX_SESSIONS_PER_SOURCE) -> None:
         self._nursery = nursery
         self._static_key = static_key
         #: Our static public key (X25519).
@@ -179,8 +357,11 @@ class NetworkManager:
         self._discovery = discovery
         self._hs_timeout = handshake_timeout
         self._max_unauth = max_unauthenticated
+        self._max_sessions = max_sessions
+        self._max_per_source = max_sessions_per_source
         self._pending: OrderedDict[object, trio.CancelScope] = OrderedDict()
         self._topics: dict[bytes, _Joined] = {}
+        self._by_source: Counter[str] = Counter()
 
     # -- public API ----------------------------------------------------------
 
@@ -189,22 +370,30 @@ class NetworkManager:
         """Connections currently in the preamble or handshake."""
         return len(self._pending)
 
+    @property
+    def sessions(self) -> int:
+        """Sessions (connections of session topics) being served now."""
+        return self._by_source.total()
+
     def is_joined(self, topic: Topic) -> bool:
         """Whether *topic* is joined (accepted on the listener, advertised if asked)."""
         return topic.id in self._topics
 
     async def join(self, topic: Topic, handler: Handler, *, advertise: bool = True,
-                   discover: bool = False, peers: Sequence[Address] = ()) -> None:
+                   discover: bool = False, peers: Sequence[Address] = (),
+                   one_per_peer: bool = True) -> None:
         """Accept connections for *topic* and hand each to *handler*.
 
         *advertise*: announce the topic over mDNS (ignored when mDNS is off).
         *discover*: swarm mode, dial the peers mDNS finds for the topic.
         *peers*: addresses to dial as part of the swarm (e.g. known members).
+        *one_per_peer*: keep one connection per peer (a swarm); ``False`` makes
+        every connection its own session (invitations), under the session caps.
         Raises :class:`LocalProtocolError` if the topic is already joined.
         """
         if topic.id in self._topics:
             raise LocalProtocolError(f"topic {topic.short_id} is already joined")
-        joined = _Joined(topic, handler)
+        joined = _Joined(topic, handler, one_per_peer)
         self._topics[topic.id] = joined
         if advertise and self._discovery is not None:
             try:
@@ -224,7 +413,7 @@ class NetworkManager:
         if joined is None:
             return
         joined.scope.cancel()
-        conns = list(joined.conns.values())
+        conns = joined.live()
         for conn in conns:
             conn.scope.cancel()
         if self._discovery is not None:
@@ -233,70 +422,77 @@ class NetworkManager:
             await conn.done.wait()
         log.debug("left topic %s", topic.short_id)
 
-    async def connect(self, topic: Topic, *, hints: Sequence[Address] = (), mdns: bool = True,
-                      timeout: float = 10.0) -> SecureStream:
-        """Dial a peer of *topic*: race *hints* and mDNS, return the first established stream.
+    @asynccontextmanager
+    async def dial(self, topic: Topic, *, hints: Sequence[Address] = (), mdns: bool = True,
+                   check_peer: PeerCheck | None = None) -> AsyncIterator[Candidates]:
+        """Dial the peers of *topic*: every hint and every address mDNS finds, raced.
 
-        Every candidate is dialed concurrently (failed hints are retried with
-        backoff); the first connection whose handshake and accept complete
-        wins and the others are closed. The stream is the caller's to close.
-        Raises :class:`PeerUnreachable` after *timeout* seconds without one.
+        Yields :class:`Candidates`; ``await candidates.next()`` returns each
+        established connection (one per peer at a time, see there). Streams
+        handed out are the caller's to close; on exit every dial still in
+        progress is stopped. Raises :class:`PeerUnreachable` at once if there
+        is nothing to dial (no hints and mDNS off).
         """
         use_mdns = mdns and self._discovery is not None
         if not hints and not use_mdns:
             raise PeerUnreachable("no address hints and mDNS is off")
-        won: list[SecureStream] = []
-        last_error: list[str] = []
+        async with trio.open_nursery() as nursery:
+            candidates = Candidates(self, topic, nursery, check_peer)
+            for addr in hints:
+                candidates.add(addr)
+            if use_mdns:
+                assert self._discovery is not None
+                nursery.start_soon(self._browse_into, self._discovery, topic, candidates)
+            try:
+                yield candidates
+            finally:
+                nursery.cancel_scope.cancel()
+                # Established connections nobody took: close them.
+                candidates._send.close()
+                with trio.CancelScope(shield=True):
+                    async for stream in candidates._recv:
+                        await _close(stream)
 
-        async def attempt(addr: Address) -> None:
-            for n in range(1 << 30):
-                try:
-                    stream = await self._dial(topic, addr)
-                except _DIAL_ERRORS as exc:
-                    last_error[:] = [_describe(exc)]
-                    log.debug("connect %s via %s:%d failed: %s", topic.short_id, *addr,
-                              last_error[0])
-                    await trio.sleep(_backoff(n, CONNECT_BACKOFF_CAP))
-                    continue
-                if won:  # another candidate got there first
-                    await _close(stream)
-                else:
-                    won.append(stream)
-                    nursery.cancel_scope.cancel()
-                return
+    async def connect(self, topic: Topic, *, hints: Sequence[Address] = (), mdns: bool = True,
+                      timeout: float = 10.0, check_peer: PeerCheck | None = None
+                      ) -> SecureStream:
+        """Dial a peer of *topic* (as :meth:`dial`) and return the first established stream.
 
-        async def via_mdns(discovery: Discovery) -> None:
-            dialing: set[Address] = set()
-            async with discovery.browse(topic) as events:
-                async for event in events:
-                    if isinstance(event, PeerFound):
-                        for addr in event.addresses:
-                            if addr not in dialing:
-                                dialing.add(addr)
-                                nursery.start_soon(attempt, addr)
-
-        with trio.move_on_after(timeout):
-            async with trio.open_nursery() as nursery:
-                for addr in dict.fromkeys(hints):
-                    nursery.start_soon(attempt, addr)
-                if use_mdns:
-                    assert self._discovery is not None
-                    nursery.start_soon(via_mdns, self._discovery)
-        if not won:
-            why = f" (last error: {last_error[0]})" if last_error else ""
-            raise PeerUnreachable(
-                f"no peer for topic {topic.short_id} answered within {timeout} s{why}")
-        return won[0]
+        The stream is the caller's to close. Raises :class:`PeerUnreachable`
+        after *timeout* seconds without one.
+        """
+        async with self.dial(topic, hints=hints, mdns=mdns, check_peer=check_peer) as found:
+            with trio.move_on_after(timeout):
+                return await found.next()
+        why = f" (last error: {found.last_error})" if found.last_error else ""
+        raise PeerUnreachable(
+            f"no peer for topic {topic.short_id} answered within {timeout} s{why}")
 
     # -- dialing -------------------------------------------------------------
+
+    async def _browse_into(self, discovery: Discovery, topic: Topic,
+                           candidates: Candidates) -> None:
+        async with discovery.browse(topic) as events:
+            async for event in events:
+                if isinstance(event, PeerFound):
+                    log.debug("dial %s: mDNS found %s", topic.short_id,
+                              ", ".join(f"{h}:{p}" for h, p in event.addresses))
+                    for addr in event.addresses:
+                        candidates.add(addr)
 
     def _advertised_hosts(self) -> list[str] | None:
         host = self.addresses[0][0]
         return None if host in ("0.0.0.0", "") else [host]  # noqa: S104
 
     async def _dial(self, topic: Topic, addr: Address,
-                    on_handshake: Callable[[bytes], None] | None = None) -> SecureStream:
+                    check_peer: PeerCheck | None = None) -> SecureStream:
         """Connect, send the preamble, run the handshake, read the accept."""
+        def check(remote: bytes, payload: bytes) -> None:
+            if remote == self.public_key:
+                raise LocalProtocolError("dialed ourselves")
+            if check_peer is not None:
+                check_peer(remote, payload)
+
         try:
             with trio.fail_after(self._hs_timeout):
                 stream = await trio.open_tcp_stream(*addr)
@@ -305,16 +501,12 @@ class NetworkManager:
                     secure = await open_secure_stream(
                         stream, initiator=True, static_key=self._static_key, psk=topic.psk,
                         prologue=body, payload=self._payload, timeout=self._hs_timeout,
-                        lead=frame(body))
+                        lead=frame(body), check_peer=check)
                 except BaseException:
                     await trio.aclose_forcefully(stream)
                     raise
                 try:
-                    if secure.remote_static == self.public_key:
-                        raise LocalProtocolError("dialed ourselves")
-                    if on_handshake is not None:
-                        on_handshake(secure.remote_static)
-                    if await secure.receive_message() != ACCEPT:
+                    if await secure.receive_message(max_size=0) != ACCEPT:
                         raise RemoteProtocolError("expected the accept message")
                 except BaseException:
                     await trio.aclose_forcefully(secure)
@@ -355,8 +547,12 @@ class NetworkManager:
         scope = dialing[addr]
         conn: _Conn | None = None
 
-        def seen(remote: bytes) -> None:
+        def not_connected(remote: bytes, payload: bytes) -> None:
+            # Abandon before message 3: the peer has a connection with us already
+            # (it dialed us meanwhile, or another of its addresses answered).
             joined.seen_at[addr] = remote
+            if remote in joined.conns:
+                raise _Unwanted(f"peer {_peer_id(remote)} is already connected")
 
         try:
             with scope:
@@ -365,7 +561,7 @@ class NetworkManager:
                     if known is not None and known in joined.conns:
                         return
                     try:
-                        stream = await self._dial(joined.topic, addr, on_handshake=seen)
+                        stream = await self._dial(joined.topic, addr, check_peer=not_connected)
                     except _DIAL_ERRORS as exc:
                         log.debug("swarm %s: dial %s:%d failed: %s", joined.topic.short_id,
                                   *addr, _describe(exc))
@@ -395,6 +591,7 @@ class NetworkManager:
         self._pending[key] = slot
         secure: SecureStream | None = None
         joined: _Joined | None = None
+        source = _source(stream)
         try:
             with slot, trio.move_on_after(self._hs_timeout) as deadline:
                 length = int.from_bytes(await _read_exact(stream, 2), "big")
@@ -403,14 +600,17 @@ class NetworkManager:
                 body = await _read_exact(stream, length)
                 joined = self._topics.get(decode_preamble(body))
                 if joined is None:
-                    log.debug("inbound connection for an unknown topic; closed")
+                    log.debug("inbound from %s: unknown topic; closed", source)
                     return
                 secure = await open_secure_stream(
                     stream, initiator=False, static_key=self._static_key,
                     psk=joined.topic.psk, prologue=body, payload=self._payload,
                     timeout=max(deadline.deadline - trio.current_time(), 0.0))
+            if secure is None:
+                log.debug("inbound from %s: handshake deadline passed or evicted", source)
         except _DIAL_ERRORS as exc:
-            log.debug("inbound connection dropped before authentication: %s", _describe(exc))
+            log.debug("inbound from %s: dropped before authentication: %s", source,
+                      _describe(exc))
         finally:
             self._pending.pop(key, None)
             if secure is None:
@@ -419,9 +619,59 @@ class NetworkManager:
             return
         # The handler runs in this task: trio.serve_listeners closes the
         # socket when this function returns.
-        conn = await self._adopt(joined, secure, dialer=secure.remote_static, accept=True)
+        if joined.one_per_peer:
+            conn = await self._adopt(joined, secure, dialer=secure.remote_static, accept=True)
+        else:
+            conn = await self._open_session(joined, secure, source)
         if conn is not None:
             await self._run_handler(joined, conn)
+
+    async def _send_accept(self, joined: _Joined, stream: SecureStream) -> bool:
+        """Send the accept; False (the stream closed) if that fails or the topic was left."""
+        try:
+            with trio.fail_after(self._hs_timeout):
+                await stream.send_message(ACCEPT)
+        except (*_DIAL_ERRORS, trio.TooSlowError) as exc:
+            log.debug("topic %s: could not send the accept: %s", joined.topic.short_id,
+                      _describe(exc))
+            await _close(stream)
+            return False
+        # Sending yielded: the topic may have been left meanwhile.
+        if self._topics.get(joined.topic.id) is not joined:
+            await _close(stream)
+            return False
+        return True
+
+    async def _open_session(self, joined: _Joined, stream: SecureStream,
+                            source: str) -> _Conn | None:
+        """Admit a connection of a session topic under the session caps, or close it."""
+        peer = _peer_id(stream.remote_static)
+        if self.sessions >= self._max_sessions:
+            log.info("session limit (%d) reached; connection from %s refused",
+                     self._max_sessions, source)
+            await _close(stream)
+            return None
+        if self._by_source[source] >= self._max_per_source:
+            log.info("session limit per source (%d) reached; connection from %s refused",
+                     self._max_per_source, source)
+            await _close(stream)
+            return None
+        # Counted before the accept's await, so concurrent arrivals see the cap.
+        conn = _Conn(stream, stream.remote_static, source=source)
+        self._by_source[source] += 1
+        if not await self._send_accept(joined, stream):
+            self._uncount(conn)
+            return None
+        joined.sessions.add(conn)
+        log.debug("topic %s: session with peer %s from %s", joined.topic.short_id, peer, source)
+        return conn
+
+    def _uncount(self, conn: _Conn) -> None:
+        if conn.source is not None:
+            self._by_source[conn.source] -= 1
+            if self._by_source[conn.source] <= 0:
+                del self._by_source[conn.source]
+            conn.source = None
 
     async def _adopt(self, joined: _Joined, stream: SecureStream, *, dialer: bytes,
                      accept: bool) -> _Conn | None:
@@ -433,27 +683,20 @@ class NetworkManager:
         old = joined.conns.get(remote)
         # Both ends apply the same rule, so both keep the same connection.
         if old is not None and old.dialer != dialer and old.dialer < dialer:
-            log.debug("topic %s: duplicate connection to a peer; keeping the other one",
-                      joined.topic.short_id)
+            log.debug("topic %s: duplicate connection with peer %s; keeping the other one",
+                      joined.topic.short_id, _peer_id(remote))
             await _close(stream)
             return None
         if accept:
-            try:
-                with trio.fail_after(self._hs_timeout):
-                    await stream.send_message(ACCEPT)
-            except (*_DIAL_ERRORS, trio.TooSlowError) as exc:
-                log.debug("could not send accept: %s", _describe(exc))
-                await _close(stream)
-                return None
-            # Sending yielded: the topic may have been left, or another connection adopted.
-            if self._topics.get(joined.topic.id) is not joined:
-                await _close(stream)
+            if not await self._send_accept(joined, stream):
                 return None
             old = joined.conns.get(remote)
             if old is not None and old.dialer != dialer and old.dialer < dialer:
                 await _close(stream)
                 return None
         if old is not None:
+            log.debug("topic %s: newer connection with peer %s replaces the older one",
+                      joined.topic.short_id, _peer_id(remote))
             old.scope.cancel()
         conn = _Conn(stream, dialer)
         joined.conns[remote] = conn
@@ -469,6 +712,8 @@ class NetworkManager:
         finally:
             if joined.conns.get(conn.stream.remote_static) is conn:
                 del joined.conns[conn.stream.remote_static]
+            joined.sessions.discard(conn)
+            self._uncount(conn)
             await _close(conn.stream)
             conn.done.set()
 
@@ -491,17 +736,21 @@ async def open_network_manager(
     mdns_interfaces: Sequence[str] | None = None,
     handshake_timeout: float = 10.0,
     max_unauthenticated: int = 64,
+    max_sessions: int = MAX_SESSIONS,
+    max_sessions_per_source: int = MAX_SESSIONS_PER_SOURCE,
 ) -> AsyncIterator[NetworkManager]:
     """Run a :class:`NetworkManager`: listen on *listen*, mDNS on *mdns_interfaces*.
 
     *static_key* is our X25519 private key; *payload* goes (encrypted) into
     every handshake we complete. ``mdns_interfaces=None`` turns mDNS off
     (hints only); otherwise it lists interface names or IPv4 addresses, and
-    nothing is multicast anywhere else. On exit every connection is closed,
-    advertisements are withdrawn and the listener is closed.
+    nothing is multicast anywhere else. *max_sessions* and
+    *max_sessions_per_source* cap the sessions of session topics. On exit
+    every connection is closed, advertisements are withdrawn and the
+    listener is closed.
     """
-    if max_unauthenticated < 1:
-        raise LocalProtocolError("max_unauthenticated must be at least 1")
+    if max_unauthenticated < 1 or max_sessions < 1 or max_sessions_per_source < 1:
+        raise LocalProtocolError("connection and session caps must be at least 1")
     host, port = listen
     async with AsyncExitStack() as stack:
         discovery = None
@@ -524,7 +773,8 @@ async def open_network_manager(
             nursery, static_key=static_key, payload=payload,
             addresses=addresses,
             discovery=discovery, handshake_timeout=handshake_timeout,
-            max_unauthenticated=max_unauthenticated)
+            max_unauthenticated=max_unauthenticated, max_sessions=max_sessions,
+            max_sessions_per_source=max_sessions_per_source)
         await nursery.start(trio.serve_listeners, manager._serve_inbound, listeners)
         try:
             yield manager

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-:func:`open_secure_stream` runs one Noise ``XX`` (or ``XXpsk3``) handshake
+:func:`open_secure_stream` runs one Noise ``XX`` (or ``XXpsk0``) handshake
 over any :class:`trio.abc.Stream` under a single deadline, then returns a
 :class:`SecureStream`. Every Noise message travels as a frame: a 2-byte
 big-endian length, then the message (docs/PROTOCOL.md Part 5 has the exact
@@ -37,8 +37,8 @@ from __future__ import annotations
 import operator
 import struct
 from collections import deque
-from collections.abc import Sequence
-from typing import Final
+from collections.abc import Callable, Sequence
+from typing import Final, TypeAlias
 
 import trio
 
@@ -59,16 +59,20 @@ __all__ = [
     "MAX_HANDSHAKE_PAYLOAD",
     "PROLOGUE_PREFIX",
     "PROTOCOL_XX",
-    "PROTOCOL_XXPSK3",
+    "PROTOCOL_XXPSK0",
     "ConnectionBroken",
     "MessageTooLarge",
+    "PeerCheck",
     "SecureStream",
     "full_prologue",
     "open_secure_stream",
 ]
 
 PROTOCOL_XX: Final = "Noise_XX_25519_ChaChaPoly_BLAKE2b"
-PROTOCOL_XXPSK3: Final = "Noise_XXpsk3_25519_ChaChaPoly_BLAKE2b"
+#: With a PSK it is mixed in first (``psk0``): every key of the handshake depends on
+#: it, so a responder learns at message 1 whether the initiator holds it and
+#: never reveals its static key (message 2) to one that does not.
+PROTOCOL_XXPSK0: Final = "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2b"
 #: Every prologue starts with this: our protocol and its version.
 PROLOGUE_PREFIX: Final = b"p2pinvite/1\x00"
 #: Largest application message of send_message / receive_message (1 MiB).
@@ -78,6 +82,10 @@ MAX_HANDSHAKE_PAYLOAD: Final = MAX_MESSAGE - 32 - (32 + TAG) - TAG
 
 # Large reads amortize the per-call cost of trio and the kernel.
 _RECEIVE_SIZE: Final = 256 * 1024
+# A reader that needs less still reads up to one whole framed Noise message,
+# so pipelined small messages cost one read, and what it buffers beyond its
+# need stays within one frame.
+_MIN_READ: Final = 2 + MAX_MESSAGE
 # A long send_all is sealed and written this many Noise messages at a time,
 # so memory stays bounded (~1 MiB) whatever the caller passes.
 _SEND_BATCH: Final = 16
@@ -86,6 +94,11 @@ _CLOSE_NOTIFY_TIMEOUT: Final = 2.0
 _LEN4: Final = struct.Struct(">I")
 _LEN2: Final = struct.Struct(">H")
 _FRAME_OVERHEAD: Final = 2 + TAG
+
+#: Called with the peer's static public key and handshake payload as soon as the
+#: peer's last handshake message has been read, before we write ours (if any);
+#: raising aborts the handshake (the transport is closed, the error propagates).
+PeerCheck: TypeAlias = Callable[[bytes, bytes], None]
 
 
 class ConnectionBroken(ConnectionClosed, trio.BrokenResourceError):
@@ -119,12 +132,13 @@ async def open_secure_stream(
     payload: bytes = b"",
     timeout: float = 10.0,
     lead: bytes = b"",
+    check_peer: PeerCheck | None = None,
 ) -> SecureStream:
     """Run the Noise handshake over *transport* and return the secure stream.
 
     *static_key* is our 32-byte X25519 private key. With *psk* (32 bytes)
-    the handshake is ``XXpsk3`` and only a peer holding the same PSK can
-    finish it; without, ``XX``. *prologue* is extra context the caller binds
+    the handshake is ``XXpsk0`` and only a peer holding the same PSK can
+    get past its first message; without, ``XX``. *prologue* is extra context the caller binds
     into the handshake (both sides must pass the same bytes). *payload* (at
     most :data:`MAX_HANDSHAKE_PAYLOAD` bytes) is sent encrypted in the last
     handshake message this side writes: message 2 for the responder, message
@@ -134,6 +148,11 @@ async def open_secure_stream(
     *lead* (initiator only) is plaintext sent in the same write as the first
     handshake message, e.g. a connection preamble: one segment, one wake-up
     of the peer.
+
+    *check_peer* sees the peer's static key and payload as soon as they are
+    known: for the initiator after message 2, before its own message 3, so a
+    dialer that does not want this peer (the wrong host, a peer it already
+    has a connection to) aborts without ever completing the handshake.
 
     The whole handshake must finish within *timeout* seconds, else
     :class:`~p2pinvite.errors.HandshakeTimeout`. On any failure the transport
@@ -146,7 +165,7 @@ async def open_secure_stream(
     receive, as :class:`ConnectionBroken`.
     """
     try:
-        name = PROTOCOL_XX if psk is None else PROTOCOL_XXPSK3
+        name = PROTOCOL_XX if psk is None else PROTOCOL_XXPSK0
         if lead and not initiator:
             raise LocalProtocolError("only the initiator writes first")
         if len(payload) > MAX_HANDSHAKE_PAYLOAD:
@@ -161,7 +180,7 @@ async def open_secure_stream(
             psks=() if psk is None else (psk,),
         )
         with trio.fail_after(timeout):
-            remote_payload = await _handshake(transport, hs, bytes(payload), lead)
+            remote_payload = await _handshake(transport, hs, bytes(payload), lead, check_peer)
     except trio.TooSlowError:
         await trio.aclose_forcefully(transport)
         raise HandshakeTimeout(f"handshake not completed within {timeout} s") from None
@@ -172,7 +191,7 @@ async def open_secure_stream(
 
 
 async def _handshake(transport: trio.abc.Stream, hs: HandshakeState, payload: bytes,
-                     lead: bytes) -> bytes:
+                     lead: bytes, check_peer: PeerCheck | None) -> bytes:
     """Exchange every handshake message, *lead* first; return the peer's payload."""
     n = hs.message_count
     mine = [i for i in range(n) if (i % 2 == 0) == hs.initiator]
@@ -189,6 +208,9 @@ async def _handshake(transport: trio.abc.Stream, hs: HandshakeState, payload: by
             p = hs.read_message(await _read_handshake_frame(transport))
             if i == theirs[-1]:
                 remote_payload = p
+                if check_peer is not None:
+                    assert hs.remote_static is not None  # XX: known after message 2
+                    check_peer(hs.remote_static, p)
             elif p:
                 # Only the last message of each side carries a payload; an
                 # early one would travel with weaker protection.
@@ -541,15 +563,19 @@ class SecureStream(trio.abc.HalfCloseableStream):
         await trio.aclose_forcefully(self.transport)
         return exc
 
-    async def _fill(self) -> None:
-        """Read once from the transport; decrypt every complete frame."""
+    async def _fill(self, want: int = _RECEIVE_SIZE) -> None:
+        """Read once from the transport (at most *want* bytes); decrypt every complete frame.
+
+        A reader that knows how much it still needs passes it, so what a peer
+        can make us buffer stays within that plus one partial frame.
+        """
         if self._pending_error is not None:
             exc, self._pending_error = self._pending_error, None
             raise exc
         if self._recv_failure is not None:
             raise ConnectionBroken(f"stream failed earlier ({self._recv_failure})")
         try:
-            data = await self.transport.receive_some(_RECEIVE_SIZE)
+            data = await self.transport.receive_some(min(max(want, _MIN_READ), _RECEIVE_SIZE))
         except trio.ClosedResourceError:
             if self._closed:
                 raise trio.ClosedResourceError("stream was closed") from None
@@ -648,14 +674,19 @@ class SecureStream(trio.abc.HalfCloseableStream):
         finally:
             self._receiving = False
 
-    async def receive_message(self) -> bytes:
-        """Return the next whole application message.
+    async def receive_message(self, max_size: int = MAX_APP_MESSAGE) -> bytes:
+        """Return the next whole application message, of at most *max_size* bytes.
 
         Raises :class:`~p2pinvite.errors.ConnectionClosed` when the peer ended
         the stream between messages, :class:`~p2pinvite.errors.DecodeError`
         when it ended inside one and :class:`~p2pinvite.errors.FrameTooLarge`
-        for a length above :data:`MAX_APP_MESSAGE` (the connection is dropped).
+        for a length above *max_size* (at most :data:`MAX_APP_MESSAGE`; the
+        connection is dropped). A protocol passes its own limit, so a peer
+        cannot make us buffer more than that limit plus two Noise messages
+        (one read past the need, one partial frame): about *max_size* + 128 KiB.
         """
+        if not 0 <= max_size <= MAX_APP_MESSAGE:
+            raise LocalProtocolError(f"max_size must be 0..{MAX_APP_MESSAGE}")
         self._enter_receive()
         self._receiving = True
         try:
@@ -668,19 +699,19 @@ class SecureStream(trio.abc.HalfCloseableStream):
                         raise await self._fail(DecodeError("stream ended inside a message"),
                                               discard=True)
                     raise ConnectionClosed("peer closed the stream")
-                await self._fill()
+                await self._fill(4 - plain.size)
                 yielded = True
             n = plain.peek_u32()
-            if n > MAX_APP_MESSAGE:
+            if n > max_size:
                 raise await self._fail(
-                    FrameTooLarge(f"message of {n} bytes exceeds limit {MAX_APP_MESSAGE}"),
+                    FrameTooLarge(f"message of {n} bytes exceeds limit {max_size}"),
                     discard=True,
                 )
             while plain.size < 4 + n:
                 if self._eof_received:
                     raise await self._fail(DecodeError("stream ended inside a message"),
                                               discard=True)
-                await self._fill()
+                await self._fill(4 + n - plain.size)
                 yielded = True
             plain.drop(4)
             out = plain.take(n)

@@ -7,7 +7,7 @@ A :class:`Topic` names a rendezvous. Three kinds exist:
     personalised BLAKE2b (the secret is the key, a distinct label the
     personalisation): the public *discovery key* (the topic id, advertised
     over mDNS and sent in the connection preamble) and the Noise *PSK* (kept
-    secret; only code holders can finish the ``XXpsk3`` handshake). BLAKE2b is
+    secret; only code holders can finish the ``XXpsk0`` handshake). BLAKE2b is
     a PRF under its key, so neither output reveals the secret or the other
     output. The secret itself is not stored in the :class:`Topic`.
 ``short``
@@ -103,7 +103,7 @@ class Topic:
 
     @classmethod
     def from_secret(cls, secret: bytes) -> Topic:
-        """The topic of a link code, from its 256-bit *secret* (XXpsk3)."""
+        """The topic of a link code, from its 256-bit *secret* (XXpsk0)."""
         if not isinstance(secret, bytes) or len(secret) != SECRET_SIZE:
             raise LocalProtocolError(f"a link secret must be {SECRET_SIZE} bytes")
         topic_id = _derive(b"", key=secret, label=LABEL_LINK_TOPIC)

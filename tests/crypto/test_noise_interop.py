@@ -1,7 +1,7 @@
 """Interoperability with the independent ``noiseprotocol`` package over real TCP.
 
 Our side runs in trio; theirs runs in a worker thread with a blocking socket.
-Both roles are tested both ways, for XX and XXpsk3: first our sans-IO engine
+Both roles are tested both ways, for XX and XXpsk0: first our sans-IO engine
 with plain 2-byte framing, then our full :func:`open_secure_stream` wire
 format (prologue, payload placement, chunking, 4-byte message lengths, end
 marker) re-implemented on top of noiseprotocol from docs/PROTOCOL.md Part 5.
@@ -20,7 +20,7 @@ from noise.connection import Keypair, NoiseConnection
 from p2pinvite.crypto.noise import MAX_PLAINTEXT, HandshakeState, public_key
 from p2pinvite.net.secure import (
     PROTOCOL_XX,
-    PROTOCOL_XXPSK3,
+    PROTOCOL_XXPSK0,
     full_prologue,
     open_secure_stream,
 )
@@ -34,7 +34,7 @@ CASES = [
         name, we_initiate,
         id=f"{name.split('_')[1]}-{'we' if we_initiate else 'they'}-initiate",
     )
-    for name in (PROTOCOL_XX, PROTOCOL_XXPSK3)
+    for name in (PROTOCOL_XX, PROTOCOL_XXPSK0)
     for we_initiate in (True, False)
 ]
 # Transport messages exchanged after the handshake: sizes up to one full message.

@@ -36,7 +36,7 @@ def main() -> None:
     while True:
         n += 1
         if store.check_usable(inv_id, NOW).attempts_left > 1:
-            store.count_failed_attempt(inv_id)
+            store.count_failed_attempt(inv_id, NOW)
             store.flush(inv_id)
             report(store.get(inv_id))
         if n % 3 == 0 or store.get(inv_id).attempts_left == 1:

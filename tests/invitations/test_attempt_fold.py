@@ -83,7 +83,7 @@ def test_a_pending_count_is_written_by_the_next_write_of_the_record(
     store = InvitationStore.open(tmp_path / "inv")
     inv_id = _new(store)
     writes.clear()  # the create
-    assert store.count_failed_attempt(inv_id) == 2
+    assert store.count_failed_attempt(inv_id, T0 + 1) == 2
     assert writes == []  # counted in memory only
     assert store.get(inv_id).failed_attempts == 1  # memory: the budget others see
     assert store.is_dirty(inv_id)
@@ -117,7 +117,7 @@ def test_one_flush_writes_a_pending_count_and_a_pending_use(
 ) -> None:
     store = InvitationStore.open(tmp_path / "inv")
     inv_id = _new(store)
-    store.count_failed_attempt(inv_id)
+    store.count_failed_attempt(inv_id, T0 + 1)
     store.commit_use(store.reserve_use(inv_id, T0), GUEST, T0, durable=False)
     writes.clear()
     assert store.flush(inv_id) is True
@@ -130,7 +130,7 @@ def test_one_flush_writes_a_pending_count_and_a_pending_use(
 def test_a_record_with_a_pending_count_is_not_pruned(tmp_path: Path) -> None:
     store = InvitationStore.open(tmp_path / "inv")
     inv_id = _new(store, max_attempts=1)
-    assert store.count_failed_attempt(inv_id) == 0  # locked: finished, in memory
+    assert store.count_failed_attempt(inv_id, T0 + 1) == 0  # locked: finished, in memory
     late = T0 + 7 * DAY + 30 * DAY  # long after its expiry, the lock's "finished" time
     assert store.prune(late, retention=DAY) == []
     assert inv_id in store

@@ -114,13 +114,43 @@ async def test_a_locked_invitation_answers_for_the_grace_after_the_lock(
         await assert_left_after(host, topic, mock_clock, HOSTING_GRACE)
 
 
-async def test_a_revoked_invitation_leaves_at_once(tmp_path: Path,
-                                                   mock_clock: MockClock) -> None:
-    async with open_node(tmp_path / "host", name="Alice") as host:
-        inv_id = (await host.manager.create(kind="device")).invitation.id
+async def test_a_revoked_invitation_refuses_at_once_for_the_grace_then_leaves(
+        tmp_path: Path, mock_clock: MockClock) -> None:
+    async with open_node(tmp_path / "host", name="Alice") as host, \
+            open_node(tmp_path / "guest") as guest:
+        created = await host.manager.create(kind="device")
+        inv_id = created.invitation.id
         topic = topic_of(host, inv_id)
+        mock_clock.jump(100)  # the grace counts from the revocation
         await host.manager.revoke(inv_id)
-        assert not host.network.is_joined(topic)
+        # A guest arriving now is told at once, instead of looking for a host in vain.
+        events = await guest.accept(created.code)
+        assert (events[-1].state, events[-1].reason) == (State.ERROR, UNIFORM_REFUSAL)
+        await assert_left_after(host, topic, mock_clock, HOSTING_GRACE)
+
+
+async def test_a_restarted_host_answers_a_locked_invitation_for_the_grace_after_the_lock(
+        tmp_path: Path, mock_clock: MockClock) -> None:
+    async with open_node(tmp_path / "guest") as guest:
+        async with open_node(tmp_path / "host", name="Alice") as host:
+            created = await host.manager.create(kind="device", auth="pin")
+            assert created.pin is not None
+            inv_id = created.invitation.id
+            mock_clock.jump(50)
+            for _ in range(3):
+                events = await guest.accept(created.code, pin=wrong(created.pin))
+            assert (events[-1].state, events[-1].attempts_left) == (State.LOCKED, 0)
+            locked_at = host.manager.get(inv_id).locked_at
+            assert locked_at == T0 + 50
+            address = host.address  # the code's hint: the restarted host listens there again
+        mock_clock.jump(HOSTING_GRACE - 10)
+        async with open_node(tmp_path / "host", listen=address) as host:
+            topic = topic_of(host, inv_id)
+            assert host.network.is_joined(topic)  # the lock time is on disk
+            # The right PIN after the restart: refused at once, not admitted.
+            events = await guest.accept(created.code, pin=created.pin)
+            assert (events[-1].state, events[-1].reason) == (State.ERROR, UNIFORM_REFUSAL)
+            await assert_left_after(host, topic, mock_clock, 10)
 
 
 async def test_a_handshake_in_progress_is_not_cut_when_the_grace_ends(

@@ -71,7 +71,7 @@ def new_space_invite(store: InvitationStore, **kw: Any) -> Invitation:
 def spend_attempt(store: InvitationStore, inv_id: bytes, now: float) -> int:
     """A wrong proof as the host handles it: checked usable, counted, flushed; attempts left."""
     store.check_usable(inv_id, now)
-    left = store.count_failed_attempt(inv_id)
+    left = store.count_failed_attempt(inv_id, now)
     assert store.flush(inv_id) is True
     return left
 
@@ -92,11 +92,12 @@ USED1 = {"uses": 1, "accepted_by": ((GUEST, T0 + 1),)}
     ({**USED1, "max_uses": 2}, T0 + DAY, InvitationStatus.EXPIRED),
     ({"max_uses": None}, T0 + DAY, InvitationStatus.EXPIRED),
     ({"failed_attempts": 2}, T0, InvitationStatus.PENDING),
-    ({"failed_attempts": 3}, T0, InvitationStatus.LOCKED),
+    ({"failed_attempts": 3, "locked_at": T0}, T0, InvitationStatus.LOCKED),
     (REVOKED, T0 + 2, InvitationStatus.REVOKED),
     # priority: revoked > locked > exhausted > expired > accepted > pending
-    ({**REVOKED, "failed_attempts": 3, **USED1}, T0 + 2 * DAY, InvitationStatus.REVOKED),
-    ({"failed_attempts": 3, **USED1}, T0 + 2 * DAY, InvitationStatus.LOCKED),
+    ({**REVOKED, "failed_attempts": 3, "locked_at": T0, **USED1}, T0 + 2 * DAY,
+     InvitationStatus.REVOKED),
+    ({"failed_attempts": 3, "locked_at": T0, **USED1}, T0 + 2 * DAY, InvitationStatus.LOCKED),
     (USED1, T0 + 2 * DAY, InvitationStatus.EXHAUSTED),
 ])
 def test_status_is_derived_by_priority(fields: dict[str, Any], now: float,
@@ -133,6 +134,8 @@ def test_status_is_derived_by_priority(fields: dict[str, Any], now: float,
     {"max_uses": True},
     {"uses": 2},
     {"failed_attempts": 4},
+    {"failed_attempts": 3},  # locked without its lock time
+    {"locked_at": T0},  # a lock time while attempts are left
     {"max_attempts": 0},
     {"expires_at": T0},
     {"expires_at": float("inf")},
@@ -170,7 +173,7 @@ records_st = st.builds(
         admission_key=key if auth is AuthMethod.KEY else None,
         max_uses=max_uses, uses=min(uses, max_uses or uses),
         accepted_by=((GUEST, T0 + 5),) * min(1, uses, max_uses or uses),
-        failed_attempts=fails, note=note,
+        failed_attempts=fails, locked_at=T0 + 4 if fails == 3 else None, note=note,
         revoked_at=T0 + 3 if revoked else None, revoked_by=ME if revoked else None,
     ),
     st.sampled_from(list(AuthMethod)), st.sampled_from(list(InvitationKind)),
@@ -194,7 +197,7 @@ def test_integer_times_are_normalised_to_floats() -> None:
 @pytest.mark.parametrize("mutate", [
     lambda m: m.pop("note"),
     lambda m: m.update(extra=1),
-    lambda m: m.update(v=2),
+    lambda m: m.update(v=1),  # the first format, without locked_at
     lambda m: m.update(kind="planet"),
     lambda m: m.update(auth="telepathy"),
     lambda m: m.update(id=b"short"),
@@ -533,7 +536,7 @@ def test_a_failed_attempt_binds_at_once_and_is_durable_after_flush(tmp_path: Pat
     inv = new_space_invite(store, auth=AuthMethod.PIN)
     path = tmp_path / "invitations" / f"{inv.id.hex()}.inv"
     on_disk = path.read_bytes()
-    assert store.count_failed_attempt(inv.id) == 2
+    assert store.count_failed_attempt(inv.id, T0 + 1) == 2
     assert store.get(inv.id).failed_attempts == 1  # what concurrent guests see
     assert store.get(inv.id).attempts_left == 2
     assert store.is_dirty(inv.id)
@@ -565,7 +568,7 @@ def test_the_last_failed_attempt_locks_in_memory_before_the_flush(tmp_path: Path
     lefts = []
     for _ in range(3):
         store.check_usable(inv.id, T0)
-        lefts.append(store.count_failed_attempt(inv.id))
+        lefts.append(store.count_failed_attempt(inv.id, T0 + 1))
     assert lefts == [2, 1, 0]
     assert store.get(inv.id).status(T0) is InvitationStatus.LOCKED
     for op in (store.check_usable, store.reserve_use):  # a fourth guess is never checked
@@ -573,7 +576,7 @@ def test_the_last_failed_attempt_locks_in_memory_before_the_flush(tmp_path: Path
             op(inv.id, T0)
         assert exc.value.reason == "locked"
     with pytest.raises(InvitationError) as exc:  # nor counted: the budget is never exceeded
-        store.count_failed_attempt(inv.id)
+        store.count_failed_attempt(inv.id, T0 + 1)
     assert exc.value.reason == "locked"
     assert store.get(inv.id).failed_attempts == 3
     assert open_store(tmp_path).get(inv.id).status(T0) is InvitationStatus.PENDING
@@ -595,7 +598,7 @@ def test_a_failed_flush_keeps_the_count_and_a_later_flush_retries(
 
     monkeypatch.setattr("p2pinvite.invitations.store.atomic_write", disk_full)
     monkeypatch.setattr("p2pinvite.invitations.store._append_frame", disk_full)
-    assert store.count_failed_attempt(inv.id) == 2
+    assert store.count_failed_attempt(inv.id, T0 + 1) == 2
     with pytest.raises(StorageError, match="cannot write"):
         store.flush(inv.id)
     assert store.get(inv.id).failed_attempts == 1  # the count still binds in memory
@@ -624,7 +627,7 @@ def test_unknown_ids_are_refused_everywhere(tmp_path: Path) -> None:
             op(missing, T0)
         assert exc.value.reason == "unknown"
     with pytest.raises(InvitationError) as exc:
-        store.count_failed_attempt(missing)
+        store.count_failed_attempt(missing, T0 + 1)
     assert exc.value.reason == "unknown"
     assert not store.is_dirty(missing)
     with pytest.raises(InvitationError):

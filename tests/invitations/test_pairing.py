@@ -282,10 +282,10 @@ async def test_wrong_pin_lock_survives_host_restarts(tmp_path: Path) -> None:
                 assert events[-1].attempts_left == left
         async with open_node(tmp_path / "host", listen=("127.0.0.1", port)) as host:
             assert host.manager.validate(created.code).reason == "locked"
-            # A locked invitation is not hosted any more after a restart.
+            # Still answering (its lock time is on disk): the right PIN is refused
+            # at once, uniformly, not admitted and not left to time out.
             events = await guest.accept(created.code, pin=created.pin)
-            assert events[-1].state is State.ERROR
-            assert events[-1].reason.startswith("host unreachable")
+            assert (events[-1].state, events[-1].reason) == (State.ERROR, UNIFORM_REFUSAL)
             assert not guest.identity.has_identity
 
 
@@ -433,7 +433,7 @@ async def test_expired_is_refused_uniformly(tmp_path: Path, autojump_clock: obje
         assert not guest.identity.has_identity
 
 
-async def test_revoked_is_unreachable_and_tombstoned(tmp_path: Path) -> None:
+async def test_revoked_is_refused_at_once_and_tombstoned(tmp_path: Path) -> None:
     async with open_node(tmp_path / "host", name="Alice") as host, \
             open_node(tmp_path / "guest", connect_timeout=0.5) as guest:
         created = await host.manager.create(kind="device", note="for Bob's laptop")
@@ -443,8 +443,7 @@ async def test_revoked_is_unreachable_and_tombstoned(tmp_path: Path) -> None:
         assert host.manager.list() == []
         assert host.manager.list(include_all=True)[0].note == "for Bob's laptop"
         events = await guest.accept(created.code)
-        assert events[-1].state is State.ERROR
-        assert events[-1].reason.startswith("host unreachable")
+        assert (events[-1].state, events[-1].reason) == (State.ERROR, UNIFORM_REFUSAL)
         assert not guest.identity.has_identity
 
 
@@ -656,8 +655,8 @@ DROPS = [("g2h", 4), ("g2h", 5), ("g2h", 6), ("g2h", 7),
 
 
 @pytest.mark.parametrize("cut", DROPS, ids=[f"{d}{n}" for d, n in DROPS])
-async def test_drop_at_each_step_then_retry_succeeds(tmp_path: Path, cut: tuple[str, int]
-                                                      ) -> None:
+async def test_a_drop_at_each_step_is_resumed_by_the_guest_on_its_own(
+        tmp_path: Path, cut: tuple[str, int]) -> None:
     async with open_node(tmp_path / "host", name="Alice") as host, \
             open_node(tmp_path / "guest") as guest, trio.open_nursery() as nursery:
         created = await host.manager.create(kind="device", auth="pin")
@@ -665,23 +664,19 @@ async def test_drop_at_each_step_then_retry_succeeds(tmp_path: Path, cut: tuple[
         await nursery.start(proxy.serve)
         code = dataclasses.replace(LinkCode.parse(created.code), hints=(proxy.address,)).encode()
         with trio.fail_after(30):
-            first = await guest.accept(code, pin=created.pin)
-            assert proxy.cuts == 1
-            assert first[-1].state is State.ERROR
-            assert not guest.identity.has_identity
-            # The host never keeps a use reserved for a vanished guest.
-            while host.manager._ctx.active:
-                await trio.sleep(0.01)
-            assert host.store.reserved(created.invitation.id) == 0
-            admitted_by_host = host.identity.devices()[1:] == [guest.identity.device.device_public]
-            # Only the host's tag and the admission are sent after the fsync.
-            assert admitted_by_host == (cut in (("h2g", 5), ("h2g", 6)))
-            again = await guest.accept(code, pin=created.pin)
-        assert_admitted(again)
-        assert again[-1].result.target == host.identity.identity_key
+            events = await guest.accept(code, pin=created.pin)
+        # One accept: the connection broke once, the guest dialed again and the host
+        # either admitted it afresh or (cut after its fsync) resumed the admission.
+        assert proxy.cuts == 1
+        assert_admitted(events)
+        assert events[-1].result.target == host.identity.identity_key
         assert guest.identity.devices() == host.identity.devices()
         inv = host.manager.get(created.invitation.id)
         assert (inv.uses, inv.failed_attempts) == (1, 0)
+        while host.manager._ctx.active:
+            await trio.sleep(0.01)
+        # The host never keeps a use reserved for a vanished guest.
+        assert host.store.reserved(created.invitation.id) == 0
         nursery.cancel_scope.cancel()
 
 

@@ -777,3 +777,16 @@ def test_fuzzed_input_only_raises_remote_errors(data: bytes) -> None:
         r.host.receive_message(data)
     except RemoteProtocolError:
         assert r.host.state is State.ERROR
+
+
+def test_the_largest_guest_messages_fit_what_a_host_reads() -> None:
+    # The host reads guest messages with MAX_GUEST_MESSAGE as the stream limit:
+    # the largest admit (a full chain of the largest credentials, the longest
+    # name in 4-byte UTF-8) and its sealed form must fit, with nothing to spare
+    # beyond a map header.
+    admit = AdmitMsg(b"d" * 32, b"i" * 32, (b"c" * p.MAX_CREDENTIAL,) * p.MAX_CHAIN,
+                     "\U0001f600" * p.MAX_NAME)
+    plain = encode_message(admit)
+    sealed = encode_message(p.seal_admit(os.urandom(64), admit))
+    assert len(plain) < len(sealed) <= p.MAX_GUEST_MESSAGE
+    assert p.MAX_GUEST_MESSAGE - len(sealed) < 1024

@@ -138,7 +138,7 @@ def test_a_failed_append_makes_the_next_write_a_rewrite(
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(store_mod, "_append_frame", half_then_fail)
-    store.count_failed_attempt(inv_id)
+    store.count_failed_attempt(inv_id, T0 + 1)
     with pytest.raises(StorageError, match="cannot write"):
         store.flush(inv_id)
     assert store.is_dirty(inv_id)  # still pending: the next flush retries

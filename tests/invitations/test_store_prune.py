@@ -74,7 +74,7 @@ def use_up(store: InvitationStore, inv_id: bytes, now: float) -> None:
     ({"expires_at": T0 + 100}, T0 + 100),  # at now = T0 + DAY it has expired
     ({"uses": 1, "accepted_by": ((GUEST, T0 + 9),)}, T0 + 9),  # exhausted: the last use
     ({"uses": 1}, T0 + DAY),  # exhausted naming no one: its expiry
-    ({"failed_attempts": 3}, T0 + DAY),  # locked: its expiry (the lock came before it)
+    ({"failed_attempts": 3, "locked_at": T0 + 11}, T0 + 11),  # locked: when it locked
     # A use committed after the invitation finished keeps the record that much longer.
     ({"revoked_at": T0 + 7, "revoked_by": ME, "uses": 1,
       "accepted_by": ((GUEST, T0 + 20),)}, T0 + 20),
@@ -107,7 +107,7 @@ def _finish(store: InvitationStore, status: str) -> tuple[Invitation, float]:
     inv = invite(store, auth=AuthMethod.PIN, max_attempts=2)
     spend_attempt(store, inv.id, T0 + 1)
     spend_attempt(store, inv.id, T0 + 2)
-    return inv, inv.expires_at
+    return inv, T0 + 2
 
 
 @pytest.mark.parametrize("status", ["revoked", "expired", "exhausted", "locked"])

@@ -18,7 +18,7 @@ from p2pinvite.net.manager import (
     encode_preamble,
     open_network_manager,
 )
-from p2pinvite.net.secure import PROTOCOL_XX, PROTOCOL_XXPSK3, SecureStream, open_secure_stream
+from p2pinvite.net.secure import PROTOCOL_XX, PROTOCOL_XXPSK0, SecureStream, open_secure_stream
 from p2pinvite.net.topics import Topic
 from p2pinvite.wire import frame, pack
 
@@ -69,7 +69,7 @@ async def test_hints_only_connect_link_and_space_topics() -> None:
             await host.join(space, record)
             dead = ("127.0.0.1", 1)  # nothing listens there: the race must not care
             s = await guest.connect(LINK, hints=[dead, host.addresses[0]], mdns=True)
-            assert s.protocol_name == PROTOCOL_XXPSK3
+            assert s.protocol_name == PROTOCOL_XXPSK0
             assert s.remote_payload == b"host-payload"
             assert s.remote_static == host.public_key
             await s.send_message(b"ping")
@@ -247,3 +247,137 @@ async def test_closing_the_manager_closes_connections() -> None:
                 s = await guest.connect(LINK, hints=host.addresses)
             with pytest.raises(ConnectionClosed):
                 await s.receive_message()
+
+
+# -- dialing: one connection per peer, the wrong peers dropped ------------------------
+
+
+async def _forward(listener: trio.SocketListener, to: tuple[str, int]) -> None:
+    """A TCP forwarder on loopback: one more address of the same host."""
+    async def pipe(a: trio.abc.Stream, b: trio.abc.Stream) -> None:
+        try:
+            while data := await a.receive_some(65536):
+                await b.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await b.aclose()
+
+    async def serve(client: trio.SocketStream) -> None:
+        upstream = await trio.open_tcp_stream(*to)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pipe, client, upstream)
+            nursery.start_soon(pipe, upstream, client)
+
+    await trio.serve_listeners(serve, [listener])
+
+
+async def test_a_host_reached_by_several_addresses_gets_one_session_per_join() -> None:
+    # The common join: the code's hint and the mDNS advert name the same host, or
+    # several of its addresses. Whatever the race, the host sees one session only.
+    with trio.fail_after(30):
+        async with manager() as host, manager() as guest, trio.open_nursery() as nursery:
+            sessions: list[SecureStream] = []
+
+            async def record(stream: SecureStream) -> None:
+                sessions.append(stream)
+                await echo(stream)
+
+            await host.join(LINK, record, one_per_peer=False)
+            hints = [host.addresses[0], host.addresses[0]]
+            for _ in range(2):
+                [listener] = await trio.open_tcp_listeners(0, host="127.0.0.1")
+                hints.append(listener.socket.getsockname()[:2])
+                nursery.start_soon(_forward, listener, host.addresses[0])
+            for round_ in range(20):
+                async with guest.dial(LINK, hints=hints, mdns=False) as found:
+                    s = await found.next()
+                    await s.send_message(b"ping")
+                    assert await s.receive_message() == b"ping"
+                    with trio.move_on_after(0.2):  # no second connection to that host
+                        extra = await found.next()
+                        pytest.fail(f"a second connection to the same host: {extra}")
+                    await s.aclose()
+                    assert len(sessions) == round_ + 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_session_topic_never_cancels_a_session_for_another_one() -> None:
+    with trio.fail_after(10):
+        async with manager() as host, manager() as guest:
+            await host.join(LINK, echo, one_per_peer=False)
+            first = await guest.connect(LINK, hints=host.addresses)
+            second = await guest.connect(LINK, hints=host.addresses)  # same peer, same topic
+            for s in (first, second, first):
+                await s.send_message(b"alive")
+                assert await s.receive_message() == b"alive"
+            assert host.sessions == 2
+            for s in (first, second):
+                await s.aclose()
+
+
+async def test_a_rejected_peer_is_dropped_and_the_right_one_kept() -> None:
+    with trio.fail_after(10):
+        async with manager(b"impostor") as impostor, manager(b"host") as host, \
+                manager() as guest:
+            seen: dict[str, int] = {"impostor": 0, "host": 0}
+
+            def counting(name: str):  # type: ignore[no-untyped-def]
+                async def run(stream: SecureStream) -> None:
+                    seen[name] += 1
+                    await echo(stream)
+                return run
+
+            await impostor.join(LINK, counting("impostor"), one_per_peer=False)
+            await host.join(LINK, counting("host"), one_per_peer=False)
+
+            def only_host(remote: bytes, payload: bytes) -> None:
+                if payload != b"host":
+                    raise DecodeError("not the host the code names")
+
+            async with guest.dial(LINK, hints=[*impostor.addresses, *host.addresses],
+                                  mdns=False, check_peer=only_host) as found:
+                s = await found.next()
+                assert s.remote_static == host.public_key
+                await s.send_message(b"x")
+                assert await s.receive_message() == b"x"
+                await s.aclose()
+            assert seen == {"impostor": 0, "host": 1}  # the impostor's handshake never completed
+
+
+async def test_a_released_peer_is_dialed_again_and_a_rejected_one_is_not() -> None:
+    with trio.fail_after(10):
+        async with manager() as host, manager() as guest:
+            await host.join(LINK, echo, one_per_peer=False)
+            async with guest.dial(LINK, hints=host.addresses, mdns=False) as found:
+                s1 = await found.next()
+                await s1.aclose()
+                found.release(s1.remote_static, again=True)  # dropped: resume
+                s2 = await found.next()
+                assert s2.handshake_hash != s1.handshake_hash
+                await s2.aclose()
+                found.reject(s2.remote_static)
+                with trio.move_on_after(1.0) as idle:
+                    await found.next()
+                assert idle.cancelled_caught
+
+
+@pytest.mark.parametrize(("cap", "per_source"), [(10, 2), (2, 10)],
+                         ids=["per-source", "in-all"])
+async def test_sessions_are_capped_and_a_freed_slot_is_served(cap: int, per_source: int) -> None:
+    with trio.fail_after(20):
+        async with manager(max_sessions=cap, max_sessions_per_source=per_source) as host, \
+                manager() as guest:
+            await host.join(LINK, echo, one_per_peer=False)
+            held = [await guest.connect(LINK, hints=host.addresses) for _ in range(2)]
+            assert host.sessions == 2
+            with pytest.raises(PeerUnreachable):  # over the cap: closed before the accept
+                await guest.connect(LINK, hints=host.addresses, timeout=1.0)
+            await held.pop().aclose()
+            while host.sessions > 1:
+                await trio.sleep(0.01)
+            again = await guest.connect(LINK, hints=host.addresses)
+            for s in (*held, again):
+                await s.send_message(b"ok")
+                assert await s.receive_message() == b"ok"
+                await s.aclose()

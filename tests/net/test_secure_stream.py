@@ -28,7 +28,7 @@ from p2pinvite.net.secure import (
     MAX_APP_MESSAGE,
     MAX_HANDSHAKE_PAYLOAD,
     PROTOCOL_XX,
-    PROTOCOL_XXPSK3,
+    PROTOCOL_XXPSK0,
     ConnectionBroken,
     MessageTooLarge,
     SecureStream,
@@ -81,7 +81,7 @@ def makers(psk: bytes | None) -> tuple[
     return maker, clogged
 
 
-@pytest.mark.parametrize("psk", [None, PSK], ids=["XX", "XXpsk3"])
+@pytest.mark.parametrize("psk", [None, PSK], ids=["XX", "XXpsk0"])
 async def test_trio_stream_contract(psk: bytes | None) -> None:
     maker, clogged = makers(psk)
     with trio.fail_after(30):
@@ -98,7 +98,7 @@ async def test_handshake_results() -> None:
     assert r.remote_static == public_key(I_KEY)
     assert i.remote_payload == b"payload from r"
     assert r.remote_payload == b"payload from i"
-    assert i.protocol_name == r.protocol_name == PROTOCOL_XXPSK3
+    assert i.protocol_name == r.protocol_name == PROTOCOL_XXPSK0
     assert isinstance(i.transport, trio.StapledStream)
     assert PSK.hex() not in repr(i)
     # different sessions, different bindings
@@ -336,11 +336,37 @@ async def test_frame_shorter_than_tag_is_decode_error() -> None:
             await r.receive_some()
 
 
-async def test_wrong_psk_fails_on_both_sides() -> None:
+async def test_wrong_psk_fails_on_both_sides_before_the_responder_reveals_anything() -> None:
+    # XXpsk0: the PSK keys message 1 already, so the responder refuses it and
+    # never writes message 2 -- which would carry its static key and payload.
     a, b = trio.testing.memory_stream_pair()
+    sent_by_responder: list[bytes] = []
+    b_send = b.send_stream.send_all_hook
+
+    def record() -> None:
+        sent_by_responder.append(b"x")
+        if b_send is not None:
+            b_send()
+
+    b.send_stream.send_all_hook = record
     with trio.fail_after(5):
-        i = await _expect_initiator_then_fail(a, b, psk_i=PSK, psk_r=bytes(32))
-    assert i is not None
+        async with trio.open_nursery() as nursery:
+            failures: list[BaseException] = []
+
+            async def initiator() -> None:
+                try:
+                    await open_secure_stream(a, initiator=True, static_key=I_KEY, psk=PSK,
+                                             payload=b"never sent")
+                except P2PInviteError as exc:
+                    failures.append(exc)
+
+            nursery.start_soon(initiator)
+            with pytest.raises(HandshakeAuthFailed):
+                await open_secure_stream(b, initiator=False, static_key=R_KEY, psk=bytes(32),
+                                         payload=b"the host's binding proof")
+    [exc] = failures
+    assert isinstance(exc, ConnectionClosed)
+    assert sent_by_responder == []
 
 
 async def _expect_initiator_then_fail(a: Transport, b: Transport, **kw: bytes) -> SecureStream:
@@ -534,7 +560,7 @@ async def _mutated_initiator(pos: int, op: str, value: int) -> BaseException | N
     return result[0]
 
 
-# initiator's handshake bytes (XXpsk3, empty payload): 2+32+16 then 2+48+16
+# initiator's handshake bytes (XXpsk0, empty payload): 2+32+16 then 2+48+16
 _INITIATOR_HANDSHAKE_BYTES = 2 + 48 + 2 + 64
 
 

@@ -84,6 +84,10 @@ _MAX_WIRE: Final = MAX_CHUNK_BYTES
 # The largest sealed admit: a full chain, the keys, a 128-character name in
 # UTF-8 and the map around them, plus the 16-byte AEAD tag.
 _MAX_SEALED: Final = MAX_CHAIN * (MAX_CREDENTIAL + 3) + 1024 + 16
+#: Largest message a guest sends (an ``admit_sealed`` with the largest box and its
+#: map; a plain ``admit`` is 16 bytes smaller): what a host reads from a guest, so
+#: a session can make it buffer little (docs/PROTOCOL.md Part 7 §2).
+MAX_GUEST_MESSAGE: Final = _MAX_SEALED + 64
 # The seal key is used for exactly one message, so a fixed nonce is safe.
 _SEAL_NONCE: Final = bytes(12)
 # Encoded overhead of a chunk message besides its entries: map, type, field
