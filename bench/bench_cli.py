@@ -5,9 +5,10 @@ Run: ./scripts/bench cli [--json FILE] [--joins N] [--connections N]
 What is measured, and how (everything on loopback, mDNS off, real processes):
 
 * **join wall time**: the installed console script, as a user runs it
-  (``.venv/bin/p2pinvite --home G join CODE --pin PIN --json``), timed from
+  (``.venv/bin/p2pinvite --home G join - --pin - --json``, the code and the
+  PIN on standard input, as a script passes them), timed from
   ``subprocess.run`` to its exit, against two running daemons. Every join is
-  a full PIN pairing -- Noise XXpsk3, CPace, admission with fsync, the guest
+  a full PIN pairing -- Noise XXpsk0, CPace, admission with fsync, the guest
   verifying and importing the space log -- with a **fresh single-use PIN
   invitation**. A guest identity cannot join the same space twice, so the
   host creates one space per join and the one guest identity joins each once
@@ -25,19 +26,20 @@ What is measured, and how (everything on loopback, mDNS off, real processes):
   an identity, a space and one pending invitation, after it settled, with 0
   open secure connections.
 * **RSS per secure connection**: a helper process (this file with
-  ``--hold``) opens N connections (default 1,000) to the daemon's port on
-  the topic of a multi-use link invitation (preamble, Noise XXpsk3 with the
+  ``--hold``) opens N connections (default 128, the daemon's cap on
+  invitation sessions; from loopback source addresses 127.0.0.2, .3, ... so
+  the cap of 32 per source address is not what stops them) to the daemon's port on
+  the topic of a multi-use link invitation (preamble, Noise XXpsk0 with the
   PSK derived from the code, each with its own device keys since the daemon
   keeps one connection per peer static key per topic), reads the accept and
   keeps them idle. It dials at most 32 at a time, below the daemon's cap of
   64 unauthenticated connections (beyond it the daemon evicts the oldest).
   On the daemon each such connection is a guest waiting for its first
-  invitation message: the invitation handler drops it after its step timeout
-  (30 s), so all N must be open within that window; the benchmark counts the
-  daemon's socket fds at the moment it reads RSS and reports the count.
-  Per connection = (RSS with N - RSS just before) / (sockets the daemon
-  gained). (Measured by hand: the 1,000 are dropped ~30 s after they opened
-  and the daemon's RSS does not shrink back -- CPython keeps its arenas.)
+  invitation message: the invitation handler drops it after the request
+  deadline (5 s), so all N must be open within that window; the benchmark
+  counts the daemon's socket fds at the moment it reads RSS and reports the
+  count. Per connection = (RSS with N - RSS just before) / (sockets the
+  daemon gained).
 * When run as root, also the idle RSS of a daemon *with mDNS* (zeroconf
   threads and sockets), inside a private network namespace whose loopback
   carries the multicast (tests/net/netns.py), so nothing reaches a real
@@ -72,6 +74,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._report import Row, parser, percentile, report
 from p2pinvite.client import Client, JoinResult, connect
+from p2pinvite.net.manager import MAX_SESSIONS
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -224,9 +227,10 @@ def measure_joins(base: Path, started: list[Daemon], joins: int,
             if i < WARMUP_JOINS + joins:
                 ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
                 t0 = time.perf_counter()
-                r = subprocess.run([*cli, "--home", str(guest.home), "join", inv.code, "--pin",
-                                    inv.pin, "--json"], capture_output=True, text=True,
-                                   timeout=STEP_TIMEOUT, env=env)
+                r = subprocess.run([*cli, "--home", str(guest.home), "join", "-", "--pin", "-",
+                                    "--json"], input=f"{inv.code}\n{inv.pin}\n",
+                                   capture_output=True, text=True, timeout=STEP_TIMEOUT,
+                                   env=env)
                 dt = time.perf_counter() - t0
                 ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
                 if r.returncode != 0 or json.loads(r.stdout).get("role") != "editor":
@@ -342,7 +346,7 @@ def hold_connections(addr: str, count: int) -> int:
 
     from p2pinvite.halo.keys import DeviceKeys
     from p2pinvite.invitations.codes import LinkCode
-    from p2pinvite.net.manager import ACCEPT, encode_preamble
+    from p2pinvite.net.manager import ACCEPT, MAX_SESSIONS_PER_SOURCE, encode_preamble
     from p2pinvite.net.secure import SecureStream, open_secure_stream
     from p2pinvite.net.topics import Topic
     from p2pinvite.wire import frame
@@ -359,11 +363,14 @@ def hold_connections(addr: str, count: int) -> int:
         failed: list[str] = []
         limiter = trio.CapacityLimiter(HOLD_CONCURRENCY)
 
-        async def one(k: DeviceKeys) -> None:
+        async def one(i: int, k: DeviceKeys) -> None:
+            # Spread over loopback source addresses: the daemon caps sessions per source.
+            source = f"127.0.0.{2 + i // MAX_SESSIONS_PER_SOURCE}"
             async with limiter:
                 try:
                     with trio.fail_after(20):
-                        tcp = await trio.open_tcp_stream(host, int(port_text))
+                        tcp = await trio.open_tcp_stream(host, int(port_text),
+                                                         local_address=source)
                         await tcp.send_all(frame(body))
                         s = await open_secure_stream(
                             tcp, initiator=True, static_key=k.static_private, psk=topic.psk,
@@ -376,8 +383,8 @@ def hold_connections(addr: str, count: int) -> int:
 
         t0 = time.monotonic()
         async with trio.open_nursery() as n:
-            for k in keys:
-                n.start_soon(one, k)
+            for i, k in enumerate(keys):
+                n.start_soon(one, i, k)
         report_line = {"opened": len(streams), "failed": len(failed),
                        "seconds": round(time.monotonic() - t0, 3)}
         print(json.dumps(report_line), flush=True)
@@ -395,8 +402,9 @@ def hold_connections(addr: str, count: int) -> int:
 def main() -> int:
     p = parser("p2pinvite join wall time and daemon memory (real processes, loopback)")
     p.add_argument("--joins", type=int, default=20, help="measured CLI joins (default 20)")
-    p.add_argument("--connections", type=int, default=1000,
-                   help="idle secure connections for the memory measure (default 1000)")
+    p.add_argument("--connections", type=int, default=MAX_SESSIONS,
+                   help=f"idle secure connections for the memory measure (default "
+                        f"{MAX_SESSIONS}, the daemon's session cap)")
     p.add_argument("--hold", metavar="HOST:PORT", help=argparse.SUPPRESS)  # the helper
     args = p.parse_args()
     if args.hold:

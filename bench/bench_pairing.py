@@ -23,7 +23,7 @@ temporary directory, real fsyncs):
   PIN device invitation; all G accepts start at once and the rate is G /
   (time from start to the last SUCCESS).
 * **crypto-only limit**, in the same run: the cryptography of those G
-  admissions without any I/O: per admission one Noise XXpsk3 handshake (both
+  admissions without any I/O: per admission one Noise XXpsk0 handshake (both
   sides), one CPace run with key confirmation (both sides), sealing and
   opening the guest's admit under the CPace key, binding-proof
   checks, issuing the AuthorizedDevice credential, verifying the two device
@@ -135,7 +135,7 @@ def crypto_only(n: int) -> float:
     host_verifier = CredentialVerifier()
     t0 = time.process_time()
     for guest in guests:
-        # Noise XXpsk3, both sides, with the binding proofs as payloads.
+        # Noise XXpsk0, both sides, with the binding proofs as payloads.
         i = HandshakeState(PROTOCOL_XXPSK3, initiator=True, s=guest.static_private,
                            psks=(psk,), prologue=full_prologue(PROTOCOL_XXPSK3))
         r = HandshakeState(PROTOCOL_XXPSK3, initiator=False, s=host.static_private,

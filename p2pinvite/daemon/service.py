@@ -41,7 +41,8 @@ from typing import Any, Final
 import trio
 
 from .. import __version__
-from ..errors import IPCError, P2PInviteError
+from ..crypto.ed25519 import check_public_key
+from ..errors import IPCError, P2PInviteError, WeakPublicKey
 from ..fsutil import atomic_write
 from ..halo.credentials import Role
 from ..halo.identity import IdentityExists, IdentityService, NoIdentity
@@ -268,6 +269,11 @@ def invitation_methods(
         admission_key = p_hex(p, "admission_key", 32) if p.get("admission_key") else None
         if (auth == "key") != (admission_key is not None):
             raise _bad("param 'admission_key' is required with auth 'key', and only then")
+        if admission_key is not None:
+            try:
+                check_public_key(admission_key)
+            except WeakPublicKey as exc:  # no signature could ever verify under it
+                raise _bad(f"param 'admission_key' is not a usable Ed25519 key: {exc}") from None
         created = await manager.create(
             kind=kind, space_id=space_id, role=role, auth=auth,
             max_uses=p_int(p, "max_uses", lo=1, hi=MAX_USES_LIMIT),

@@ -568,20 +568,21 @@ class _HostDriver:
     }
 
 
-#: Handshakes one invitation serves at once. A short code's channel has no PSK,
-#: so anyone on the LAN can finish Noise and then idle until the step timeout;
-#: the small cap bounds what that costs (honest guests type one code at a time).
-#: A link code's PSK already keeps strangers out, so its cap only bounds memory.
+#: Handshakes one short-code invitation serves at once. Its channel has no PSK,
+#: so anyone on the LAN can finish Noise and then idle; the small cap keeps that
+#: crowd from taking the network manager's session slots of every other
+#: invitation (honest guests type one code at a time). Link codes need no cap
+#: of their own: their PSK keeps strangers out, and the network manager caps
+#: sessions in all and per source address.
 MAX_SESSIONS_SHORT: Final = 16
-MAX_SESSIONS_LINK: Final = 1024
 
 
-def _session_cap(ctx: HostContext, invitation_id: bytes) -> int:
+def _over_cap(ctx: HostContext, invitation_id: bytes, running: int) -> bool:
     try:
         inv = ctx.store.get(invitation_id)
     except InvitationError:
-        return MAX_SESSIONS_LINK  # unknown now: the driver refuses it uniformly
-    return MAX_SESSIONS_SHORT if inv.auth is AuthMethod.SHORT else MAX_SESSIONS_LINK
+        return False  # unknown now: the driver refuses it uniformly
+    return inv.auth is AuthMethod.SHORT and running >= MAX_SESSIONS_SHORT
 
 
 #: How long a host waits for the guest to hang up after its last message.
@@ -615,7 +616,7 @@ async def serve_guest(stream: SecureStream, ctx: HostContext, invitation_id: byt
     anything the guest does.
     """
     running = ctx.active.setdefault(invitation_id, set())
-    if len(running) >= _session_cap(ctx, invitation_id):
+    if _over_cap(ctx, invitation_id, len(running)):
         log.warning("invitation busy: connection dropped",
                      extra={"invitation": invitation_id.hex()[:8], "sessions": len(running)})
         return  # the network manager closes the stream; nothing was said or counted

@@ -130,6 +130,11 @@ def test_key_options_are_checked_with_one_line_each(daemons: DaemonFactory) -> N
           "--admission-key applies to --auth key only")
     usage(["invite", "create", "--space", p.space_id, "--auth", "key", "--admission-key",
            "abcd"], "(p2pinvite admission-key generate prints one)")
+    # The identity point: a key no signature could ever verify under (strict Ed25519).
+    r = p.host.cli("invite", "create", "--space", p.space_id, "--auth", "key",
+                   "--admission-key", "01" + "00" * 31)
+    assert r.returncode != 0
+    assert "not a usable Ed25519 key" in r.stderr.splitlines()[-1], r.stderr
     assert ok_json(p.host, "invite", "list") == []
 
     pin_inv = invite(p.host, "--space", p.space_id)

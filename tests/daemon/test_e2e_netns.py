@@ -45,16 +45,18 @@ class NsDaemons:
     def home(self, name: str) -> Path:
         return self._base / name
 
-    def start(self, ns: Namespace, home: Path) -> DaemonProc:
+    def start(self, ns: Namespace, home: Path, *extra: str, wait: bool = True) -> DaemonProc:
+        """A daemon in *ns* as a laptop on its LAN runs it; *extra* daemon arguments."""
         err = self._base / f"{home.name}.{time.monotonic_ns()}.stderr"
         with err.open("wb") as f:
             proc = subprocess.Popen(
                 ns.argv(PY, "-m", "p2pinvite", "--home", str(home), "daemon",
-                        "--listen", f"{ns.addr}:0", "--mdns-interface", ns.iface),
+                        "--listen", f"{ns.addr}:0", "--mdns-interface", ns.iface, *extra),
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=f, cwd=REPO)
         d = DaemonProc(home, proc, err)
         self._procs.append(d)
-        wait_ready(d)
+        if wait:
+            wait_ready(d)
         return d
 
     def cleanup(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -126,7 +127,6 @@ async def test_already_member_is_refused(tmp_path: Path) -> None:
         assert events[-1].reason == "already_member"  # we already hold the space
         # The host refuses too, even when the guest no longer holds the log.
         guest.spaces.close()
-        import shutil
         shutil.rmtree(guest.home / "spaces" / space.hex())
         events = await guest.accept(second.code)
         assert events[-1].state is State.ERROR
@@ -287,6 +287,37 @@ async def test_wrong_pin_lock_survives_host_restarts(tmp_path: Path) -> None:
             events = await guest.accept(created.code, pin=created.pin)
             assert (events[-1].state, events[-1].reason) == (State.ERROR, UNIFORM_REFUSAL)
             assert not guest.identity.has_identity
+
+
+async def test_wrong_pins_on_a_used_up_space_invitation_are_counted(tmp_path: Path) -> None:
+    # An exhausted space invitation still runs the PAKE (its admitted guest may be
+    # resuming, and a guest's identity is only known from its sealed admit), so
+    # without counting it would be a PIN oracle for as long as the host answers.
+    async with open_node(tmp_path / "host", name="Alice") as host, \
+            open_node(tmp_path / "bob", name="Bob") as bob, \
+            open_node(tmp_path / "carol", name="Carol") as carol:
+        space = host.spaces.create_space("Team")
+        created = await host.manager.create(kind="space", space_id=space, auth="pin")
+        assert_admitted(await bob.accept(created.code, pin=created.pin))
+        inv_id = created.invitation.id
+        bad = wrong_pin(created.pin)
+        for left in (2, 1):
+            events = await carol.accept(created.code, pin=bad)
+            assert (events[-1].reason, events[-1].attempts_left) == ("wrong_pin", left)
+        # The admitted guest (as if it had lost its copy) still resumes with the right
+        # PIN meanwhile, and that costs nothing.
+        bob.spaces.close()
+        shutil.rmtree(bob.home / "spaces" / space.hex())
+        assert_admitted(await bob.accept(created.code, pin=created.pin))
+        assert host.manager.get(inv_id).failed_attempts == 2
+        events = await carol.accept(created.code, pin=bad)
+        assert (events[-1].state, events[-1].attempts_left) == (State.LOCKED, 0)
+        inv = host.manager.get(inv_id)
+        assert (inv.failed_attempts, inv.uses) == (3, 1)
+        # Locked: the next proof is not even looked at.
+        events = await carol.accept(created.code, pin=created.pin)
+        assert (events[-1].state, events[-1].reason) == (State.ERROR, UNIFORM_REFUSAL)
+        assert not carol.spaces.has_space(space)
 
 
 async def test_right_pin_after_a_wrong_one_succeeds_and_restores_count(tmp_path: Path) -> None:
