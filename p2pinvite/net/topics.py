@@ -14,8 +14,11 @@ A :class:`Topic` names a rendezvous. Three kinds exist:
     From the public discriminator of a short code. The id is a hash of the
     discriminator; there is no PSK (plain ``XX``; the short code's secret part
     is used later, as a CPace password, by the invitation layer).
-``space``
-    Member-to-member traffic of a space, from its public space id. No PSK.
+``swarm``
+    Member-to-member traffic of a space (or an identity's devices), from the
+    space's 256-bit *swarm secret*, which only members hold. Derived like a
+    link topic, under other labels: a public id and a PSK (``XXpsk0``), so
+    only members can find the swarm's peers by its id or finish its handshake.
 
 Every derivation is ``BLAKE2b(data, digest_size=32, key=K, person=LABEL)``
 with the exact labels below (ASCII, zero-padded to 16 bytes by BLAKE2b);
@@ -36,7 +39,8 @@ __all__ = [
     "LABEL_LINK_PSK",
     "LABEL_LINK_TOPIC",
     "LABEL_SHORT_TOPIC",
-    "LABEL_SPACE_TOPIC",
+    "LABEL_SWARM_PSK",
+    "LABEL_SWARM_TOPIC",
     "TOPIC_ID_SIZE",
     "Topic",
     "TopicKind",
@@ -52,7 +56,8 @@ SECRET_SIZE: Final = 32
 LABEL_LINK_TOPIC: Final = b"p2pi/link-topic"
 LABEL_LINK_PSK: Final = b"p2pi/link-psk"
 LABEL_SHORT_TOPIC: Final = b"p2pi/short-topic"
-LABEL_SPACE_TOPIC: Final = b"p2pi/space-topic"
+LABEL_SWARM_TOPIC: Final = b"p2pi/swarm-topic"
+LABEL_SWARM_PSK: Final = b"p2pi/swarm-psk"
 
 #: TXT keys: ``k`` carries the discovery key, ``d`` a short code's discriminator.
 TXT_KEY: Final = "k"
@@ -62,7 +67,7 @@ TXT_DISCRIMINATOR: Final = "d"
 # unambiguous alphabet.
 _DISCRIMINATOR_RE: Final = re.compile(r"[0-9A-Za-z_-]{1,32}")
 
-TopicKind = Literal["link", "short", "space"]
+TopicKind = Literal["link", "short", "swarm"]
 
 
 def _derive(data: bytes, *, label: bytes, key: bytes = b"") -> bytes:
@@ -79,13 +84,13 @@ class Topic:
     """A rendezvous: its public id, its PSK (if any) and what is advertised for it.
 
     Build topics with :meth:`from_secret`, :meth:`for_discriminator` or
-    :meth:`for_space`; the constructor only checks consistency.
+    :meth:`for_swarm`; the constructor only checks consistency.
     """
 
     kind: TopicKind
     #: Public 32-byte id: sent in the connection preamble, advertised over mDNS.
     id: bytes
-    #: Noise PSK (link topics only). Secret: excluded from ``repr``.
+    #: Noise PSK (link and swarm topics). Secret: excluded from ``repr``.
     psk: bytes | None = field(default=None, repr=False)
     #: The one TXT entry (besides ``v``) that identifies this topic on the wire.
     txt_key: str = TXT_KEY
@@ -94,8 +99,8 @@ class Topic:
     def __post_init__(self) -> None:
         if len(self.id) != TOPIC_ID_SIZE:
             raise LocalProtocolError(f"topic id must be {TOPIC_ID_SIZE} bytes")
-        if (self.kind == "link") != (self.psk is not None):
-            raise LocalProtocolError("exactly the link topics carry a psk")
+        if (self.kind in ("link", "swarm")) != (self.psk is not None):
+            raise LocalProtocolError("exactly the link and swarm topics carry a psk")
         if self.psk is not None and len(self.psk) != 32:
             raise LocalProtocolError("topic psk must be 32 bytes")
         if self.txt_key not in (TXT_KEY, TXT_DISCRIMINATOR) or not self.txt_value:
@@ -119,12 +124,13 @@ class Topic:
         return cls("short", topic_id, None, TXT_DISCRIMINATOR, discriminator)
 
     @classmethod
-    def for_space(cls, space_id: bytes) -> Topic:
-        """The member-to-member topic of the space *space_id* (XX, no psk)."""
-        if not isinstance(space_id, bytes) or not 1 <= len(space_id) <= 64:
-            raise LocalProtocolError("a space id is 1-64 bytes")
-        topic_id = _derive(space_id, label=LABEL_SPACE_TOPIC)
-        return cls("space", topic_id, None, TXT_KEY, encode_discovery_key(topic_id))
+    def for_swarm(cls, secret: bytes) -> Topic:
+        """The member topic of a space or identity, from its 256-bit swarm *secret* (XXpsk0)."""
+        if not isinstance(secret, bytes) or len(secret) != SECRET_SIZE:
+            raise LocalProtocolError(f"a swarm secret must be {SECRET_SIZE} bytes")
+        topic_id = _derive(b"", key=secret, label=LABEL_SWARM_TOPIC)
+        psk = _derive(b"", key=secret, label=LABEL_SWARM_PSK)
+        return cls("swarm", topic_id, psk, TXT_KEY, encode_discovery_key(topic_id))
 
     @property
     def txt(self) -> dict[str, str]:

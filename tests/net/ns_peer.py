@@ -21,7 +21,7 @@ Commands (``cmd``) and their answers (``ev``):
 * ``threads`` -> ``threads`` {names}
 * ``stop`` -> ``stopped`` (manager closed); ``quit`` exits.
 
-Topics are given as ``{"secret": hex}``, ``{"disc": str}`` or ``{"space": hex}``.
+Topics are given as ``{"secret": hex}``, ``{"disc": str}`` or ``{"swarm": hex}``.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def topic_of(spec: dict[str, str]) -> Topic:
         return Topic.from_secret(bytes.fromhex(spec["secret"]))
     if "disc" in spec:
         return Topic.for_discriminator(spec["disc"])
-    return Topic.for_space(bytes.fromhex(spec["space"]))
+    return Topic.for_swarm(bytes.fromhex(spec["swarm"]))
 
 
 def emit(ev: str, **fields: Any) -> None:

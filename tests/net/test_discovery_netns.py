@@ -98,7 +98,7 @@ async def test_loopback_swarms_meet_only_on_their_topics() -> None:
 
 async def _loopback_swarms_meet_only_on_their_topics(ns: Namespace) -> None:
     _, x = _secret_spec()
-    y = {"space": os.urandom(16).hex()}
+    y = {"swarm": os.urandom(32).hex()}
     plan = {"p1": ["x"], "p2": ["x"], "p3": ["y"], "p4": ["x", "y"]}
     topics = {"x": x, "y": y}
     with trio.fail_after(60):

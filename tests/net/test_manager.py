@@ -55,8 +55,9 @@ def test_preamble_round_trip_and_limits() -> None:
 # -- connect ---------------------------------------------------------------------
 
 
-async def test_hints_only_connect_link_and_space_topics() -> None:
-    space = Topic.for_space(b"space-1")
+async def test_hints_only_connect_link_swarm_and_short_topics() -> None:
+    space = Topic.for_swarm(b"1" * 32)
+    short = Topic.for_discriminator("4821")
     with trio.fail_after(10):
         async with manager(b"host-payload") as host, manager(b"guest-payload") as guest:
             seen: list[bytes] = []
@@ -67,6 +68,7 @@ async def test_hints_only_connect_link_and_space_topics() -> None:
 
             await host.join(LINK, record)
             await host.join(space, record)
+            await host.join(short, record)
             dead = ("127.0.0.1", 1)  # nothing listens there: the race must not care
             s = await guest.connect(LINK, hints=[dead, host.addresses[0]], mdns=True)
             assert s.protocol_name == PROTOCOL_XXPSK0
@@ -78,10 +80,13 @@ async def test_hints_only_connect_link_and_space_topics() -> None:
             await s.aclose()
 
             s2 = await guest.connect(space, hints=host.addresses)
-            assert s2.protocol_name == PROTOCOL_XX
-            await s2.send_message(b"x")
-            assert await s2.receive_message() == b"x"
-            await s2.aclose()
+            assert s2.protocol_name == PROTOCOL_XXPSK0
+            s3 = await guest.connect(short, hints=host.addresses)
+            assert s3.protocol_name == PROTOCOL_XX
+            for s in (s2, s3):
+                await s.send_message(b"x")
+                assert await s.receive_message() == b"x"
+                await s.aclose()
 
 
 async def test_connect_to_an_unjoined_topic_fails() -> None:
@@ -153,7 +158,7 @@ async def test_a_raising_handler_affects_no_other_connection() -> None:
 
 
 async def test_swarm_keeps_one_connection_per_peer_pair() -> None:
-    space = Topic.for_space(b"dedupe")
+    space = Topic.for_swarm(b"d" * 32)
     with trio.fail_after(20):
         async with manager() as a, manager() as b:
             live: dict[str, set[SecureStream]] = {"a": set(), "b": set()}
@@ -219,7 +224,7 @@ async def test_flood_of_idle_and_garbage_connections_does_not_lock_out_a_peer() 
 
 
 async def test_leave_closes_the_topics_connections() -> None:
-    space = Topic.for_space(b"other")
+    space = Topic.for_swarm(b"o" * 32)
     with trio.fail_after(10):
         async with manager() as host, manager() as guest:
             await host.join(LINK, echo)

@@ -13,7 +13,8 @@ from p2pinvite.net.topics import (
     LABEL_LINK_PSK,
     LABEL_LINK_TOPIC,
     LABEL_SHORT_TOPIC,
-    LABEL_SPACE_TOPIC,
+    LABEL_SWARM_PSK,
+    LABEL_SWARM_TOPIC,
     Topic,
     encode_discovery_key,
 )
@@ -22,7 +23,8 @@ SECRET = bytes(range(32))
 
 
 def test_labels_are_distinct_and_fit_blake2b_personalisation() -> None:
-    labels = [LABEL_LINK_TOPIC, LABEL_LINK_PSK, LABEL_SHORT_TOPIC, LABEL_SPACE_TOPIC]
+    labels = [LABEL_LINK_TOPIC, LABEL_LINK_PSK, LABEL_SHORT_TOPIC, LABEL_SWARM_TOPIC,
+              LABEL_SWARM_PSK]
     assert len(set(labels)) == len(labels)
     assert all(len(label) <= 16 for label in labels)
 
@@ -42,28 +44,33 @@ def test_link_topic_matches_the_documented_derivation() -> None:
 def test_derivations_are_deterministic() -> None:
     assert Topic.from_secret(SECRET) == Topic.from_secret(bytes(SECRET))
     assert Topic.for_discriminator("1234") == Topic.for_discriminator("1234")
-    assert Topic.for_space(b"\x01" * 32) == Topic.for_space(b"\x01" * 32)
+    assert Topic.for_swarm(SECRET) == Topic.for_swarm(bytes(SECRET))
 
 
-def test_short_and_space_topics_are_public_and_psk_free() -> None:
+def test_swarm_topic_matches_the_documented_derivation() -> None:
+    t = Topic.for_swarm(SECRET)
+    assert t.kind == "swarm"
+    assert t.id == hashlib.blake2b(b"", digest_size=32, key=SECRET,
+                                   person=b"p2pi/swarm-topic").digest()
+    assert t.psk == hashlib.blake2b(b"", digest_size=32, key=SECRET,
+                                    person=b"p2pi/swarm-psk").digest()
+    assert t.txt == {"k": encode_discovery_key(t.id)}
+
+
+def test_short_topics_are_public_and_psk_free() -> None:
     short = Topic.for_discriminator("1234")
     assert short.psk is None
     assert short.kind == "short"
     assert short.txt == {"d": "1234"}
     assert short.id == hashlib.blake2b(b"1234", digest_size=32,
                                        person=b"p2pi/short-topic").digest()
-    space = Topic.for_space(b"\x01" * 32)
-    assert space.psk is None
-    assert space.kind == "space"
-    assert space.id == hashlib.blake2b(b"\x01" * 32, digest_size=32,
-                                       person=b"p2pi/space-topic").digest()
-    assert space.txt == {"k": encode_discovery_key(space.id)}
 
 
-def test_same_input_different_kinds_give_different_ids() -> None:
-    # The same 32 bytes as a link secret and as a space id must not collide.
-    assert Topic.from_secret(SECRET).id != Topic.for_space(SECRET).id
-    assert Topic.for_discriminator("ab").id != Topic.for_space(b"ab").id
+def test_same_input_different_kinds_give_different_keys() -> None:
+    # The same 32 bytes as a link secret and as a swarm secret must not collide.
+    link, swarm = Topic.from_secret(SECRET), Topic.for_swarm(SECRET)
+    assert link.id != swarm.id
+    assert link.psk != swarm.psk
 
 
 def test_repr_shows_neither_secret_nor_psk() -> None:
@@ -77,9 +84,10 @@ def test_repr_shows_neither_secret_nor_psk() -> None:
 
 
 @settings(max_examples=50)
-@given(st.binary(min_size=32, max_size=32))
-def test_nothing_advertised_reveals_the_secret_or_psk(secret: bytes) -> None:
-    t = Topic.from_secret(secret)
+@given(st.binary(min_size=32, max_size=32), st.sampled_from([Topic.from_secret,
+                                                             Topic.for_swarm]))
+def test_nothing_advertised_reveals_the_secret_or_psk(secret: bytes, derive: object) -> None:
+    t = derive(secret)  # type: ignore[operator]
     assert t.psk is not None
     public = [t.id, t.txt_value.encode(), encode_discovery_key(t.id).encode()]
     for value in public:
@@ -107,8 +115,10 @@ def test_inconsistent_topics_are_refused() -> None:
     with pytest.raises(LocalProtocolError):
         Topic("link", b"\x00" * 32, None, "k", "x")
     with pytest.raises(LocalProtocolError):
-        Topic("space", b"\x00" * 32, b"\x01" * 32, "k", "x")
+        Topic("swarm", b"\x00" * 32, None, "k", "x")
     with pytest.raises(LocalProtocolError):
-        Topic("space", b"\x00" * 31, None, "k", "x")
+        Topic("short", b"\x00" * 32, b"\x01" * 32, "d", "x")
     with pytest.raises(LocalProtocolError):
-        Topic.for_space(b"")
+        Topic("swarm", b"\x00" * 31, b"\x01" * 32, "k", "x")
+    with pytest.raises(LocalProtocolError):
+        Topic.for_swarm(b"")
