@@ -1,0 +1,1 @@
+"""Member swarms: known devices of a log find each other, prove membership and sync."""
