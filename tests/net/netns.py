@@ -7,6 +7,8 @@ Reusable by any test (and by bench/) that needs real multicast:
   in it sees every other one's mDNS, nothing else does.
 * :func:`veth_namespaces` -- two namespaces joined by a veth pair
   (``10.231.N.1/24`` <-> ``10.231.N.2/24``), multicast on, with the route.
+* :func:`bridge_namespaces` -- N namespaces on one bridge (``10.232.N.i/24``),
+  with partitions: a node's bridge port goes down and up again.
 * :class:`NsProcess` -- a process started with ``ip netns exec`` that speaks
   JSON lines (``tests/net/ns_peer.py``).
 * pytest fixtures ``netns_lo`` and ``netns_pair`` wrapping the above; they
@@ -144,6 +146,70 @@ def veth_namespaces() -> Iterator[tuple[Namespace, Namespace]]:
             delete_namespace(ns)
         # If moving an end failed, it is still in our namespace.
         subprocess.run(["ip", "link", "del", va], capture_output=True, check=False)
+
+
+@dataclass
+class Bridge:
+    """Namespaces on one Ethernet bridge (a LAN), and a way to cut one off and back.
+
+    ``nodes[i]`` is a namespace with address ``10.232.N.(i+1)``; the bridge
+    lives in a namespace of its own (``switch``), so nothing touches the root
+    namespace. :meth:`partition` takes nodes off the LAN (their bridge port
+    goes down: no unicast, no multicast, in either direction); :meth:`heal`
+    puts them back.
+    """
+
+    switch: str
+    nodes: list[Namespace]
+    ports: list[str]
+
+    def partition(self, *indexes: int) -> None:
+        """Cut the nodes at *indexes* off the LAN."""
+        for i in indexes:
+            ip("link", "set", self.ports[i], "down", ns=self.switch)
+
+    def heal(self, *indexes: int) -> None:
+        """Put the nodes at *indexes* (default: all) back on the LAN."""
+        for i in indexes or range(len(self.nodes)):
+            ip("link", "set", self.ports[i], "up", ns=self.switch)
+
+
+@contextlib.contextmanager
+def bridge_namespaces(count: int) -> Iterator[Bridge]:
+    """*count* namespaces on one bridge, multicast on (mDNS between all of them)."""
+    require_netns()
+    n = next(_counter)
+    subnet = f"10.232.{(os.getpid() + n) % 250 + 1}"
+    switch = _unique("p2ps")
+    made: list[str] = []
+    try:
+        ip("netns", "add", switch)
+        made.append(switch)
+        ip("link", "add", "br0", "type", "bridge", ns=switch)
+        # Snooping would drop mDNS until some host sends an IGMP join; a test LAN floods.
+        ip("link", "set", "br0", "type", "bridge", "mcast_snooping", "0", ns=switch)
+        ip("link", "set", "br0", "up", ns=switch)
+        nodes: list[Namespace] = []
+        ports: list[str] = []
+        for i in range(count):
+            name, dev, port = _unique("p2pn"), _unique("vp2n"), _unique("vp2p")
+            ip("netns", "add", name)
+            made.append(name)
+            ip("link", "set", "lo", "up", ns=name)
+            ip("link", "add", dev, "type", "veth", "peer", "name", port)
+            ip("link", "set", dev, "netns", name)
+            ip("link", "set", port, "netns", switch)
+            ip("link", "set", port, "master", "br0", ns=switch)
+            ip("link", "set", port, "up", ns=switch)
+            ip("addr", "add", f"{subnet}.{i + 1}/24", "dev", dev, ns=name)
+            ip("link", "set", dev, "up", ns=name)
+            _multicast_route(name, dev)
+            nodes.append(Namespace(name, f"{subnet}.{i + 1}", dev))
+            ports.append(port)
+        yield Bridge(switch, nodes, ports)
+    finally:
+        for ns in made:
+            delete_namespace(ns)
 
 
 @pytest.fixture
