@@ -45,9 +45,12 @@ abandons a dial to a peer it already holds a connection to, or one the
 caller's check rejects (the wrong host). Those peers are then never
 completed, so the listener never sees a duplicate session.
 
-Swarms (``join(..., discover=True)``) browse mDNS for the topic and dial each
-address found until one connection is established, backing off exponentially
-with jitter (capped) between failures. A lost instance stops its dialing.
+Swarms (``join(..., discover=True)`` and/or ``peers=``) browse mDNS for the
+topic and keep each address found (and each known peer's address) connected:
+dial until a connection is established, and when it ends dial again, backing
+off exponentially with jitter (capped) between attempts; while the peer is
+connected some other way nothing is dialed. A lost mDNS instance stops the
+dialing of its addresses.
 
 Nothing that goes wrong on one connection (bad bytes, a handler raising)
 reaches another connection or the manager: it is logged (logger
@@ -61,8 +64,8 @@ import logging
 import math
 import random
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
@@ -211,9 +214,31 @@ class _Joined:
     sessions: set[_Conn] = field(default_factory=set)
     # What a dial to an address authenticated as, so a connected peer is not redialed.
     seen_at: dict[Address, bytes] = field(default_factory=dict)
+    # Replaced (after being set) whenever one of its connections ends.
+    ended: trio.Event = field(default_factory=trio.Event)
 
     def live(self) -> list[_Conn]:
         return [*self.conns.values(), *self.sessions]
+
+
+class _Dialer:
+    """One swarm address being kept connected; :meth:`lose` stops it (mDNS lost it)."""
+
+    def __init__(self) -> None:
+        self.lost = False
+        self._scope: trio.CancelScope | None = None
+
+    @contextmanager
+    def dialing(self) -> Iterator[None]:
+        """The dialing phase: what :meth:`lose` cancels (never a running handler)."""
+        with trio.CancelScope() as self._scope:
+            yield
+        self._scope = None
+
+    def lose(self) -> None:
+        self.lost = True
+        if self._scope is not None:
+            self._scope.cancel()
 
 
 class Candidates:
@@ -518,13 +543,13 @@ class NetworkManager:
     async def _swarm(self, joined: _Joined, discover: bool, peers: tuple[Address, ...]) -> None:
         with joined.scope:
             async with trio.open_nursery() as nursery:
-                dialing: dict[Address, trio.CancelScope] = {}
+                dialers: dict[Address, _Dialer] = {}
                 by_instance: dict[str, list[Address]] = {}
 
                 def dial(addr: Address) -> None:
-                    if addr not in dialing:
-                        dialing[addr] = trio.CancelScope()
-                        nursery.start_soon(self._dial_loop, joined, addr, dialing)
+                    if addr not in dialers:
+                        dialers[addr] = _Dialer()
+                        nursery.start_soon(self._keep_dialing, joined, addr, dialers)
 
                 for addr in peers:
                     dial(addr)
@@ -537,15 +562,21 @@ class NetworkManager:
                                     dial(addr)
                             elif isinstance(event, PeerLost):
                                 for addr in by_instance.pop(event.instance, []):
-                                    scope = dialing.pop(addr, None)
-                                    if scope is not None:
-                                        scope.cancel()
+                                    dialer = dialers.pop(addr, None)
+                                    if dialer is not None:
+                                        dialer.lose()
 
-    async def _dial_loop(self, joined: _Joined, addr: Address,
-                         dialing: dict[Address, trio.CancelScope]) -> None:
-        """Dial *addr* until one connection is established (or the peer is connected)."""
-        scope = dialing[addr]
-        conn: _Conn | None = None
+    async def _keep_dialing(self, joined: _Joined, addr: Address,
+                            dialers: dict[Address, _Dialer]) -> None:
+        """Keep one connection to the peer at *addr* for as long as the topic is joined.
+
+        Dials until a connection is established, runs its handler, and when it
+        ends dials again (backing off). While the peer is connected some other
+        way (it dialed us, or another of its addresses answered) it waits for
+        a connection of the topic to end. A lost mDNS instance stops the
+        dialing (a connection already up is left alone: it ends by itself).
+        """
+        dialer = dialers[addr]
 
         def not_connected(remote: bytes, payload: bytes) -> None:
             # Abandon before message 3: the peer has a connection with us already
@@ -554,28 +585,39 @@ class NetworkManager:
             if remote in joined.conns:
                 raise _Unwanted(f"peer {_peer_id(remote)} is already connected")
 
+        attempt = 0
         try:
-            with scope:
-                for attempt in range(1 << 30):
-                    known = joined.seen_at.get(addr)
-                    if known is not None and known in joined.conns:
-                        return
+            while not dialer.lost:
+                ended = joined.ended
+                known = joined.seen_at.get(addr)
+                if known is not None and known in joined.conns:
+                    await ended.wait()
+                    continue
+                conn: _Conn | None = None
+                with dialer.dialing():
                     try:
                         stream = await self._dial(joined.topic, addr, check_peer=not_connected)
+                    except _Unwanted:
+                        await ended.wait()
+                        continue
                     except _DIAL_ERRORS as exc:
                         log.debug("swarm %s: dial %s:%d failed: %s", joined.topic.short_id,
                                   *addr, _describe(exc))
                         await trio.sleep(_backoff(attempt, BACKOFF_CAP))
+                        attempt += 1
                         continue
                     conn = await self._adopt(joined, stream, dialer=self.public_key,
                                              accept=False)
-                    break
+                if conn is not None:
+                    attempt = 0
+                    await self._run_handler(joined, conn)
+                # It ended (or lost to a duplicate): dial again, not at once.
+                await trio.sleep(_backoff(attempt, BACKOFF_CAP))
+                attempt += 1
         finally:
-            # A later sighting of the address may dial it again.
-            if dialing.get(addr) is scope:
-                del dialing[addr]
-        if conn is not None:
-            await self._run_handler(joined, conn)
+            if dialers.get(addr) is dialer:
+                del dialers[addr]
+
 
     # -- accepting -----------------------------------------------------------
 
@@ -716,6 +758,8 @@ class NetworkManager:
             self._uncount(conn)
             await _close(conn.stream)
             conn.done.set()
+            joined.ended.set()
+            joined.ended = trio.Event()
 
 
 async def _close(stream: trio.abc.AsyncResource) -> None:

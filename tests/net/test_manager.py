@@ -386,3 +386,31 @@ async def test_sessions_are_capped_and_a_freed_slot_is_served(cap: int, per_sour
                 await s.send_message(b"ok")
                 assert await s.receive_message() == b"ok"
                 await s.aclose()
+
+
+async def test_a_swarm_keeps_its_peers_connected_and_redials_after_a_drop() -> None:
+    swarm = Topic.for_swarm(b"k" * 32)
+    with trio.fail_after(20):
+        async with manager() as a, manager() as b:
+            sessions: list[SecureStream] = []
+            drop = trio.Event()
+
+            async def on_b(stream: SecureStream) -> None:
+                sessions.append(stream)
+                if len(sessions) == 1:
+                    await drop.wait()  # the first connection ends when told
+                    return
+                await trio.sleep_forever()
+
+            await b.join(swarm, on_b)
+            await a.join(swarm, echo, peers=b.addresses)
+            while not sessions:
+                await trio.sleep(0.01)
+            await trio.sleep(1.0)
+            assert len(sessions) == 1  # connected: nothing else is dialed
+            drop.set()
+            while len(sessions) < 2:  # a dials again on its own
+                await trio.sleep(0.01)
+            assert sessions[1].handshake_hash != sessions[0].handshake_hash
+            await trio.sleep(1.0)
+            assert len(sessions) == 2
