@@ -48,6 +48,7 @@ from ..halo.credentials import Role
 from ..halo.identity import IdentityExists, IdentityService, NoIdentity
 from ..halo.keys import DeviceKeys, SigningKey
 from ..halo.spaces import SpaceExists, SpaceService, UnknownSpace
+from ..halo.swarm_secrets import SwarmSecrets
 from ..invitations.manager import DEFAULT_RETENTION, InvitationManager
 from ..invitations.model import INVITABLE_ROLES, MAX_NOTE_LENGTH, MAX_USES_LIMIT, Invitation
 from ..invitations.store import InvitationStore
@@ -632,8 +633,10 @@ async def run_daemon(
         ) as net:
             _remember_port(config, net)
             store = InvitationStore.open(config.home / INVITATIONS_DIR)
+            secrets = SwarmSecrets.open(config.home)
             manager = InvitationManager(
-                config.home, keys, identity, spaces, net, store, mdns=mdns is not None,
+                config.home, keys, identity, spaces, net, store, secrets=secrets,
+                mdns=mdns is not None,
                 retention=DEFAULT_RETENTION if config.retention is None else config.retention)
             daemon = Daemon(config, identity, spaces, net, mdns, manager)
             async with manager, trio.open_nursery() as nursery:

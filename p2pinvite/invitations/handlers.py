@@ -55,6 +55,8 @@ from ..errors import (
     UNIFORM_REFUSAL,
     ConnectionClosed,
     CredentialError,
+    CryptoError,
+    DecodeError,
     HandshakeError,
     InvitationError,
     P2PInviteError,
@@ -73,6 +75,7 @@ from ..halo.identity import IdentityService
 from ..halo.keys import DeviceKeys, Signer, verify_binding_proof
 from ..halo.log import decode_entry
 from ..halo.spaces import SpaceService
+from ..halo.swarm_secrets import SwarmSecret, SwarmSecrets, open_handover, seal_for_device
 from ..net.manager import Candidates, NetworkManager
 from ..net.secure import ConnectionBroken, SecureStream
 from ..net.topics import Topic
@@ -260,6 +263,7 @@ class HostContext:
     keys: DeviceKeys
     identity: IdentityService
     spaces: SpaceService
+    secrets: SwarmSecrets
     store: InvitationStore
     clock: Callable[[], float]
     emit: Callable[[InvitationEvent], None]
@@ -471,7 +475,14 @@ class _HostDriver:
         except CredentialError as exc:
             return self._refuse(exc.rule)
         self.emit("admitted", reason="resumed" if resumed else None)
-        return self.host.admit(credential, entries)
+        return self.host.admit(credential, entries, self._swarm_grant(inv))
+
+    def _swarm_grant(self, inv: Invitation) -> p.SwarmGrant:
+        """The log's swarm secret sealed to the guest's device (its Noise static key)."""
+        secrets = self.ctx.secrets
+        # A log made outside the daemon (tests, older homes) gets its first secret now.
+        secret = secrets.get(inv.target) or secrets.create(inv.target)
+        return p.SwarmGrant(secret.epoch, seal_for_device(secret, self.stream.remote_static))
 
     def _existing_device_credential(self, inv: Invitation, device: bytes) -> bytes | None:
         ident = self.ctx.identity
@@ -761,11 +772,13 @@ class _GuestDriver:
     """
 
     def __init__(self, plan: GuestPlan, identity: IdentityService, spaces: SpaceService,
-                 network: NetworkManager, *, mdns: bool, step_timeout: float,
-                 connect_timeout: float, report: Callable[[AcceptEvent], None]) -> None:
+                 secrets: SwarmSecrets, network: NetworkManager, *, mdns: bool,
+                 step_timeout: float, connect_timeout: float,
+                 report: Callable[[AcceptEvent], None]) -> None:
         self.plan = plan
         self.identity = identity
         self.spaces = spaces
+        self.secrets = secrets
         self.network = network
         self.mdns = mdns
         self.step_timeout = step_timeout
@@ -1004,6 +1017,7 @@ class _GuestDriver:
             if plan.invitation_id is not None and a.invitation != plan.invitation_id:
                 raise CredentialError("credential is for another invitation",
                                       rule="wrong_invitation")
+            swarm = self._open_grant(cred.issuer, ev.swarm)
             target = await trio.to_thread.run_sync(
                 self.identity.join_identity_from_entries, list(ev.entries))
         else:
@@ -1012,13 +1026,24 @@ class _GuestDriver:
                                       rule="not_admitted")
             if plan.target is not None and a.space != plan.target:
                 raise CredentialError("credential is for another space", rule="wrong_space")
+            swarm = self._open_grant(a.space, ev.swarm)
             target = await trio.to_thread.run_sync(
                 lambda: self.spaces.import_space(list(ev.entries), expected=plan.target))
+        await trio.to_thread.run_sync(self.secrets.install, swarm)
         return AcceptResult(plan.kind, target, ev.credential)
+
+    def _open_grant(self, log: bytes, grant: p.SwarmGrant) -> SwarmSecret:
+        """The log's swarm secret, opened before anything is installed (CredentialError)."""
+        try:
+            return open_handover(self.identity.device.static_private, log, grant.epoch,
+                                 grant.box)
+        except (CryptoError, DecodeError):
+            raise CredentialError("the swarm secret is not sealed to this device",
+                                  rule="bad_swarm_secret") from None
 
 
 async def run_guest(plan: GuestPlan, identity: IdentityService, spaces: SpaceService,
-                    network: NetworkManager, *, mdns: bool,
+                    secrets: SwarmSecrets, network: NetworkManager, *, mdns: bool,
                     report: Callable[[AcceptEvent], None],
                     step_timeout: float = DEFAULT_STEP_TIMEOUT,
                     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> AcceptEvent:
@@ -1028,7 +1053,7 @@ async def run_guest(plan: GuestPlan, identity: IdentityService, spaces: SpaceSer
     failure with its reason. Never raises for what the host or the network
     does; cancelling it abandons the join (nothing is installed).
     """
-    driver = _GuestDriver(plan, identity, spaces, network, mdns=mdns,
+    driver = _GuestDriver(plan, identity, spaces, secrets, network, mdns=mdns,
                           step_timeout=step_timeout, connect_timeout=connect_timeout,
                           report=report)
     return await driver.run()

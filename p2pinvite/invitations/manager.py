@@ -69,6 +69,7 @@ from ..halo.identity import IdentityService
 from ..halo.keys import DeviceKeys, Signer
 from ..halo.log import decode_entry
 from ..halo.spaces import SpaceService
+from ..halo.swarm_secrets import SwarmSecrets
 from ..net.manager import NetworkManager
 from ..net.topics import Topic
 from .codes import LINK_PREFIX, MAX_HINTS, LinkCode, ShortCode, parse_pin
@@ -160,7 +161,9 @@ def _hint_ok(host: str) -> bool:
 class InvitationManager:
     """Invitations of this device, host and guest side. Use ``async with manager:``.
 
-    *clock* returns unix seconds (default :func:`time.time`). *mdns*: whether
+    *clock* returns unix seconds (default :func:`time.time`). *secrets*: the
+    device's swarm secrets (a guest stores the one its admission hands over; a
+    host seals its own to the guest). *mdns*: whether
     the network manager runs mDNS (advertise link topics, look short codes up).
     *retention*: seconds a finished invitation stays listed before its record
     is deleted (default :data:`DEFAULT_RETENTION`, 30 days; must be > 0).
@@ -176,6 +179,7 @@ class InvitationManager:
         store: InvitationStore,
         clock: Callable[[], float] = time.time,
         *,
+        secrets: SwarmSecrets,
         mdns: bool = False,
         step_timeout: float = DEFAULT_STEP_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
@@ -198,8 +202,10 @@ class InvitationManager:
         # Set when an invitation is created: wakes the daily pass of an empty store.
         self._created = trio.Event()
         self._subscribers: set[trio.MemorySendChannel[InvitationEvent]] = set()
-        self._ctx = HostContext(keys=keys, identity=identity, spaces=spaces, store=store,
-                                clock=clock, emit=self._emit, step_timeout=step_timeout)
+        self._secrets = secrets
+        self._ctx = HostContext(keys=keys, identity=identity, spaces=spaces, secrets=secrets,
+                                store=store, clock=clock, emit=self._emit,
+                                step_timeout=step_timeout)
         self._hosted: dict[bytes, Topic] = {}
         # When each hosted invitation's topic is to be left, and the same as a
         # heap of (when, id); a heap entry that no longer matches the dict is stale.
@@ -699,7 +705,8 @@ class InvitationManager:
                         scope.cancel()  # nobody listens any more: give the join up
 
                 with scope:
-                    await run_guest(plan, self._identity, self._spaces, self._network,
+                    await run_guest(plan, self._identity, self._spaces, self._secrets,
+                                    self._network,
                                     mdns=self._mdns, report=report,
                                     step_timeout=self._step_timeout,
                                     connect_timeout=self._connect_timeout)

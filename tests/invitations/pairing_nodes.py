@@ -15,6 +15,7 @@ import trio
 
 from p2pinvite.halo.identity import IdentityService
 from p2pinvite.halo.spaces import SpaceService
+from p2pinvite.halo.swarm_secrets import SwarmSecrets
 from p2pinvite.invitations.handlers import AcceptEvent
 from p2pinvite.invitations.manager import InvitationManager
 from p2pinvite.invitations.store import InvitationStore
@@ -27,6 +28,7 @@ class Node:
     identity: IdentityService
     spaces: SpaceService
     store: InvitationStore
+    secrets: SwarmSecrets
     network: NetworkManager
     manager: InvitationManager
 
@@ -52,18 +54,19 @@ async def open_node(home: Path, *, name: str | None = None,
         identity.create_identity(name)
     spaces = SpaceService.open(identity)
     store = InvitationStore.open(home / "invitations")
+    secrets = SwarmSecrets.open(home)
     keys = identity.device
     try:
         async with open_network_manager(static_key=keys.static_private,
                                         payload=keys.binding_proof(), listen=listen,
                                         mdns_interfaces=mdns_interfaces) as network:
             manager = InvitationManager(
-                home, keys, identity, spaces, network, store,
+                home, keys, identity, spaces, network, store, secrets=secrets,
                 clock=clock or (lambda: 1_700_000_000.0 + trio.current_time()),
                 mdns=mdns_interfaces is not None, step_timeout=step_timeout,
                 connect_timeout=connect_timeout)
             async with manager:
-                yield Node(home, identity, spaces, store, network, manager)
+                yield Node(home, identity, spaces, store, secrets, network, manager)
     finally:
         spaces.close()
         identity.close()

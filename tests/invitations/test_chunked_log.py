@@ -31,6 +31,8 @@ from p2pinvite.wire import pack
 from .pairing_nodes import Node, open_node
 from .test_protocol import Run, one, open_run
 
+GRANT = p.SwarmGrant(1, bytes(range(p.SWARM_BOX)))
+
 
 def _admitting_pair() -> Run:
     """A none-method run stopped where the host decides the admission."""
@@ -52,16 +54,17 @@ def _log(n: int, size: int = 600) -> list[bytes]:
 
 def test_small_log_is_one_admitted_without_count() -> None:
     r = _admitting_pair()
-    out = r.host.admit(b"cred", [b"e0", b"e1"])
+    out = r.host.admit(b"cred", [b"e0", b"e1"], GRANT)
     assert [type(e.message) for e in out if isinstance(e, SendMessage)] == [AdmittedMsg]
-    assert decode_message(out[0].data) == AdmittedMsg(b"cred", (b"e0", b"e1"))
-    assert r.guest.receive_message(out[0].data) == [AdmissionReceived(b"cred", (b"e0", b"e1"))]
+    assert decode_message(out[0].data) == AdmittedMsg(b"cred", (b"e0", b"e1"), GRANT)
+    received = r.guest.receive_message(out[0].data)
+    assert received == [AdmissionReceived(b"cred", (b"e0", b"e1"), GRANT)]
 
 
 def test_large_log_travels_in_bounded_chunks_and_is_reassembled() -> None:
     r = _admitting_pair()
     log = _log(5000)
-    out = r.host.admit(b"cred", log)
+    out = r.host.admit(b"cred", log, GRANT)
     assert r.host.state is State.SUCCESS
     msgs = [decode_message(e.data) for e in out]
     assert isinstance(msgs[0], AdmittedMsg)
@@ -73,7 +76,7 @@ def test_large_log_travels_in_bounded_chunks_and_is_reassembled() -> None:
         assert r.guest.receive_message(e.data) == []
         assert r.guest.state is State.ADMITTING
     received = r.guest.receive_message(out[-1].data)
-    assert received == [AdmissionReceived(b"cred", tuple(log))]
+    assert received == [AdmissionReceived(b"cred", tuple(log), GRANT)]
     r.guest.admission_verified()
     assert r.guest.state is State.SUCCESS
 
@@ -84,21 +87,21 @@ def test_chunks_respect_item_and_byte_limits() -> None:
     big = chunk_entries(_log(300, p.MAX_ENTRY))
     assert sum(map(len, big)) == 300
     for i, c in enumerate(big):
-        msg = AdmittedMsg(b"c" * p.MAX_CREDENTIAL, c, 300) if i == 0 else EntriesMsg(c)
+        msg = AdmittedMsg(b"c" * p.MAX_CREDENTIAL, c, GRANT, 300) if i == 0 else EntriesMsg(c)
         assert len(encode_message(msg)) <= p.MAX_CHUNK_BYTES
 
 
 def test_host_refuses_to_send_an_empty_or_oversized_log() -> None:
     r = _admitting_pair()
     with pytest.raises(p.LocalProtocolError):
-        r.host.admit(b"cred", [])
+        r.host.admit(b"cred", [], GRANT)
     with pytest.raises(p.LocalProtocolError):
-        r.host.admit(b"cred", [b"x" * (p.MAX_ENTRY + 1)])
+        r.host.admit(b"cred", [b"x" * (p.MAX_ENTRY + 1)], GRANT)
     assert r.host.state is State.ADMITTING
 
 
 def _partial(r: Run, count: int, first: tuple[bytes, ...] = (b"e0",)) -> None:
-    assert r.guest.receive_message(encode_message(AdmittedMsg(b"cred", first, count))) == []
+    assert r.guest.receive_message(encode_message(AdmittedMsg(b"cred", first, GRANT, count))) == []
 
 
 def test_guest_refuses_more_entries_than_announced() -> None:

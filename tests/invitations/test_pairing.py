@@ -15,8 +15,9 @@ import trio
 
 from p2pinvite.errors import UNIFORM_REFUSAL, ConnectionClosed, InvitationError
 from p2pinvite.halo.credentials import Role, issue_space_member
-from p2pinvite.halo.keys import SigningKey
+from p2pinvite.halo.keys import DeviceKeys, SigningKey
 from p2pinvite.halo.log import decode_entry, entries_from_credentials
+from p2pinvite.halo.swarm_secrets import SwarmSecret, SwarmSecrets, seal_for_device
 from p2pinvite.invitations import handlers
 from p2pinvite.invitations.codes import LinkCode, generate_pin
 from p2pinvite.invitations.model import Invitation
@@ -287,6 +288,44 @@ async def test_wrong_pin_lock_survives_host_restarts(tmp_path: Path) -> None:
             events = await guest.accept(created.code, pin=created.pin)
             assert (events[-1].state, events[-1].reason) == (State.ERROR, UNIFORM_REFUSAL)
             assert not guest.identity.has_identity
+
+
+@pytest.mark.parametrize("kind", ["device", "space"])
+async def test_an_admission_hands_over_the_swarm_secret_sealed_to_the_guest(
+        tmp_path: Path, kind: str) -> None:
+    async with open_node(tmp_path / "host", name="Alice") as host, \
+            open_node(tmp_path / "guest", name=None if kind == "device" else "Bob") as guest:
+        if kind == "device":
+            created = await host.manager.create(kind="device", auth="pin")
+            log = host.identity.identity_key
+        else:
+            log = host.spaces.create_space("Team")
+            created = await host.manager.create(kind="space", space_id=log, auth="pin")
+        assert host.secrets.get(log) is None  # made on the first admission, then kept
+        assert_admitted(await guest.accept(created.code, pin=created.pin))
+        held = host.secrets.get(log)
+        assert held is not None
+        assert guest.secrets.get(log) == held  # the same epoch and secret, and on disk:
+        assert SwarmSecrets.open(guest.home).get(log) == held
+
+
+async def test_a_swarm_secret_sealed_to_another_device_installs_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with open_node(tmp_path / "host", name="Alice") as host, \
+            open_node(tmp_path / "guest", name="Bob") as guest:
+        space = host.spaces.create_space("Team")
+        created = await host.manager.create(kind="space", space_id=space)
+        stranger = DeviceKeys.generate()
+
+        def misdirected(secret: SwarmSecret, device_static: bytes) -> bytes:
+            return seal_for_device(secret, stranger.static_public)
+
+        monkeypatch.setattr(handlers, "seal_for_device", misdirected)
+        events = await guest.accept(created.code)
+        assert events[-1].state is State.ERROR
+        assert "swarm secret is not sealed to this device" in (events[-1].reason or "")
+        assert not guest.spaces.has_space(space)
+        assert guest.secrets.get(space) is None
 
 
 async def test_wrong_pins_on_a_used_up_space_invitation_are_counted(tmp_path: Path) -> None:

@@ -55,6 +55,9 @@ from p2pinvite.invitations.protocol import (
 PIN = b"493817"
 INV = bytes(range(16))
 
+#: A swarm grant as a host sends one (the box is opaque to the machines).
+GRANT = p.SwarmGrant(1, bytes(range(p.SWARM_BOX)))
+
 
 HOST_KEYS = DeviceKeys.generate()
 GUEST_KEYS = DeviceKeys.generate()
@@ -168,7 +171,7 @@ class Run:
             return [x for data in sends(refusal) for x in self._to_guest(data)]
         if isinstance(e, AdmissionRequested):
             self.effects += ["store.reserve_use", "log.append+fsync", "store.commit_use"]
-            out = self.h(self.host.admit(b"credential", [b"genesis", b"credential"]))
+            out = self.h(self.host.admit(b"credential", [b"genesis", b"credential"], GRANT))
             return [x for data in sends(out) for x in self._to_guest(data)]
         raise AssertionError(e)
 
@@ -541,7 +544,7 @@ def test_guest_reads_no_admission_before_the_host_tag() -> None:
     r = Run()
     _to_sealed_admit(r)
     with pytest.raises(ProtocolViolation, match="unexpected 'admitted'"):
-        r.guest.receive_message(encode_message(AdmittedMsg(b"c", (b"e",))))
+        r.guest.receive_message(encode_message(AdmittedMsg(b"c", (b"e",), GRANT)))
     assert r.guest.state is State.ERROR
 
 
@@ -632,7 +635,7 @@ def test_local_misuse_leaves_state_unchanged() -> None:
     assert r.host.state is State.INIT
     r.host.connected(r.hs)
     with pytest.raises(LocalProtocolError):
-        r.host.admit(b"c", [])
+        r.host.admit(b"c", [], GRANT)
     with pytest.raises(LocalProtocolError):
         r.host.attempt_counted(2)
     with pytest.raises(LocalProtocolError, match="needs a password"):
@@ -652,7 +655,7 @@ def test_a_wrong_proof_is_answered_only_once_counted() -> None:
     r.host.receive_message(confirm)
     assert r.host.check_attempt() == [AuthFailed()]
     assert r.host.state is State.AUTHENTICATING
-    for call in (r.host.check_attempt, lambda: r.host.admit(b"c", [b"e"])):
+    for call in (r.host.check_attempt, lambda: r.host.admit(b"c", [b"e"], GRANT)):
         with pytest.raises(LocalProtocolError):
             call()
     with pytest.raises(LocalProtocolError, match="negative"):
@@ -714,7 +717,7 @@ ALL_MESSAGES: list[p.Message] = [
     ChallengeMsg("key", HOST_INFO), PakeMsg(b"x" * 33), ConfirmMsg(b"t" * 64),
     KeyProofMsg(b"k" * 32, b"s" * 64), AdmitMsg(b"d" * 32, None, (), "n"),
     AdmitMsg(b"d" * 32, b"i" * 32, (b"c",), "n"), p.SealedAdmitMsg(b"b" * 40),
-    AdmittedMsg(b"c", (b"e1", b"e2")),
+    AdmittedMsg(b"c", (b"e1", b"e2"), GRANT),
     RefusedMsg("wrong_pin", 2), RefusedMsg(UNIFORM_REFUSAL),
 ]
 

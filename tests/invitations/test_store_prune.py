@@ -18,6 +18,7 @@ from trio.testing import MockClock
 from p2pinvite.errors import InvitationError, LocalProtocolError, StorageError
 from p2pinvite.halo.identity import IdentityService
 from p2pinvite.halo.spaces import SpaceService
+from p2pinvite.halo.swarm_secrets import SwarmSecrets
 from p2pinvite.invitations import store as store_module
 from p2pinvite.invitations.manager import (
     DEFAULT_RETENTION,
@@ -306,7 +307,7 @@ async def open_manager(home: Path, clock: Callable[[], float], *,
                                         payload=keys.binding_proof(),
                                         listen=("127.0.0.1", 0)) as network:
             manager = InvitationManager(home, keys, identity, spaces, network, store,
-                                        clock=clock, **kw)
+                                        clock=clock, secrets=SwarmSecrets.open(home), **kw)
             async with manager:
                 yield manager
     finally:
@@ -414,7 +415,7 @@ async def test_a_pruned_invitation_is_no_longer_hosted(tmp_path: Path,
 def test_manager_rejects_a_bad_retention(tmp_path: Path, retention: float) -> None:
     with pytest.raises(LocalProtocolError):
         InvitationManager(tmp_path, None, None, None, None, None,  # type: ignore[arg-type]
-                          retention=retention)
+                          secrets=None, retention=retention)  # type: ignore[arg-type]
 
 
 async def test_manager_starts_when_pruning_fails(tmp_path: Path, mock_clock: MockClock,

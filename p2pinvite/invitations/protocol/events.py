@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
-from .messages import HostInfo, Kind, Message, Method
+from .messages import HostInfo, Kind, Message, Method, SwarmGrant
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +118,7 @@ class AdmissionReceived:
 
     credential: bytes
     entries: tuple[bytes, ...] = field(repr=False)
+    swarm: SwarmGrant
 
 
 Event: TypeAlias = (SendMessage | GuestConnected | InvitationRequested | AttemptMade

@@ -49,6 +49,7 @@ from .messages import (
     PakeMsg,
     RefusedMsg,
     RequestMsg,
+    SwarmGrant,
     admission_key_message,
     cpace_channel_id,
     seal_admit,
@@ -142,6 +143,7 @@ class GuestProtocol(_Machine):
         # The log being received in chunks: the credential, the entries so far,
         # how many are still announced, and their bytes so far.
         self._credential = b""
+        self._swarm: SwarmGrant | None = None
         self._log: list[bytes] = []
         self._remaining = 0
         self._log_bytes = 0
@@ -224,8 +226,9 @@ class GuestProtocol(_Machine):
         if isinstance(msg, AdmittedMsg):
             if msg.count is None:
                 self._go(inp)
-                return [AdmissionReceived(msg.credential, msg.entries)]
+                return [AdmissionReceived(msg.credential, msg.entries, msg.swarm)]
             self._credential, self._log = msg.credential, list(msg.entries)
+            self._swarm = msg.swarm
             self._remaining = msg.count - len(msg.entries)
             self._log_bytes = sum(map(len, msg.entries))
             self._go(inp)
@@ -248,7 +251,8 @@ class GuestProtocol(_Machine):
         if self._remaining:
             return []
         log, self._log = tuple(self._log), []
-        return [AdmissionReceived(self._credential, log)]
+        assert self._swarm is not None
+        return [AdmissionReceived(self._credential, log, self._swarm)]
 
     def _admit_message(self) -> AdmitMsg:
         r = self._request

@@ -72,6 +72,7 @@ from .messages import (
     RefusedMsg,
     RequestMsg,
     SealedAdmitMsg,
+    SwarmGrant,
     admission_key_message,
     chunk_entries,
     cpace_channel_id,
@@ -293,8 +294,10 @@ class HostProtocol(_Machine):
         self._go(inp)
         return [self._send(RefusedMsg(reason, attempts_left))]
 
-    def admit(self, credential: bytes, entries: Sequence[bytes]) -> list[Event]:
-        """Answer the admission request: the issued credential and the log entries.
+    def admit(self, credential: bytes, entries: Sequence[bytes], swarm: SwarmGrant
+              ) -> list[Event]:
+        """Answer the admission request: the issued credential, the log entries and
+        the log's swarm secret sealed to the guest's device.
 
         Returns one ``admitted`` message when the log fits one chunk, else an
         ``admitted`` with the first chunk and the total count followed by
@@ -313,7 +316,7 @@ class HostProtocol(_Machine):
         out: list[Event] = []
         if self._cpace is not None:
             out.append(self._send(ConfirmMsg(self._cpace.confirmation_tag())))
-        out.append(self._send(AdmittedMsg(credential, chunks[0], count)))
+        out.append(self._send(AdmittedMsg(credential, chunks[0], swarm, count)))
         out += [self._send(EntriesMsg(chunk)) for chunk in chunks[1:]]
         self._go(_In.ADMIT_OK)
         return out

@@ -88,6 +88,8 @@ _MAX_SEALED: Final = MAX_CHAIN * (MAX_CREDENTIAL + 3) + 1024 + 16
 #: map; a plain ``admit`` is 16 bytes smaller): what a host reads from a guest, so
 #: a session can make it buffer little (docs/PROTOCOL.md Part 7 §2).
 MAX_GUEST_MESSAGE: Final = _MAX_SEALED + 64
+#: A sealed swarm secret: 32 bytes in a sealed box (ephemeral key and tag around it).
+SWARM_BOX: Final = 32 + 48
 # The seal key is used for exactly one message, so a fixed nonce is safe.
 _SEAL_NONCE: Final = bytes(12)
 # Encoded overhead of a chunk message besides its entries: map, type, field
@@ -355,23 +357,46 @@ def open_admit(isk: bytes, sealed: SealedAdmitMsg) -> AdmitMsg:
 
 
 @dataclass(frozen=True, slots=True)
+class SwarmGrant:
+    """The log's swarm secret for the guest: its *epoch*, and the secret sealed to the
+    guest device's Noise static key (a sealed box, docs/PROTOCOL.md Part 12 §2)."""
+
+    epoch: int
+    box: bytes = field(repr=False)
+
+    def to_map(self) -> dict[str, Any]:
+        """The grant as a map."""
+        return {"epoch": self.epoch, "box": self.box}
+
+    @classmethod
+    def from_map(cls, value: Any) -> SwarmGrant:
+        """Decode, strictly: exactly ``epoch`` (1..2^32-1) and ``box`` (80 bytes)."""
+        m = expect_map(value, "swarm")
+        _only(m, frozenset({"epoch", "box"}), frozenset(), "swarm")
+        return cls(expect_int(m, "epoch", lo=1, hi=2**32 - 1),
+                   expect_bytes(m, "box", size=SWARM_BOX))
+
+
+@dataclass(frozen=True, slots=True)
 class AdmittedMsg:
-    """H→G: the guest's new credential and the log entries from genesis up to it.
+    """H→G: the guest's new credential, the log entries, and the log's swarm secret.
 
     ``entries`` is the first chunk of the log; ``count`` is present only when
     more follows in :class:`EntriesMsg` chunks, and is then the total number
-    of entries (greater than ``len(entries)``).
+    of entries (greater than ``len(entries)``). ``swarm`` lets the new member
+    join the log's member swarm at once.
     """
 
     T: ClassVar[str] = "admitted"
     credential: bytes
     entries: tuple[bytes, ...] = field(repr=False)
+    swarm: SwarmGrant
     count: int | None = None
 
     def to_map(self) -> dict[str, Any]:
         """The message as a map."""
         m: dict[str, Any] = {"t": self.T, "credential": self.credential,
-                             "entries": list(self.entries)}
+                             "entries": list(self.entries), "swarm": self.swarm.to_map()}
         if self.count is not None:
             m["count"] = self.count
         return m
@@ -379,17 +404,19 @@ class AdmittedMsg:
     @classmethod
     def from_map(cls, m: Mapping[str, Any]) -> AdmittedMsg:
         """Decode, strictly: a ``count`` must announce more than this chunk holds."""
-        _only(m, frozenset({"t", "credential", "entries"}), frozenset({"count"}), "admitted")
+        _only(m, frozenset({"t", "credential", "entries", "swarm"}), frozenset({"count"}),
+              "admitted")
         credential = expect_bytes(m, "credential", max_size=MAX_CREDENTIAL)
         entries = _expect_list(m, "entries", max_items=MAX_ENTRIES, max_size=MAX_ENTRY)
+        swarm = SwarmGrant.from_map(m["swarm"])
         if "count" not in m:
             if not entries:
                 raise DecodeError("admitted: the log cannot be empty")
-            return cls(credential, entries)
+            return cls(credential, entries, swarm)
         count = expect_int(m, "count", lo=1, hi=MAX_LOG_ENTRIES)
         if count <= len(entries):
             raise DecodeError("admitted: count present but nothing more announced")
-        return cls(credential, entries, count)
+        return cls(credential, entries, swarm, count)
 
 
 @dataclass(frozen=True, slots=True)
