@@ -54,6 +54,8 @@ log = logging.getLogger("p2pinvite.sync")
 
 #: Longest one write may take before the connection is given up (seconds).
 DEFAULT_SEND_TIMEOUT: Final = 60.0
+# After a failed write, how long the reader may take to report the end itself.
+_READER_GRACE: Final = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,15 +172,16 @@ class _Driver:
                     await self.stream.send_messages([m.data for m in messages])
             except trio.TooSlowError:
                 self.end = "send timeout"
-            except ConnectionClosed as exc:
-                self.end = f"broken: {exc.reason}"
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self.end = f"broken: {exc}"
-            else:
-                self._report()
-                continue
-            scope.cancel()
-            return
+                scope.cancel()
+                return
+            except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self.end = f"broken: {getattr(exc, 'reason', exc)}"
+                # The reader sees the same end, or the cause of it (the peer's bad bytes
+                # that made the stream close the transport under this write): let it say
+                # which, instead of cancelling it in the middle.
+                scope.deadline = min(scope.deadline, trio.current_time() + _READER_GRACE)
+                return
+            self._report()
 
 
 async def run_sync(

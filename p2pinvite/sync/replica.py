@@ -45,14 +45,17 @@ class IngestResult:
       failed verification (malformed, bad signature, not allowed by the
       structural rules, over the DAG size limit). The peer that sent it is
       dropped. ``reason`` is short text for the local log, never sent.
-
-    Duplicates (entries already in the DAG or already held) appear in none of
-    the three.
+    * ``ids``: the id of every entry of the batch that was not refused, in
+      batch order, whatever became of it (new, duplicate or held). The peer
+      holds these and everything below them, which the session needs to know
+      while the peer's own heads are still unknown here (a long transfer):
+      otherwise it would send the peer back what it just received.
     """
 
     new: tuple[bytes, ...] = field(default=(), repr=False)
     missing: tuple[bytes, ...] = ()
     refused: tuple[tuple[int, str], ...] = ()
+    ids: tuple[bytes, ...] = field(default=(), repr=False)
 
 
 class ReplicaView(Protocol):

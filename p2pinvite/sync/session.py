@@ -45,11 +45,18 @@ it really lacks instead of our whole history).
 *Pushing.* The ids to send are computed once as a list (parents first) and
 sent in order, one bounded batch per :meth:`SyncSession.data_to_send`. The
 list is computed again only when it is used up *and* something changed (our
-replica, or the peer's frontier): a peer's heads acknowledge what it
-ingested, so a new list excludes it, and what was sent but not yet
-acknowledged is remembered (``_sent``) and skipped. ``_sent`` is pruned to
-what is still not below the peer's frontier at every new list, so it holds
-what is in flight, not the history of the session.
+replica, or the peer's frontier), and not even then when each of our heads
+is one the peer has or is being sent (in its frontier, sent by it, or sent
+to it): then the peer has everything below them, which is all we have. So
+a long transfer costs one ``ids_not_below`` per side, not one per batch.
+What was sent but not yet acknowledged is remembered (``_sent``) and skipped;
+``_sent`` is pruned to what is still not below the peer's frontier at every
+new list, and emptied when the peer announces our own heads.
+
+What the peer sent us (``_peer_sent``, from ``IngestResult.ids``) is part
+of its frontier until its heads are all known here: during a long transfer
+its heads arrive last, and without this the receiver would push back what
+it just received, as "not below anything the peer is known to have".
 
 *Heads.* Ours go out at the start and again whenever they differ from what
 we last announced -- only then, so two sessions never answer heads with
@@ -229,6 +236,9 @@ class SyncSession:
         self._pos = 0
         self._sent: set[bytes] = set()
         self._stale = False
+        self._frontier_set: frozenset[bytes] = frozenset()
+        # what the peer sent us, until its announced heads are all known here
+        self._peer_sent: set[bytes] = set()
         # answering the peer's wants (an ordered set)
         self._answers: dict[bytes, None] = {}
         # asking: ids to put in our next want, and every id asked and not yet received
@@ -271,7 +281,7 @@ class SyncSession:
         self._state = self._next(inp)
         if self._state in _FINAL:
             self._pending, self._pos = [], 0
-            self._sent, self._answers = set(), {}
+            self._sent, self._answers, self._peer_sent = set(), {}, set()
             self._want_out, self._requested = {}, set()
 
     def _next(self, inp: _In) -> SyncState:
@@ -336,6 +346,8 @@ class SyncSession:
         self._n["entries_new"] += len(result.new)
         if result.new:
             self._stale = True
+        self._peer_sent.update(result.ids)
+        self._forget_peer_sent()
         has = self._replica.has
         if self._requested:
             self._requested = {i for i in self._requested if not has(i)}
@@ -388,9 +400,23 @@ class SyncSession:
         self._n["heads_received"] += 1
         self._peer_heads = msg.heads
         self._frontier = msg.heads + msg.have
+        self._frontier_set = frozenset(self._frontier)
         self._stale = True
+        if msg.heads == self._our_heads():
+            # the peer has everything we have: nothing sent is in doubt, nothing queued needed
+            self._sent.clear()
+            self._peer_sent.clear()
+            self._pending, self._pos = [], 0
+        else:
+            self._forget_peer_sent()
         self._go(_In.HEADS)
         return []
+
+    def _forget_peer_sent(self) -> None:
+        """Once the peer's heads are all known here, they cover what it sent us."""
+        if self._peer_sent and self._peer_heads is not None and all(
+                self._replica.has(h) for h in self._peer_heads):
+            self._peer_sent.clear()
 
     def _on_entries(self, msg: EntriesMsg) -> list[Event]:
         n = self._n["entries_received"] + len(msg.entries)
@@ -439,16 +465,19 @@ class SyncSession:
         if self._pos < len(self._pending) or not self._stale:
             return
         self._stale = False
-        fresh = self._replica.ids_not_below(self._frontier)
         sent = self._sent
         sent.update(self._pending)  # every id of a used-up list went out (or was in _sent)
+        self._pending, self._pos = [], 0
+        front, peer = self._frontier_set, self._peer_sent
+        if all(h in front or h in peer or h in sent for h in self._replica.heads()):
+            return  # the peer has, or is being sent, all we have: no walk needed
+        fresh = self._replica.ids_not_below(self._frontier + tuple(peer))
         if sent:
             # forget what the peer's frontier now covers: _sent keeps what is in flight
             self._sent = sent = sent.intersection(fresh)
             self._pending = [i for i in fresh if i not in sent]
         else:
             self._pending = list(fresh)
-        self._pos = 0
 
     def _batch(self) -> list[bytes]:
         batch: list[bytes] = []

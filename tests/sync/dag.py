@@ -139,6 +139,7 @@ class MemoryReplica:
         new: list[bytes] = []
         refused: list[tuple[int, str]] = []
         held_now: list[bytes] = []
+        ids: list[bytes] = []
         for index, entry in enumerate(entries):
             try:
                 parents = parse_entry(entry, secret=self.secret)
@@ -146,6 +147,7 @@ class MemoryReplica:
                 refused.append((index, str(exc)))
                 continue
             eid = entry_id(entry)
+            ids.append(eid)
             if eid in self._entries or eid in self._held:
                 continue
             lacking = [p for p in parents if p not in self._entries]
@@ -164,7 +166,7 @@ class MemoryReplica:
                         missing[p] = None
         if new:
             self._notify()
-        return IngestResult(tuple(new), tuple(missing), tuple(refused))
+        return IngestResult(tuple(new), tuple(missing), tuple(refused), tuple(ids))
 
     def _add(self, eid: bytes, entry: bytes, parents: tuple[bytes, ...],
              new: list[bytes]) -> None:

@@ -432,3 +432,20 @@ def test_entry_ids_are_blake2b_of_the_bytes() -> None:
     ra = MemoryReplica("a")
     (e0,) = chain(ra, 1)
     assert entry_id(ra.get(e0)) == e0
+
+
+def test_a_long_transfer_is_never_sent_back() -> None:
+    # The sender's head arrives last; until then the receiver must still know the sender
+    # has what it sent (IngestResult.ids), or it would push those entries back to it.
+    ra = MemoryReplica("a")
+    chain(ra, 3000, b"x" * 200)
+    a, b = pair(ra)
+    seen = []
+    for _ in range(10):
+        seen += step(a, b) + step(b, a)
+    assert [type(m) for m in seen if not isinstance(m, HeadsMsg)] == [EntriesMsg] * 4
+    assert b.replica.ids() == ra.ids()
+    assert b.session.stats.entries_sent == 0
+    # one walk of the DAG for the whole transfer, on the sender; none on the receiver
+    assert ra.not_below_calls == 1
+    assert b.replica.not_below_calls == 0
