@@ -14,7 +14,8 @@ Where each part lives
 Imports point one way, down this list:
 
 - ``replica.py``: :class:`Replica` / :class:`ReplicaView`, what the log must
-  provide, and :class:`IngestResult`.
+  provide (structurally: it imports nothing from here), :class:`IngestReport`
+  and :class:`IngestResult`.
 - ``messages.py``: the wire messages (``heads``, ``entries``, ``want``),
   their limits and strict codec.
 - ``session.py``: :class:`SyncSession`, the sans-IO protocol (transition
@@ -47,7 +48,7 @@ from .messages import (
     decode_message,
     encode_message,
 )
-from .replica import IngestResult, Replica, ReplicaView
+from .replica import IngestReport, IngestResult, Replica, ReplicaView
 from .session import (
     Event,
     IngestEntries,
@@ -78,6 +79,7 @@ __all__ = [
     "Event",
     "HeadsMsg",
     "IngestEntries",
+    "IngestReport",
     "IngestResult",
     "Message",
     "RefusedEntries",

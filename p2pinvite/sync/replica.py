@@ -2,9 +2,11 @@
 
 Rules of this file
 ------------------
-Only types: no behaviour. The log (``halo/``) implements :class:`Replica`;
-sync never imports it, so the dependency points from the log to this
-protocol and never back. Tests implement it in memory (``tests/sync/dag.py``).
+Only types: no behaviour. The log (``halo/``) implements :class:`Replica`
+*structurally*: it needs no import from here (``halo/`` is below ``sync/``,
+and imports point down), and its ``ingest`` may return its own result type
+as long as it has the four attributes of :class:`IngestReport`. Sync never
+imports the log. Tests implement it in memory (``tests/sync/dag.py``).
 
 What a replica is
 -----------------
@@ -28,12 +30,37 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["IngestResult", "Replica", "ReplicaView"]
+__all__ = ["IngestReport", "IngestResult", "Replica", "ReplicaView"]
+
+
+class IngestReport(Protocol):
+    """What :meth:`Replica.ingest` returns: any object with these attributes (see
+    :class:`IngestResult`, which has them, for their meaning)."""
+
+    @property
+    def new(self) -> Sequence[bytes]:
+        """Ids added to the DAG by this call, parents first."""
+        ...
+
+    @property
+    def missing(self) -> Sequence[bytes]:
+        """Parents that held entries of the batch still lack."""
+        ...
+
+    @property
+    def refused(self) -> Sequence[tuple[int, str]]:
+        """``(index in the batch, reason)`` of each entry that failed verification."""
+        ...
+
+    @property
+    def ids(self) -> Sequence[bytes]:
+        """The id of every entry of the batch not refused, in batch order."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
 class IngestResult:
-    """What :meth:`Replica.ingest` did with one batch.
+    """What :meth:`Replica.ingest` did with one batch (an :class:`IngestReport`).
 
     * ``new``: ids of entries that are in the DAG now and were not before
       (entries of the batch, and held entries the batch completed), in the
@@ -105,7 +132,7 @@ class ReplicaView(Protocol):
 class Replica(ReplicaView, Protocol):
     """A replica the sync driver can write to and watch."""
 
-    async def ingest(self, entries: Sequence[bytes]) -> IngestResult:
+    async def ingest(self, entries: Sequence[bytes]) -> IngestReport:
         """Verify each entry and add the new ones durably, as one batch (one fsync).
 
         Entries come parents first but may still lack parents (held until

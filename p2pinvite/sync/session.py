@@ -111,7 +111,7 @@ from .messages import (
     decode_message,
     encode_message,
 )
-from .replica import IngestResult, ReplicaView
+from .replica import IngestReport, ReplicaView
 
 __all__ = [
     "Event",
@@ -265,7 +265,7 @@ class SyncSession:
     def synced(self) -> bool:
         """Whether the peer's last announced heads equal ours: both hold the same entries."""
         return (self._state is SyncState.ACTIVE and self._peer_heads is not None
-                and self._peer_heads == self._our_heads())
+                and self._peer_heads == self._all_our_heads())
 
     @property
     def queued(self) -> int:
@@ -331,7 +331,7 @@ class SyncSession:
                 f"sync: {msg.T!r} message before the peer's heads"))
         return _HANDLERS[inp](self, msg)
 
-    def ingested(self, result: IngestResult) -> list[Event]:
+    def ingested(self, result: IngestReport) -> list[Event]:
         """The replica's answer to the last :class:`IngestEntries`.
 
         Raises :class:`RefusedEntries` if it refused any entry (the peer sent
@@ -342,7 +342,7 @@ class SyncSession:
             index, why = result.refused[0]
             raise self._violation(RefusedEntries(
                 f"sync: the replica refused {len(result.refused)} entries of the peer's batch"
-                f" (first: #{index}: {why})", refused=result.refused))
+                f" (first: #{index}: {why})", refused=tuple(result.refused)))
         self._n["entries_new"] += len(result.new)
         if result.new:
             self._stale = True
@@ -402,7 +402,7 @@ class SyncSession:
         self._frontier = msg.heads + msg.have
         self._frontier_set = frozenset(self._frontier)
         self._stale = True
-        if msg.heads == self._our_heads():
+        if msg.heads == self._all_our_heads():
             # the peer has everything we have: nothing sent is in doubt, nothing queued needed
             self._sent.clear()
             self._peer_sent.clear()
@@ -443,7 +443,14 @@ class SyncSession:
     # -- sending ----------------------------------------------------------------------
 
     def _our_heads(self) -> tuple[bytes, ...]:
+        """Our heads as announced: sorted, the smallest :data:`MAX_HEADS`."""
         return tuple(sorted(self._replica.heads())[:MAX_HEADS])
+
+    def _all_our_heads(self) -> tuple[bytes, ...] | None:
+        """Our heads, sorted, or ``None`` when there are more than an announcement holds
+        (two truncated lists can be equal while the DAGs differ)."""
+        heads = sorted(self._replica.heads())
+        return tuple(heads) if len(heads) <= MAX_HEADS else None
 
     def _haves(self, heads: tuple[bytes, ...]) -> tuple[bytes, ...]:
         skip = set(heads)

@@ -449,3 +449,31 @@ def test_a_long_transfer_is_never_sent_back() -> None:
     # one walk of the DAG for the whole transfer, on the sender; none on the receiver
     assert ra.not_below_calls == 1
     assert b.replica.not_below_calls == 0
+
+
+def test_truncated_heads_never_count_as_equal() -> None:
+    # Both sides have the same smallest 1024 roots and one root the other lacks: the
+    # announcements are equal, the DAGs are not. Neither may conclude it is in sync.
+    base = MemoryReplica("base")
+    for k in range(MAX_HEADS):
+        base.append(b"root %d" % k, parents=[])
+    ra, rb = base.copy("a"), base.copy("b")
+    top = max(ra.heads())
+
+    def root_above(tag: bytes) -> bytes:  # a root whose id sorts after all the shared ones
+        k = 0
+        while entry_id(make_entry([], tag + b"%d" % k)) <= top:
+            k += 1
+        return tag + b"%d" % k
+
+    xa = ra.append(root_above(b"a"), parents=[])
+    xb = rb.append(root_above(b"b"), parents=[])
+    a, b = pair(ra, rb)
+    ma, mb = exchange(a, b)
+    assert ma[0] == mb[0]  # the same 1024 smallest heads (and the same haves)
+    assert not a.session.synced
+    assert not b.session.synced
+    settle(a, b)
+    assert ra.ids() == rb.ids()
+    assert xa in rb.ids()
+    assert xb in ra.ids()
