@@ -146,19 +146,29 @@ class _Driver:
                 self.end = f"broken: {exc}"
                 return
             except RemoteProtocolError as exc:  # the secure stream judged the bytes
-                self.error = exc
+                if self.error is None:
+                    self.error = exc
                 return
             try:
                 for ev in session.receive_message(data):
                     assert isinstance(ev, IngestEntries)
                     session.ingested(await self.replica.ingest(ev.entries))
-            except Exception as exc:  # the peer's fault, or the replica's (storage)
-                self.error = exc
+                self.wake.set()
+                self._report()
+            except Exception as exc:  # the peer's fault, or a local one (storage, a callback)
+                if self.error is None:
+                    self.error = exc
                 return
-            self.wake.set()
-            self._report()
 
     async def _writer(self, scope: trio.CancelScope) -> None:
+        try:
+            await self._write_loop(scope)
+        except Exception as exc:  # a local failure (the replica, a progress callback)
+            if self.error is None:
+                self.error = exc
+            scope.cancel()
+
+    async def _write_loop(self, scope: trio.CancelScope) -> None:
         session = self.session
         while True:
             # A new event before looking: a change after the look sets it, so none is missed.

@@ -9,9 +9,16 @@ import pytest
 import trio
 
 from p2pinvite.crypto.noise import generate_private_key
-from p2pinvite.errors import DecodeError, FrameTooLarge, P2PInviteError, RemoteProtocolError
+from p2pinvite.errors import (
+    DecodeError,
+    FrameTooLarge,
+    LocalProtocolError,
+    P2PInviteError,
+    RemoteProtocolError,
+)
 from p2pinvite.net.secure import SecureStream, open_secure_stream
 from p2pinvite.sync import (
+    MAX_ENTRY,
     MAX_MESSAGE,
     EntriesMsg,
     HeadsMsg,
@@ -259,3 +266,36 @@ async def test_a_garbage_peer_is_dropped_while_another_keeps_working(kind: str) 
     (exc,) = raised
     assert isinstance(exc, error)
     assert all(b"not signed" not in e for e in hub.entries_in_order())
+
+
+async def test_a_local_failure_is_raised_as_itself() -> None:
+    # an entry over the limit in our own replica is our bug: LocalProtocolError, not a group
+    class Fat(MemoryReplica):
+        def get(self, entry_id: bytes) -> bytes:
+            return b"x" * (MAX_ENTRY + 1)
+
+    ra = Fat("a")
+    chain(ra, 1)
+    rb = MemoryReplica("b")
+    sa, sb = await tcp_pair()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_sync, sb, rb)
+            with pytest.raises(LocalProtocolError):
+                await run_sync(sa, ra)
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_failing_progress_callback_is_raised_as_itself() -> None:
+    ra, rb = branches(3, 0, 0)
+    sa, sb = await tcp_pair()
+
+    def boom(_: SyncProgress) -> None:
+        raise ValueError("callback bug")
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_sync, sa, ra)
+            with pytest.raises(ValueError, match="callback bug"):
+                await run_sync(sb, rb, on_progress=boom)
+            nursery.cancel_scope.cancel()
