@@ -1,0 +1,313 @@
+"""The swarm service: keep every log's member devices connected and in sync.
+
+Theory of operation
+-------------------
+For each log this device holds with a swarm secret (its identity's HALO and
+every space), the service joins the log's member topic
+(:meth:`~p2pinvite.net.topics.Topic.for_swarm`) on the network manager as a
+*peer topic* (one connection per device pair): advertised and browsed over
+mDNS when mDNS is on, and the member devices' last known addresses dialed as
+well (:class:`~.peers.KnownPeers`), all raced and kept connected with
+back-off by the network manager. Only holders of the swarm secret can find
+the topic or finish its handshake.
+
+Every connection, dialed or accepted, then runs the same steps:
+
+1. both sides send a hello at once (:mod:`.hello`): the log, the sender's
+   identity and device chain (space logs), its listening addresses;
+2. each checks the other's device against the log's current state
+   (:meth:`SwarmLogs.check_member`: a device of the identity, or a device of a
+   current member); anyone else is dropped with a log line, before a single
+   entry is exchanged;
+3. the peer's addresses are remembered, and anti-entropy sync
+   (:func:`~p2pinvite.sync.driver.run_sync`) runs until the connection ends.
+   A local append, or entries arriving from any other peer, reach this peer
+   at once through the replica's change notification.
+
+What the service needs from the logs is the small :class:`SwarmLogs`
+protocol, implemented by the daemon over the halo layer, so this module
+knows nothing of credentials or files. Apps follow along through
+:meth:`SwarmService.subscribe` (peers coming and going, sync progress, the
+log changing) and :meth:`SwarmService.peers`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Final, Protocol
+
+import trio
+
+from ..errors import P2PInviteError, RemoteProtocolError
+from ..fsutil import ensure_private_dir
+from ..halo.keys import verify_binding_proof
+from ..halo.swarm_secrets import SWARM_DIR, SwarmSecrets
+from ..net.manager import NetworkManager
+from ..net.secure import SecureStream
+from ..net.topics import Topic
+from ..sync.driver import SyncProgress, run_sync
+from ..sync.replica import Replica
+from .hello import MAX_HELLO, Address, Hello, NotAMember, decode_hello, encode_hello
+from .peers import KnownPeers
+
+__all__ = [
+    "HELLO_TIMEOUT",
+    "PeerInfo",
+    "SwarmEvent",
+    "SwarmLogs",
+    "SwarmService",
+]
+
+log = logging.getLogger("p2pinvite.swarm")
+
+#: Longest wait for the peer's hello after the handshake.
+HELLO_TIMEOUT: Final = 10.0
+_SUBSCRIBER_BUFFER: Final = 1024
+
+
+class SwarmLogs(Protocol):
+    """What the swarm service needs of the logs this device holds."""
+
+    def hello(self, log_key: bytes) -> Hello:
+        """Our hello for *log_key* (without addresses: the service adds them)."""
+        ...
+
+    def check_member(self, log_key: bytes, device: bytes, hello: Hello) -> bytes | None:
+        """Raise :class:`~.hello.NotAMember` unless *device* (its hello says *hello*)
+        is a current member device of *log_key*; return the member identity (None for
+        an identity log, whose members are devices)."""
+        ...
+
+    def replica(self, log_key: bytes) -> Replica:
+        """The log, as sync reads and extends it."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PeerInfo:
+    """A member device connected now, in one log."""
+
+    log: bytes
+    device: bytes
+    identity: bytes | None
+    addrs: tuple[Address, ...]
+    connected_at: float
+    last_synced: float | None = None
+    entries_received: int = 0
+    entries_sent: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SwarmEvent:
+    """A change for apps: ``peer_connected``, ``peer_left``, ``synced`` or ``changed``.
+
+    ``changed``: the log gained entries (a local append or sync); ``synced``:
+    a peer and we hold the same heads (``peer`` says which).
+    """
+
+    type: str
+    log: bytes
+    peer: PeerInfo | None = None
+
+
+@dataclass(eq=False)
+class _Swarm:
+    topic: Topic
+    epoch: int
+    known: KnownPeers
+    peers: dict[bytes, PeerInfo] = field(default_factory=dict)
+    unsubscribe: Callable[[], None] | None = None
+
+
+class SwarmService:
+    """The member swarms of this device's logs. Use ``async with service:``.
+
+    *mdns*: advertise and browse the swarm topics (else known addresses only).
+    *clock*: unix seconds for ``connected_at`` and ``last_synced``.
+    """
+
+    def __init__(self, home: Path, network: NetworkManager, secrets: SwarmSecrets,
+                 logs: SwarmLogs, *, mdns: bool, clock: Callable[[], float] = time.time,
+                 hello_timeout: float = HELLO_TIMEOUT) -> None:
+        self._dir = ensure_private_dir(home / SWARM_DIR)
+        self._network = network
+        self._secrets = secrets
+        self._logs = logs
+        self._mdns = mdns
+        self._clock = clock
+        self._hello_timeout = hello_timeout
+        self._swarms: dict[bytes, _Swarm] = {}
+        self._subscribers: set[trio.MemorySendChannel[SwarmEvent]] = set()
+        self._stack: AsyncExitStack | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> SwarmService:
+        self._stack = AsyncExitStack()
+        try:
+            for secret in self._secrets.all():
+                await self.join(secret.log)
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for key in list(self._swarms):
+            await self.leave(key)
+        self._stack = None
+
+    # -- joining -------------------------------------------------------------------------
+
+    def joined(self) -> list[bytes]:
+        """The logs whose swarm we are in."""
+        return list(self._swarms)
+
+    def topic(self, log_key: bytes) -> Topic | None:
+        """The member topic of *log_key*, if joined."""
+        swarm = self._swarms.get(log_key)
+        return None if swarm is None else swarm.topic
+
+    async def join(self, log_key: bytes) -> bool:
+        """Join the swarm of *log_key* with its current secret; True if (re)joined.
+
+        Does nothing if this device holds no secret for it, or is in the swarm
+        with that secret's epoch already. A newer epoch moves to its topic.
+        """
+        secret = self._secrets.get(log_key)
+        if secret is None:
+            return False
+        swarm = self._swarms.get(log_key)
+        if swarm is not None and swarm.epoch == secret.epoch:
+            return False
+        if swarm is not None:
+            await self.leave(log_key)
+        topic = Topic.for_swarm(secret.secret)
+        known = KnownPeers(self._dir / f"{log_key.hex()}.peers")
+        swarm = _Swarm(topic, secret.epoch, known)
+        self._swarms[log_key] = swarm
+
+        async def handler(stream: SecureStream) -> None:
+            await self._serve(log_key, swarm, stream)
+
+        replica = self._logs.replica(log_key)
+        swarm.unsubscribe = replica.subscribe(lambda: self._emit(SwarmEvent("changed", log_key)))
+        await self._network.join(topic, handler, advertise=self._mdns, discover=self._mdns,
+                                 peers=known.addresses(), one_per_peer=True)
+        log.info("joined the member swarm of %s (epoch %d, topic %s)", log_key.hex()[:12],
+                 secret.epoch, topic.short_id)
+        return True
+
+    async def leave(self, log_key: bytes) -> None:
+        """Leave the swarm of *log_key*: its connections close, nothing is advertised."""
+        swarm = self._swarms.pop(log_key, None)
+        if swarm is None:
+            return
+        if swarm.unsubscribe is not None:
+            swarm.unsubscribe()
+        await self._network.leave(swarm.topic)
+
+    # -- queries and events ---------------------------------------------------------------
+
+    def peers(self, log_key: bytes | None = None) -> list[PeerInfo]:
+        """Member devices connected now (in *log_key*, or in every log)."""
+        swarms = [self._swarms[log_key]] if log_key in self._swarms else (
+            [] if log_key is not None else list(self._swarms.values()))
+        return [p for s in swarms for p in s.peers.values()]
+
+    async def subscribe(self) -> AsyncIterator[SwarmEvent]:
+        """Events of every swarm, from now on, until the iterator is closed."""
+        send, recv = trio.open_memory_channel[SwarmEvent](_SUBSCRIBER_BUFFER)
+        self._subscribers.add(send)
+        try:
+            async with recv:
+                async for event in recv:
+                    yield event
+        finally:
+            self._subscribers.discard(send)
+            send.close()
+
+    def _emit(self, event: SwarmEvent) -> None:
+        for chan in list(self._subscribers):
+            try:
+                chan.send_nowait(event)
+            except trio.WouldBlock:
+                log.warning("swarm event subscriber is not keeping up; event dropped")
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._subscribers.discard(chan)
+
+    # -- one member connection --------------------------------------------------------------
+
+    def _our_hello(self, log_key: bytes) -> Hello:
+        # A wildcard listener has no one address to tell: peers then find us by mDNS.
+        hosts = [(h, p) for h, p in self._network.addresses
+                 if h not in ("0.0.0.0", "::", "")]  # noqa: S104
+        return replace(self._logs.hello(log_key), addrs=tuple(hosts))
+
+    async def _serve(self, log_key: bytes, swarm: _Swarm, stream: SecureStream) -> None:
+        peer_id = stream.remote_static.hex()[:12]
+        try:
+            device = verify_binding_proof(stream.remote_payload, stream.remote_static)
+            with trio.fail_after(self._hello_timeout):
+                await stream.send_message(encode_hello(self._our_hello(log_key)))
+                hello = decode_hello(await stream.receive_message(MAX_HELLO))
+            if hello.log != log_key:
+                raise NotAMember("its hello names another log")
+            identity = self._logs.check_member(log_key, device, hello)
+        except trio.TooSlowError:
+            log.info("swarm %s: peer %s sent no hello in time; dropped", swarm.topic.short_id,
+                     peer_id)
+            return
+        except NotAMember as exc:
+            log.info("swarm %s: peer %s is not a member device: %s; dropped",
+                     swarm.topic.short_id, peer_id, exc)
+            return
+        except (P2PInviteError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.info("swarm %s: peer %s failed its hello: %s", swarm.topic.short_id, peer_id,
+                     exc)
+            return
+        info = PeerInfo(log_key, device, identity, hello.addrs, self._clock())
+        swarm.peers[device] = info
+        self._emit(SwarmEvent("peer_connected", log_key, info))
+        if hello.addrs:
+            try:
+                await trio.to_thread.run_sync(swarm.known.seen, device, hello.addrs,
+                                              self._clock())
+            except OSError as exc:  # only dial candidates: never a reason to drop a peer
+                log.warning("swarm %s: could not remember a peer's addresses: %s",
+                            swarm.topic.short_id, exc)
+
+        def progress(p: SyncProgress) -> None:
+            old = swarm.peers.get(device)
+            if old is None:
+                return
+            new = replace(old, last_synced=p.last_synced,
+                          entries_received=p.stats.entries_received,
+                          entries_sent=p.stats.entries_sent)
+            swarm.peers[device] = new
+            if p.synced and old.last_synced != p.last_synced:
+                self._emit(SwarmEvent("synced", log_key, new))
+
+        try:
+            result = await run_sync(stream, self._logs.replica(log_key), on_progress=progress,
+                                    clock=self._clock)
+            log.debug("swarm %s: sync with %s ended: %s", swarm.topic.short_id, peer_id,
+                      result.end)
+        except RemoteProtocolError as exc:
+            log.info("swarm %s: peer %s broke the sync protocol: %s; dropped",
+                     swarm.topic.short_id, peer_id, exc)
+        finally:
+            gone = swarm.peers.pop(device, None)
+            if gone is not None:
+                self._emit(SwarmEvent("peer_left", log_key, gone))
+
+    def drop_device(self, log_key: bytes, device: bytes) -> None:
+        """Forget *device*'s addresses in *log_key* (it is no member device any more)."""
+        swarm = self._swarms.get(log_key)
+        if swarm is not None:
+            swarm.known.forget(device)
