@@ -216,6 +216,8 @@ class _Joined:
     seen_at: dict[Address, bytes] = field(default_factory=dict)
     # Replaced (after being set) whenever one of its connections ends.
     ended: trio.Event = field(default_factory=trio.Event)
+    # Swarms: keep one more address connected (set by the swarm's task).
+    dial: Callable[[Address], None] | None = None
 
     def live(self) -> list[_Conn]:
         return [*self.conns.values(), *self.sessions]
@@ -427,8 +429,8 @@ class NetworkManager:
             except BaseException:
                 self._topics.pop(topic.id, None)
                 raise
-        if (discover and self._discovery is not None) or peers:
-            self._nursery.start_soon(self._swarm, joined, discover, tuple(peers))
+        if one_per_peer:  # a swarm: dial what is found and what is added, keep it connected
+            await self._nursery.start(self._swarm, joined, discover, tuple(peers))
         log.debug("joined topic %s (advertise=%s, discover=%s)", topic.short_id,
                   advertise, discover)
 
@@ -446,6 +448,14 @@ class NetworkManager:
         for conn in conns:
             await conn.done.wait()
         log.debug("left topic %s", topic.short_id)
+
+    def add_peers(self, topic: Topic, addresses: Sequence[Address]) -> None:
+        """Keep *addresses* connected too, in the swarm of the joined peer *topic*."""
+        joined = self._topics.get(topic.id)
+        if joined is None or joined.dial is None:
+            raise LocalProtocolError(f"topic {topic.short_id} is not a joined swarm")
+        for addr in addresses:
+            joined.dial(addr)
 
     @asynccontextmanager
     async def dial(self, topic: Topic, *, hints: Sequence[Address] = (), mdns: bool = True,
@@ -540,7 +550,8 @@ class NetworkManager:
             raise HandshakeTimeout(f"no accept within {self._hs_timeout} s") from None
         return secure
 
-    async def _swarm(self, joined: _Joined, discover: bool, peers: tuple[Address, ...]) -> None:
+    async def _swarm(self, joined: _Joined, discover: bool, peers: tuple[Address, ...], *,
+                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with joined.scope:
             async with trio.open_nursery() as nursery:
                 dialers: dict[Address, _Dialer] = {}
@@ -551,9 +562,13 @@ class NetworkManager:
                         dialers[addr] = _Dialer()
                         nursery.start_soon(self._keep_dialing, joined, addr, dialers)
 
+                joined.dial = dial
                 for addr in peers:
                     dial(addr)
-                if discover and self._discovery is not None:
+                task_status.started()
+                if not (discover and self._discovery is not None):
+                    await trio.sleep_forever()  # only known and added addresses
+                else:
                     async with self._discovery.browse(joined.topic) as events:
                         async for event in events:
                             if isinstance(event, PeerFound):

@@ -212,6 +212,12 @@ class SwarmService:
             swarm.unsubscribe()
         await self._network.leave(swarm.topic)
 
+    def add_peers(self, log_key: bytes, addrs: tuple[Address, ...]) -> None:
+        """Dial *addrs* too in the swarm of *log_key* (e.g. the host that just admitted us)."""
+        swarm = self._swarms.get(log_key)
+        if swarm is not None:
+            self._network.add_peers(swarm.topic, addrs)
+
     # -- queries and events ---------------------------------------------------------------
 
     def peers(self, log_key: bytes | None = None) -> list[PeerInfo]:
