@@ -50,7 +50,6 @@ import msgpack
 
 from ..crypto.ed25519 import VerifyingKey
 from ..errors import CredentialError, DecodeError, SignatureError
-from ..wire import unpack
 from .keys import Signer
 
 __all__ = [
@@ -282,6 +281,7 @@ class Credential:
     _id: bytes | None = field(default=None, init=False, repr=False, compare=False)
     _core: bytes | None = field(default=None, init=False, repr=False, compare=False)
     _encoded: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    _map: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.version != CREDENTIAL_VERSION:
@@ -308,19 +308,21 @@ class Credential:
             raise MalformedCredential(f"credential larger than {MAX_CREDENTIAL_SIZE} bytes")
         _check_assertion(self.assertion)
 
-    def _ordered(self, *, chain: bool, sig: bool) -> dict[str, Any]:
-        fields = self._fields()
-        if chain:
-            fields["chain"] = list(self.chain)
-        if sig:
-            return {k: fields[k] for k in _ORDER[fields["type"]]}
-        return {k: fields[k] for k in _ORDER[fields["type"]] if k not in ("sig", "chain")}
+    def _base(self) -> dict[str, Any]:
+        """Every field in canonical key order, ``chain`` empty (built once, then cached)."""
+        if self._map is None:
+            fields = self._fields()
+            m = {k: fields[k] for k in _ORDER[fields["type"]]}
+            object.__setattr__(self, "_map", m)
+            return m
+        return self._map
 
     @property
     def payload(self) -> bytes:
         """What ``signer`` signs: ``SIGNATURE_CONTEXT || pack(map without sig and chain)``."""
         if self._payload is None:
-            data = SIGNATURE_CONTEXT + _packb(self._ordered(chain=False, sig=False))
+            signed = {k: v for k, v in self._base().items() if k != "sig" and k != "chain"}
+            data = SIGNATURE_CONTEXT + _packb(signed)
             object.__setattr__(self, "_payload", data)
             return data
         return self._payload
@@ -329,7 +331,7 @@ class Credential:
     def core(self) -> bytes:
         """The encoding with ``chain`` emptied: what the id hashes, the chain-element form."""
         if self._core is None:
-            data = _packb(self._ordered(chain=False, sig=True))
+            data = _packb(self._base())
             object.__setattr__(self, "_core", data)
             return data
         return self._core
@@ -383,7 +385,8 @@ class Credential:
     def encode(self) -> bytes:
         """The canonical encoding (what logs store and peers exchange)."""
         if self._encoded is None:
-            data = _packb(self._ordered(chain=True, sig=True))
+            data = self.core if not self.chain else _packb(
+                {**self._base(), "chain": list(self.chain)})
             object.__setattr__(self, "_encoded", data)
             return data
         return self._encoded
@@ -402,6 +405,10 @@ class Credential:
     def decode(cls, data: bytes) -> Credential:
         """Strictly decode a credential; :class:`MalformedCredential` for anything off."""
         return decode_credential(data)
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise MalformedCredential(f"msgpack ext type {code} is not allowed")
 
 
 def _get(m: dict[str, Any], key: str, kind: type[Any] | tuple[type[Any], ...]) -> Any:
@@ -430,10 +437,18 @@ def decode_credential(data: bytes) -> Credential:
     """
     if not isinstance(data, bytes):
         raise MalformedCredential("a credential is bytes")
+    if len(data) > MAX_CREDENTIAL_SIZE:
+        raise MalformedCredential(f"credential larger than {MAX_CREDENTIAL_SIZE} bytes")
+    # msgpack.unpackb with wire.unpack's limits: the one-call form costs half
+    # as much, and every append decodes a credential.
     try:
-        m = unpack(data, max_size=MAX_CREDENTIAL_SIZE, max_items=64)
-    except DecodeError as exc:
-        raise MalformedCredential(f"credential is not valid msgpack: {exc}") from None
+        m = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True,
+                            ext_hook=_refuse_ext, max_str_len=MAX_CREDENTIAL_SIZE,
+                            max_bin_len=MAX_CREDENTIAL_SIZE, max_array_len=64,
+                            max_map_len=64, max_ext_len=MAX_CREDENTIAL_SIZE)
+    except Exception as exc:  # msgpack raises a zoo of types for bad input
+        raise MalformedCredential(
+            f"credential is not valid msgpack: {type(exc).__name__}") from None
     if not isinstance(m, dict):
         raise MalformedCredential("a credential is a map")
     type_name = m.get("type")
@@ -484,6 +499,11 @@ def decode_credential(data: bytes) -> Credential:
         version=version,
     )
     object.__setattr__(cred, "_encoded", data)
+    # What the id and the signature cover, from the decoded map (in canonical
+    # order already), rather than rebuilt from the fields.
+    object.__setattr__(cred, "_core", data if not chain else _packb({**m, "chain": []}))
+    del m["sig"], m["chain"]
+    object.__setattr__(cred, "_payload", SIGNATURE_CONTEXT + _packb(m))
     return cred
 
 
@@ -638,7 +658,10 @@ def _issue(
         chain=tuple(chain),
         signature=bytes(_SIG),
     )
-    return replace(draft, signature=signer.sign(draft.payload))
+    payload = draft.payload
+    cred = replace(draft, signature=signer.sign(payload))
+    object.__setattr__(cred, "_payload", payload)  # the signature is not in it
+    return cred
 
 
 def issue_identity_genesis(

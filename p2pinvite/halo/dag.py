@@ -38,9 +38,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Generic, TypeVar
 
-from ..errors import LocalProtocolError
+from ..errors import DecodeError, LocalProtocolError
 from ..wire import pack, unpack
-from .state import Fact, SnapshotError
+from .state import Fact, SnapshotError, split_keys
 
 __all__ = ["MAX_ORPHANS", "Dag", "Orphans"]
 
@@ -242,32 +242,40 @@ class Dag:
 
     # -- snapshot --------------------------------------------------------------------------
 
-    def snapshot(self) -> bytes:
-        """The DAG without its facts (docs/PROTOCOL.md Part 9, checkpoint ``dag``)."""
-        return pack({
+    def snapshot_fields(self) -> dict[str, bytes]:
+        """The DAG without its facts, as columns (docs/PROTOCOL.md Part 9, checkpoint)."""
+        return {
             "ids": b"".join(self.ids),
             "pstart": _le(self._pstart),
             "parents": _le(self._pidx),
             "cut": bytes(self._cut),
             "heads": _le(array("I", sorted(self._heads))),
-        })
+        }
+
+    def snapshot(self) -> bytes:
+        """:meth:`snapshot_fields`, encoded."""
+        return pack(self.snapshot_fields())
 
     @classmethod
-    def restore(cls, data: bytes) -> Dag:
-        """A DAG from :meth:`snapshot`; facts are loaded on first use. :class:`SnapshotError`."""
+    def restore(cls, data: bytes | dict[str, object]) -> Dag:
+        """A DAG from :meth:`snapshot` (or its fields); facts load on first use.
+
+        Raises :class:`SnapshotError`.
+        """
         try:
-            m = unpack(data, max_size=1 << 31, max_items=16)
-        except Exception as exc:
+            m = unpack(data, max_size=1 << 31, max_items=16) if isinstance(data, bytes) else data
+            if not isinstance(m, dict) or set(m) != {"ids", "pstart", "parents", "cut", "heads"}:
+                raise SnapshotError("DAG snapshot fields")
+            ids = split_keys(m["ids"])
+        except (DecodeError, ValueError) as exc:
             raise SnapshotError(f"DAG snapshot does not decode: {exc}") from None
-        if not isinstance(m, dict) or set(m) != {"ids", "pstart", "parents", "cut", "heads"}:
-            raise SnapshotError("DAG snapshot fields")
-        raw, cut = m["ids"], m["cut"]
-        if not isinstance(raw, bytes) or not isinstance(cut, bytes) or len(raw) % 32:
-            raise SnapshotError("DAG snapshot ids")
+        cut = m["cut"]
+        if not isinstance(cut, bytes):
+            raise SnapshotError("DAG snapshot cut points")
         d = cls()
-        d.ids = [raw[i : i + 32] for i in range(0, len(raw), 32)]
-        n = len(d.ids)
-        d._index = dict(zip(d.ids, range(n), strict=True))
+        d.ids = ids
+        n = len(ids)
+        d._index = dict(zip(ids, range(n), strict=True))
         d._pstart = _from_le("I", m["pstart"])
         d._pidx = _from_le("I", m["parents"])
         d._cut = bytearray(cut)
@@ -275,14 +283,9 @@ class Dag:
         d._heads = set(heads)
         if (len(d._index) != n or len(d._pstart) != n + 1 or len(d._cut) != n
                 or d._pstart[0] != 0 or d._pstart[n] != len(d._pidx)
-                or any(h >= n for h in heads) or len(d._heads) != len(heads)
-                or (n and not d._heads)):
+                or (n and max(heads, default=n) >= n) or len(d._heads) != len(heads)
+                or (n and not d._heads) or max(d._pidx, default=0) >= max(n, 1)):
             raise SnapshotError("DAG snapshot is inconsistent")
-        # Parents must come before their children (checked in C-speed slices
-        # per entry would cost as much as the restore; the file digest vouches
-        # for the snapshot's provenance, this guards against our own bugs).
-        if n and max(d._pidx, default=0) >= n:
-            raise SnapshotError("DAG snapshot names unknown parents")
         d._facts = [None] * n
         return d
 

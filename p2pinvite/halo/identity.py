@@ -409,8 +409,8 @@ class IdentityService:
             self._device, identity=self.identity_key, device=device,
             parents=log.append_parents(), chain=self.device_chain(), invitation=invitation,
             issued_at=issued_at,
-        ).encode()
-        return Issued(cred, await log.append(cred))
+        )
+        return Issued(cred.encode(), await log.append(cred))
 
     def close(self) -> None:
         """Close the identity log. Idempotent."""

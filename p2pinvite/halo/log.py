@@ -63,10 +63,12 @@ Opening
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import logging
 import os
+import threading
 import zlib
 from array import array
 from collections.abc import Callable, Iterable, Sequence
@@ -153,6 +155,9 @@ MAX_INGEST: Final = 4096
 MAX_INGEST_BYTES: Final = 2 << 20
 #: Batches larger than this are verified in a worker thread.
 _THREAD_VERIFY: Final = 8
+#: How long the committer may wait for a batch to build up, and the batch it waits for.
+_GATHER_MAX: Final = 0.005
+_GATHER_BATCH: Final = 16
 
 
 # ---------------------------------------------------------------------------
@@ -247,12 +252,16 @@ def _structure(data: object, verifier: CredentialVerifier) -> Credential:
     """
     if not isinstance(data, bytes):
         raise CredentialError("a credential is bytes", rule="malformed")
-    if len(data) > MAX_CREDENTIAL:
-        raise CredentialError(f"credential of {len(data)} bytes exceeds {MAX_CREDENTIAL}",
-                              rule="too_large")
+    _check_size(data)
     cred = decode_credential(data)
     verifier.verify(cred)
     return cred
+
+
+def _check_size(data: bytes) -> None:
+    if len(data) > MAX_CREDENTIAL:
+        raise CredentialError(f"credential of {len(data)} bytes exceeds {MAX_CREDENTIAL}",
+                              rule="too_large")
 
 
 # ---------------------------------------------------------------------------
@@ -266,6 +275,7 @@ class _Group:
     records: list[bytes]
     size: int
     count: int  # the admitted count once this group's records are written
+    checkpoint: Checkpoint | None  # taken right after this group was admitted
 
 
 class SpaceLog:
@@ -297,11 +307,16 @@ class SpaceLog:
         self._durable = n
         self._durable_end = end
         self._durable_heads: set[int] = set(dag.heads)
+        # Queued groups and the committer thread's flag, shared with that thread.
+        self._lock = threading.Lock()
         self._groups: list[_Group] = []
-        self._commit_done: trio.Event | None = None  # set while a leader commits
+        self._committing = False
+        self._written = end  # where the committer writes next (its own)
+        self._gathered = threading.Event()  # the batch the committer waits for is queued
+        self._gather_target = 0
+        self._waiters: collections.deque[tuple[int, trio.lowlevel.Task]] = collections.deque()
         self._poison: BaseException | None = None
         self._checkpointed = checkpointed  # entries covered by the checkpoint on disk
-        self._candidate: Checkpoint | None = None  # snapshot awaiting durability
         self._next_snapshot = n + self._checkpoint_gap(n)
         self._commits = 0
         self._listeners: list[Callable[[LogChange], None]] = []
@@ -359,12 +374,19 @@ class SpaceLog:
         if ckpt is not None:
             if size < ckpt.offset:  # vouched bytes are gone: name the first missing record
                 locate_mismatch(fd, ckpt)
-            # Hash in chunks (bounded memory), keeping the state: the tail continues it.
+            # Hash in chunks through one buffer (bounded memory, and no fresh
+            # pages to fault in per chunk), keeping the state: the tail
+            # continues it.
+            buf = bytearray(min(READ_CHUNK, ckpt.offset))
+            view = memoryview(buf)
             off = 0
             while off < ckpt.offset:
-                chunk = os.pread(fd, min(READ_CHUNK, ckpt.offset - off), off)
-                prefix.update(chunk)
-                off += len(chunk)
+                got = os.preadv(fd, [view[: ckpt.offset - off]], off)
+                if not got:
+                    break
+                prefix.update(view[:got])
+                off += got
+            del view
             if prefix.digest() != ckpt.digest:
                 locate_mismatch(fd, ckpt)
             if not full_verify:
@@ -649,10 +671,13 @@ class SpaceLog:
 
     # -- appending ----------------------------------------------------------
 
-    async def append(self, credential: bytes) -> bytes:
+    async def append(self, credential: Credential | bytes) -> bytes:
         """Admit a credential issued here and return its id once its record is fsynced.
 
         It must name the current heads (:meth:`append_parents`) as parents.
+        Give the :class:`Credential` an ``issue_*`` function returned (its
+        fields were checked when it was built and it encodes canonically, so
+        it is not decoded again), or its bytes (decoded strictly).
         Raises ``CredentialError`` if it does not verify or its rules refuse it
         (nothing changes then: a local issuer never writes an entry it knows
         has no effect), :class:`LogPoisoned` if a write failed, and
@@ -663,14 +688,18 @@ class SpaceLog:
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         self._usable()
-        cred = _structure(credential, self._verifier)
+        if isinstance(credential, Credential):
+            cred, data = credential, credential.encode()
+            _check_size(data)
+            self._verifier.verify(cred)
+        else:
+            cred, data = _structure(credential, self._verifier), credential
         if not cred.parents:
             raise CredentialError("a log has one genesis", rule="duplicate_genesis")
         # From here to the queueing there is no await: this is the admission lock.
         pos = self._resolver.append(fact_of(cred))
-        self._queue([(cred.id, credential)])
-        with trio.CancelScope(shield=True):
-            await self._wait_durable(pos + 1)
+        self._queue([(cred.id, data)])
+        await self._wait_durable(pos + 1)
         return cred.id
 
     async def ingest(self, credentials: Sequence[bytes]) -> IngestResult:
@@ -727,8 +756,7 @@ class SpaceLog:
         items = [cast(tuple[bytes, bytes], payload) for _, payload in offered.added]
         if items:
             self._queue(items)
-            with trio.CancelScope(shield=True):
-                await self._wait_durable(offered.added[-1][0] + 1)
+            await self._wait_durable(offered.added[-1][0] + 1)
         ids = self._dag.ids
         refused.sort(key=lambda r: r.index)
         return IngestResult(tuple(ids[i] for i, _ in offered.added),
@@ -771,17 +799,27 @@ class SpaceLog:
                 records.append(record)
                 size += len(record)
             admitted = len(self._dag)
-            self._groups.append(_Group(records, size, admitted))
+            ckpt = None
             if admitted >= self._next_snapshot:
                 # The state is exactly the admitted entries now; it becomes the
                 # checkpoint once they are all durable.
-                self._candidate = Checkpoint(
+                ckpt = Checkpoint(
                     admitted, self._end, self._hasher.copy().digest(),
-                    offsets_bytes(self._offsets, admitted), self._resolver.snapshot())
+                    offsets_bytes(self._offsets, admitted), self._resolver.snapshot_fields())
                 self._next_snapshot = admitted + self._checkpoint_gap(admitted)
         except BaseException as exc:
             self._poison_with(exc)  # the state holds entries nothing will write
             raise LogPoisoned("could not queue an admitted entry; reopen the log") from exc
+        with self._lock:
+            self._groups.append(_Group(records, size, admitted, ckpt))
+            start = not self._committing
+            self._committing = True
+            if self._gather_target and len(self._groups) >= self._gather_target:
+                self._gathered.set()
+        if start:
+            token = trio.lowlevel.current_trio_token()
+            trio.lowlevel.start_thread_soon(lambda: self._commit_loop(token),
+                                            lambda result: None)
 
     def _checkpoint_gap(self, count: int) -> int:
         # A snapshot costs O(log size); spacing them by a fraction of the log
@@ -789,58 +827,103 @@ class SpaceLog:
         # verifies past the checkpoint.
         return max(self._checkpoint_every, count // 64)
 
-    async def _wait_durable(self, count: int) -> None:
-        while self._durable < count:
-            if self._poison is not None:
-                raise LogPoisoned(f"{self._path}: a write failed; reopen the log") \
-                    from self._poison
-            if self._commit_done is None:
-                await self._lead_commit()
-            else:
-                await self._commit_done.wait()
+    def _commit_loop(self, token: trio.lowlevel.TrioToken) -> None:
+        """The committer (a worker thread): write and sync what is queued, until nothing is.
 
-    async def _lead_commit(self) -> None:
-        done = self._commit_done = trio.Event()
-        try:
-            batch: list[_Group] = []
-            size = 0
-            for g in self._groups:
-                if batch and size + g.size > MAX_COMMIT_BYTES:
-                    break
-                batch.append(g)
-                size += g.size
-            del self._groups[: len(batch)]
-            if not batch:
-                return
-            start = self._durable_end
+        It takes the next batch the moment an fdatasync returns, without a
+        round trip through the event loop: trio notices a finished thread
+        only after the tasks it is running, and a commit that waits for that
+        leaves the loop idle once every writer waits for it. The trio side
+        learns of each commit through ``run_sync_soon`` (:meth:`_committed`).
+        """
+        fd, path = self._fd, self._path
+        assert fd is not None
+        while True:
+            self._gather()
+            with self._lock:
+                batch: list[_Group] = []
+                size = 0
+                for g in self._groups:
+                    if batch and size + g.size > MAX_COMMIT_BYTES:
+                        break
+                    batch.append(g)
+                    size += g.size
+                del self._groups[: len(batch)]
+                if not batch:
+                    self._committing = False
+                    return
+            start = self._written
             data = b"".join(r for g in batch for r in g.records)
-            stop = batch[-1].count
-            ckpt = self._candidate
-            if ckpt is not None and ckpt.count <= stop:
-                self._candidate = None
-            else:
-                ckpt = None
-            assert self._fd is not None
+            ckpt = next((g.checkpoint for g in reversed(batch) if g.checkpoint), None)
             try:
-                wrote_ckpt = await trio.to_thread.run_sync(
-                    commit, self._fd, data, start, self._path, ckpt)
+                wrote = commit(fd, data, start, path, ckpt)
             except BaseException as exc:
-                self._poison_with(exc)
+                # _committing stays set: no new committer starts on a failed log.
+                token.run_sync_soon(self._commit_failed, exc)
                 return
-            self._commits += 1
-            first = self._durable
-            dag, heads = self._dag, self._durable_heads
-            for i in range(first, stop):
-                heads.difference_update(dag.parents(i))
-                heads.add(i)
-            self._durable = stop
-            self._durable_end = start + len(data)
-            if wrote_ckpt and ckpt is not None:
-                self._checkpointed = ckpt.count
-            self._notify(first, stop)
-        finally:
-            self._commit_done = None
-            done.set()
+            self._written = start + len(data)
+            token.run_sync_soon(self._committed, batch[-1].count, self._written,
+                                ckpt.count if wrote and ckpt is not None else 0)
+
+    def _gather(self) -> None:
+        """In the committer: with many writers waiting, let a batch build up first.
+
+        Writers wait for their own entries, so the number waiting says how
+        many entries are coming. With few, commit at once (a lone append pays
+        no delay). With many, wait until about a quarter of them queued (or
+        :data:`_GATHER_MAX` passed): each commit costs the event loop a few
+        GIL hand-offs with this thread, so one fdatasync per record would
+        cost more than it saves.
+        """
+        target = min(len(self._waiters), _GATHER_BATCH)
+        if len(self._groups) >= target:
+            return
+        self._gather_target = target
+        self._gathered.clear()
+        if len(self._groups) < target:  # _queue sets the event at the target
+            self._gathered.wait(_GATHER_MAX)  # releases the GIL
+        self._gather_target = 0
+
+    def _committed(self, stop: int, end: int, checkpointed: int) -> None:
+        """Trio side of a commit: entries up to position *stop* are durable."""
+        if self._poison is not None:
+            return
+        self._commits += 1
+        first = self._durable
+        dag, heads = self._dag, self._durable_heads
+        for i in range(first, stop):
+            heads.difference_update(dag.parents(i))
+            heads.add(i)
+        self._durable = stop
+        self._durable_end = end
+        if checkpointed:
+            self._checkpointed = checkpointed
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= stop:
+            trio.lowlevel.reschedule(waiters.popleft()[1])
+        self._notify(first, stop)
+
+    def _commit_failed(self, exc: BaseException) -> None:
+        self._poison_with(exc)
+        while self._waiters:  # they see the poison
+            trio.lowlevel.reschedule(self._waiters.popleft()[1])
+
+    async def _wait_durable(self, count: int) -> None:
+        """Wait until the first *count* entries are durable; not cancellable.
+
+        Waiters register in admission order (no await since their entries were
+        queued), so the deque is sorted and a commit wakes exactly the waiters
+        it made durable, not every writer. The wait refuses cancellation
+        (``Abort.FAILED``): a cancelled caller still learns the outcome, and
+        the cancellation is delivered at its next checkpoint -- a shield,
+        without a cancel scope per append.
+        """
+        if self._durable < count and self._poison is None:
+            self._waiters.append((count, trio.lowlevel.current_task()))
+            await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
+        if self._durable < count:
+            raise LogPoisoned(f"{self._path}: a write failed; reopen the log") \
+                from self._poison
 
     def _poison_with(self, exc: BaseException) -> None:
         if self._poison is not None:
@@ -867,10 +950,10 @@ class SpaceLog:
         Only valid when nothing is in flight (the state equals the file).
         """
         count = self._durable
-        if count <= self._checkpointed or self._poison is not None or self._groups:
+        if count <= self._checkpointed or self._poison is not None or count < len(self._dag):
             return
         ckpt = Checkpoint(count, self._durable_end, self._hasher.copy().digest(),
-                           offsets_bytes(self._offsets, count), self._resolver.snapshot())
+                           offsets_bytes(self._offsets, count), self._resolver.snapshot_fields())
         try:
             fsutil.atomic_write(checkpoint_path(self._path), ckpt.encode())
         except OSError as exc:  # the log stays authoritative; opening verifies more
@@ -882,13 +965,19 @@ class SpaceLog:
         """Write a final checkpoint (unless poisoned) and release the log. Idempotent."""
         if self._fd is None:
             return
-        if self._commit_done is not None or (self._groups and self._poison is None):
+        # The committer may still be winding down (nothing left to write):
+        # only entries admitted and not yet durable keep the log open.
+        if self._durable < len(self._dag) and self._poison is None:
             raise LocalProtocolError("close() while appends are in flight")
         try:
             self._checkpoint_if_behind()
         finally:
             fd, self._fd = self._fd, None
             os.close(fd)
+            # The loader is a bound method: without this the log and its DAG
+            # form a cycle that only the cyclic collector frees, later, and a
+            # big log's collection is a pause of its own.
+            self._dag.set_loader(None)
 
     def __enter__(self) -> SpaceLog:
         return self
@@ -898,6 +987,10 @@ class SpaceLog:
 
     def __repr__(self) -> str:
         return f"<SpaceLog {str(self._path)!r} entries={self._durable}>"
+
+
+def _refuse_abort(raise_cancel: object) -> trio.lowlevel.Abort:
+    return trio.lowlevel.Abort.FAILED
 
 
 def _verify_record(body: bytes, resolver: Resolver, verifier: CredentialVerifier) -> Fact:

@@ -27,7 +27,9 @@ import zlib
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
+
+import msgpack
 
 from .. import fsutil, wire
 from ..errors import (
@@ -206,7 +208,7 @@ class Checkpoint:
     offset: int  # file offset just after the last covered record
     digest: bytes  # BLAKE2b-256 of the file bytes [0, offset)
     offsets: bytes = field(repr=False)  # u64 LE per covered record
-    resolver: bytes = field(repr=False)  # Resolver.snapshot()
+    resolver: dict[str, Any] = field(repr=False)  # Resolver.snapshot_fields()
 
     def encode(self) -> bytes:
         payload = wire.pack({
@@ -227,17 +229,32 @@ class Checkpoint:
         payload = data[_CKPT_HEADER.size :]
         if len(payload) != size or zlib.crc32(payload) != crc:
             raise DecodeError("checkpoint checksum mismatch")
-        m = wire.expect_map(wire.unpack(payload, max_size=MAX_CHECKPOINT, max_items=5))
+        # One call, no intermediate buffer: the columns are megabytes.
+        try:
+            m = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True,
+                                ext_hook=_refuse_ext, max_str_len=MAX_CHECKPOINT,
+                                max_bin_len=MAX_CHECKPOINT, max_array_len=1 << 24,
+                                max_map_len=64, max_ext_len=0)
+        except Exception as exc:
+            raise DecodeError(f"checkpoint payload: {type(exc).__name__}") from None
+        m = wire.expect_map(m)
         if set(m) != {"count", "offset", "digest", "offsets", "resolver"}:
             raise DecodeError("checkpoint fields")
+        resolver = m["resolver"]
+        if not isinstance(resolver, dict):
+            raise DecodeError("checkpoint resolver")
         count = wire.expect_int(m, "count", lo=1, hi=MAX_ENTRIES)
         return cls(
             count=count,
             offset=wire.expect_int(m, "offset", lo=HEADER_LEN + REC_LEN + MIN_BODY),
             digest=wire.expect_bytes(m, "digest", size=32),
             offsets=wire.expect_bytes(m, "offsets", size=8 * count),
-            resolver=wire.expect_bytes(m, "resolver", max_size=MAX_CHECKPOINT),
+            resolver=resolver,
         )
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise DecodeError(f"msgpack ext type {code} is not allowed")
 
 
 def checkpoint_path(path: Path) -> Path:
@@ -254,7 +271,13 @@ def load_checkpoint(path: Path) -> Checkpoint | None:
     cp = checkpoint_path(path)
     if not cp.exists():
         return None
-    data = fsutil.read_private(cp, max_size=MAX_CHECKPOINT + _CKPT_HEADER.size)
+    fsutil.check_private_file(cp)
+    with cp.open("rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_CHECKPOINT + _CKPT_HEADER.size:
+            _log.warning("ignoring oversized checkpoint %s", cp)
+            return None
+        data = f.read(size)  # sized: no buffer of the largest size up front
     try:
         return Checkpoint.decode(data)
     except DecodeError as exc:
@@ -381,8 +404,7 @@ def locate_mismatch(fd: int, ckpt: Checkpoint) -> None:
     if data[:HEADER_LEN] != file_header():
         raise LogCorrupted("the file header changed", offset=0)
     try:
-        ids = Dag.restore(wire.expect_map(wire.unpack(ckpt.resolver, max_size=MAX_CHECKPOINT,
-                                                      max_items=16))["dag"]).ids
+        ids = Dag.restore(ckpt.resolver["dag"]).ids
     except (P2PInviteError, KeyError, TypeError):
         ids = []
     offsets = offsets_from(ckpt.offsets)

@@ -56,7 +56,7 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from ..errors import CredentialError, LocalProtocolError
 from ..wire import pack, unpack
@@ -386,29 +386,33 @@ class Resolver:
 
     # -- snapshot --------------------------------------------------------------------------
 
-    def snapshot(self) -> bytes:
-        """Everything but the facts (docs/PROTOCOL.md Part 9, checkpoint ``resolver``)."""
+    def snapshot_fields(self) -> dict[str, Any]:
+        """Everything but the facts, as nested columns (docs/PROTOCOL.md Part 9, checkpoint)."""
         self.settle()
-        return pack({
-            "dag": self.dag.snapshot(),
+        return {
+            "dag": self.dag.snapshot_fields(),
             "intent": bytes(self._intent),
             "rank": bytes(self._rank),
             "self": bytes(self._self),
             "status": bytes(self._status),
             "order": _le(self._order),
-            "state": self.state.snapshot(),
-        })
+            "state": self.state.snapshot_fields(),
+        }
+
+    def snapshot(self) -> bytes:
+        """:meth:`snapshot_fields`, encoded."""
+        return pack(self.snapshot_fields())
 
     @classmethod
-    def restore(cls, data: bytes, *, kind: LogKind | None = None, key: bytes | None = None,
-                max_entries: int = MAX_ENTRIES) -> Resolver:
-        """The resolver a :meth:`snapshot` describes (facts load on first use).
+    def restore(cls, data: bytes | dict[str, Any], *, kind: LogKind | None = None,
+                key: bytes | None = None, max_entries: int = MAX_ENTRIES) -> Resolver:
+        """The resolver a :meth:`snapshot` (or its fields) describes; facts load on first use.
 
         Raises :class:`SnapshotError` if it does not decode, is inconsistent,
         or is for another kind or key than *kind*/*key*.
         """
         try:
-            m = unpack(data, max_size=1 << 31, max_items=16)
+            m = unpack(data, max_size=1 << 31, max_items=16) if isinstance(data, bytes) else data
         except Exception as exc:
             raise SnapshotError(f"resolver snapshot does not decode: {exc}") from None
         fields = {"dag", "intent", "rank", "self", "status", "order", "state"}

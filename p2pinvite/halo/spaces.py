@@ -327,8 +327,8 @@ class SpaceService:
             ident.device, issuer=ident.identity_key, space=space_id, member=member, role=role,
             name=_profile_name(profile), parents=space.log.append_parents(),
             chain=ident.device_chain(), invitation=invitation_id, issued_at=issued_at,
-        ).encode()
-        return Issued(cred, await space.log.append(cred))
+        )
+        return Issued(cred.encode(), await space.log.append(cred))
 
     async def change_role(
         self, space_id: bytes, member: bytes, role: Role, *, issued_at: int | None = None
@@ -349,8 +349,8 @@ class SpaceService:
             ident.device, issuer=ident.identity_key, space=space_id, member=member, role=role,
             parents=space.log.append_parents(), chain=ident.device_chain(),
             issued_at=issued_at,
-        ).encode()
-        return Issued(cred, await space.log.append(cred))
+        )
+        return Issued(cred.encode(), await space.log.append(cred))
 
     async def remove(
         self, space_id: bytes, member: bytes, *, issued_at: int | None = None

@@ -41,6 +41,7 @@ __all__ = [
     "IdentityBuilder",
     "Replica",
     "SpaceBuilder",
+    "build_space_credentials",
     "build_space_log",
     "corruptions",
     "device_from_seed",
@@ -233,7 +234,8 @@ class Replica:
         self.heads = set(self.creds) - named
 
 
-def build_space_log(n_members: int, *, invitation: bytes | None = b"inv-0001") -> list[bytes]:
+def build_space_credentials(n_members: int, *, invitation: bytes | None = b"inv-0001"
+                            ) -> list[Credential]:
     """A valid linear space log: genesis, owner, then *n_members* READERs admitted by the owner.
 
     Member identity keys are derived, not generated, so this is about as fast
@@ -244,7 +246,12 @@ def build_space_log(n_members: int, *, invitation: bytes | None = b"inv-0001") -
     for i in range(n_members):
         member = hashlib.blake2b(i.to_bytes(8, "big"), digest_size=32).digest()
         space.admit(owner, member, Role.READER, name=f"m{i}", invitation=invitation)
-    return space.entries
+    return space.creds
+
+
+def build_space_log(n_members: int, *, invitation: bytes | None = b"inv-0001") -> list[bytes]:
+    """:func:`build_space_credentials`, encoded."""
+    return [c.encode() for c in build_space_credentials(n_members, invitation=invitation)]
 
 
 # -- hypothesis strategies ------------------------------------------------------------

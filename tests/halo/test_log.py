@@ -342,10 +342,10 @@ async def test_a_failing_queue_poisons_the_log(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     log = create(tmp_path / "space.log", checkpoint_every=1)
 
-    def broken() -> bytes:
+    def broken() -> dict[str, object]:
         raise RuntimeError("snapshot failed")
 
-    monkeypatch.setattr(log.resolver, "snapshot", broken)
+    monkeypatch.setattr(log.resolver, "snapshot_fields", broken)
     with pytest.raises(LogPoisoned):
         await log.append(issue(log, 0))  # a checkpoint snapshot is due at every entry
     assert log.poisoned
@@ -615,7 +615,7 @@ async def test_damaged_checkpoints_are_ignored_and_rewritten(tmp_path: Path) -> 
     # A checkpoint whose CRC holds but whose snapshot does not restore: verify all.
     good = logfile.Checkpoint.decode(cp.read_bytes())
     bad = logfile.Checkpoint(good.count, good.offset, good.digest, good.offsets,
-                             good.resolver[:-5])
+                             {**good.resolver, "order": good.resolver["order"][:-4]})
     cp.write_bytes(bad.encode())
     with reopen(path) as log:
         assert log.report.from_checkpoint == 0
