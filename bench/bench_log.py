@@ -1,8 +1,15 @@
 """Space log benchmark: durable appends (1 and 32 writers), reopen, full verification.
 
 Uses real HALO credentials: a space whose owner device admits READER members
-(``tests/halo/strategies.build_space_log``), checked by ``MembershipState``.
-Every append verifies its Ed25519 signature and is fsynced before it returns.
+on a linear history (``tests/halo/strategies.build_space_log``). Every append
+verifies its strict Ed25519 signature, checks the rules and is fsynced
+before it returns. Targets are ratios within this run, never absolute:
+
+* group commit (32 concurrent appenders) reaches >= 60 % of the verify-bound
+  ceiling, 1 / (time of one strict Ed25519 verify, measured here);
+* reopening the big log with its checkpoint costs <= 2x reading and hashing
+  the file (BLAKE2b over all of it, measured here).
+
 Work happens in a temporary directory on the same file system as /tmp.
 
     ./scripts/bench log [--json FILE] [--entries N] [--appends N]
@@ -10,6 +17,8 @@ Work happens in a temporary directory on the same file system as /tmp.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 import shutil
 import statistics
@@ -24,38 +33,50 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.hal
 
 from _report import Row, parser, report
 
-from p2pinvite.halo.credentials import decode_credential
-from p2pinvite.halo.log import (
-    LOG_MAGIC,
-    SpaceLog,
-    entries_from_credentials,
-    frame_record,
-)
-from p2pinvite.halo.state import MembershipState
-from tests.halo.strategies import build_space_log
+from p2pinvite.crypto.ed25519 import verify as strict_verify
+from p2pinvite.halo.credentials import Credential, decode_credential
+from p2pinvite.halo.log import SpaceLog, file_header, frame_record
+from tests.halo.strategies import build_space_credentials
 
 
 def write_log_file(path: Path, creds: list[bytes]) -> None:
     """Write a log file directly (no verification): the input of the reopen runs."""
-    header = LOG_MAGIC + (1).to_bytes(2, "big") + b"\0\0"
-    import zlib
-
-    data = [header + zlib.crc32(header).to_bytes(4, "big")]
-    data += [frame_record(b) for b in entries_from_credentials(creds)]
+    data = [file_header()]
+    data += [frame_record(decode_credential(c).id + c) for c in creds]
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(b"".join(data))
 
 
-async def append_rate(path: Path, base: list[bytes], creds: list[bytes], writers: int
+def read_and_hash(path: Path) -> float:
+    """Seconds to read *path* and BLAKE2b all of it: the floor of any reopen."""
+    t = time.perf_counter()
+    with path.open("rb") as f:
+        h = hashlib.blake2b(digest_size=32)
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    h.digest()
+    return time.perf_counter() - t
+
+
+def as_issued(cred: Credential) -> Credential:
+    """*cred* as an ``issue_*`` function returns it: payload computed (it was just
+    signed), id and encoding not yet -- what the daemon hands to ``append``."""
+    fresh = dataclasses.replace(cred)
+    object.__setattr__(fresh, "_payload", cred.payload)
+    return fresh
+
+
+async def append_rate(path: Path, base: list[bytes], creds: list[Credential], writers: int
                       ) -> tuple[float, int]:
-    """Appends/s for *creds* from *writers* concurrent tasks; also the commit count."""
-    state = MembershipState()
-    log = SpaceLog.import_entries(path, entries_from_credentials(base), state)
+    """Appends/s for *creds* (a linear chain on *base*) from *writers* tasks; commits."""
+    log = SpaceLog.create(path, base)
     it = iter(creds)
 
     async def writer() -> None:
-        for cred in it:  # tasks share the iterator: each credential appended once
+        # Tasks share the iterator: each credential is appended once, in chain
+        # order (taking the next one and admitting it involves no await).
+        for cred in it:
             await log.append(cred)
 
     t0 = time.perf_counter()
@@ -63,10 +84,25 @@ async def append_rate(path: Path, base: list[bytes], creds: list[bytes], writers
         for _ in range(writers):
             nursery.start_soon(writer)
     elapsed = time.perf_counter() - t0
-    assert log.length == len(base) + len(creds)
+    assert log.count == len(base) + len(creds)
     commits = log.commit_count
     log.close()
     return len(creds) / elapsed, commits
+
+
+def strict_verify_time(creds: list[bytes], n: int = 2000) -> float:
+    """Seconds per strict Ed25519 verification: the median of 3 rounds of *n*."""
+    work = []
+    for c in creds[:n]:
+        d = decode_credential(c)
+        work.append((d.signer, d.signature, d.payload))
+    rounds = []
+    for _ in range(3):
+        t = time.perf_counter()
+        for signer, sig, payload in work:
+            strict_verify(signer, sig, payload)
+        rounds.append((time.perf_counter() - t) / len(work))
+    return statistics.median(rounds)
 
 
 def main() -> int:
@@ -76,72 +112,82 @@ def main() -> int:
     args = p.parse_args()
 
     t = time.perf_counter()
-    creds = build_space_log(max(args.entries, args.appends + 2) - 2)
+    objects = build_space_credentials(max(args.entries, args.appends + 2) - 2)
+    creds = [c.encode() for c in objects]
     print(f"built {len(creds):,} credentials in {time.perf_counter() - t:.1f} s", flush=True)
     base, admissions = creds[:2], creds[2:]
     rows: list[Row] = []
     tmp = Path(tempfile.mkdtemp(prefix="bench-log-"))
     try:
-        n1 = min(1_500, len(admissions))
-        rate1, commits1 = trio.run(append_rate, tmp / "one.log", base, admissions[:n1], 1)
-        rows.append(Row("append, 1 writer (verify + fsync)", rate1, "appends/s",
+        per_verify = strict_verify_time(admissions)
+        ceiling = 1 / per_verify
+        rows.append(Row("strict Ed25519 verify", per_verify * 1e6, "us"))
+        rows.append(Row("  -> verify-bound append ceiling", ceiling, "appends/s"))
+
+        issued = [as_issued(c) for c in objects[2 : 2 + max(args.appends, 1_500)]]
+        n1 = min(1_500, len(issued))
+        rate1, commits1 = trio.run(append_rate, tmp / "one.log", base, issued[:n1], 1)
+        rows.append(Row("append, 1 writer (verify + rules + fsync)", rate1, "appends/s",
                         extra={"appends": n1, "commits": commits1}))
-        n32 = min(args.appends, len(admissions))
-        rate32, commits32 = trio.run(append_rate, tmp / "many.log", base, admissions[:n32], 32)
+        n32 = min(args.appends, len(issued))
+        issued = [as_issued(c) for c in issued[:n32]]  # fresh: the first run cached ids
+        rate32, commits32 = trio.run(append_rate, tmp / "many.log", base, issued, 32)
         rows.append(Row("append, 32 writers (group commit)", rate32, "appends/s",
-                        ">= 5,000", rate32 >= 5_000,
                         extra={"appends": n32, "commits": commits32,
                                "mean_batch": n32 / commits32}))
+        rows.append(Row("  -> group commit / ceiling", rate32 / ceiling, "ratio", ">= 0.60",
+                        rate32 / ceiling >= 0.6))
         print(f"32 writers: {n32} appends in {commits32} commits "
               f"(mean batch {n32 / commits32:.1f})", flush=True)
 
         big = tmp / "big.log"
         log_creds = creds[: args.entries]
         write_log_file(big, log_creds)
+        size = big.stat().st_size
         t = time.perf_counter()
-        SpaceLog.open(big, MembershipState()).close()  # no checkpoint yet: trusted replay
-        replay = time.perf_counter() - t
-        rows.append(Row(f"reopen {len(log_creds):,}, no checkpoint", replay, "s",
-                        extra={"note": "rules replayed, last signature verified"}))
-        times = []
+        log = SpaceLog.open(big)  # no checkpoint yet: every record verified
+        full = time.perf_counter() - t
+        assert log.report.verified == len(log_creds), log.report
+        log.close()  # writes the checkpoint
+        rows.append(Row(f"open {len(log_creds):,} entries, no checkpoint (verify all)", full,
+                        "s", extra={"per_entry_us": full / len(log_creds) * 1e6,
+                                    "vs_strict_verify": full / len(log_creds) / per_verify}))
+        times, floors = [], []
         for _ in range(3):
-            state = MembershipState()
+            floors.append(read_and_hash(big))
             t = time.perf_counter()
-            log = SpaceLog.open(big, state)
+            log = SpaceLog.open(big)
             times.append(time.perf_counter() - t)
             assert log.report.from_checkpoint == len(log_creds), log.report
             log.close()
-        reopen = statistics.median(times)
-        rows.append(Row(f"reopen {len(log_creds):,} entries (checkpoint)", reopen, "s", "< 1 s",
-                        reopen < 1.0, extra={"runs": times}))
+            del log  # freed here, not inside the next timed open
+        reopen, floor = statistics.median(times), statistics.median(floors)
+        rows.append(Row(f"read + BLAKE2b the file ({size / 2**20:.0f} MiB)", floor, "s",
+                        extra={"runs": floors}))
+        rows.append(Row(f"reopen {len(log_creds):,} entries (checkpoint)", reopen, "s",
+                        extra={"runs": times}))
+        rows.append(Row("  -> reopen / (read + hash)", reopen / floor, "ratio", "<= 2.0",
+                        reopen / floor <= 2.0))
 
+        # What the first merge after a reopen costs: facts read from the file,
+        # then a full recompute (informational).
+        log = SpaceLog.open(big)
         t = time.perf_counter()
-        log = SpaceLog.open(big, MembershipState(), full_verify=True)
-        full = time.perf_counter() - t
-        assert log.report.verified_signatures == len(log_creds)
+        log.resolver.dag.load_facts()
+        load = time.perf_counter() - t
+        log.resolver._dirty = True  # force the full recompute a merge triggers
+        t = time.perf_counter()
+        log.resolver.settle()
+        recompute = time.perf_counter() - t
+        t = time.perf_counter()
+        lacking = log.ids_not_below([log.resolver.dag.ids[len(log_creds) - 101]])
+        not_below = time.perf_counter() - t
+        assert len(lacking) == 100
         log.close()
-
-        decoded = [decode_credential(c) for c in log_creds]
-        keys: dict[bytes, object] = {}
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-        work = []
-        for c in decoded:
-            pk = keys.get(c.signer)
-            if pk is None:
-                pk = keys[c.signer] = Ed25519PublicKey.from_public_bytes(c.signer)
-            work.append((pk, c.signature, c.payload))
-        t = time.perf_counter()
-        for pk, sig, payload in work:
-            pk.verify(sig, payload)  # type: ignore[attr-defined]
-        bare = time.perf_counter() - t
-        rows.append(Row(f"full verification, {len(log_creds):,} entries", full, "s",
-                        f"<= 1.5 x bare ({1.5 * bare:.2f} s)", full <= 1.5 * bare,
-                        extra={"ratio": full / bare}))
-        rows.append(Row(f"bare Ed25519 verify loop, {len(log_creds):,}", bare, "s",
-                        extra={"per_verify_us": bare / len(work) * 1e6}))
-        rows.append(Row("  -> verify-bound append ceiling", len(work) / bare, "appends/s",
-                        extra={"note": "signature checks alone, one core"}))
+        rows.append(Row(f"  load every fact from the file ({len(log_creds):,})", load, "s"))
+        rows.append(Row(f"  recompute the order and state ({len(log_creds):,})", recompute,
+                        "s"))
+        rows.append(Row("  ids_not_below, peer 100 behind", not_below * 1e3, "ms"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return report("log", rows, args.json)

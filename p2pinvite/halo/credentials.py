@@ -8,15 +8,21 @@ is the normative description; the short version:
 
 * Encoding: one canonical msgpack map (:func:`p2pinvite.wire.pack` rules: keys
   sorted by their encoded bytes, shortest ints, ``bin`` for bytes), with the
-  common fields ``v type issuer subject issued_at signer chain sig`` plus the
-  fields of its type. Decoding is strict: exact field set per type, exact
-  sizes, and the input must *be* the canonical encoding (no second encoding of
-  one credential exists, so ids cannot be malleated).
+  common fields ``v type issuer subject issued_at parents signer chain sig``
+  plus the fields of its type. Decoding is strict: exact field set per type,
+  exact sizes, and the input must *be* the canonical encoding (no second
+  encoding of one credential exists, so ids cannot be malleated).
+* Parents: the ids of the heads of the issuer's copy of the log when it
+  issued the credential, strictly ascending (one encoding), at most
+  :data:`MAX_PARENTS`, empty exactly for a genesis. They are signed, so
+  nobody can re-parent an entry, and an entry's id covers its parents' ids:
+  a log is a Merkle DAG of credentials.
 * Signature: Ed25519 by ``signer`` over ``SIGNATURE_CONTEXT || pack(map
   without "sig" and "chain")``, verified strictly (:mod:`p2pinvite.crypto.ed25519`:
   no small-order or non-canonical key or ``R``, ``S`` below L).
 * Id: ``BLAKE2b-256(pack(map with "chain" emptied))``: the signed content plus
-  the signature, independent of the evidence in ``chain``.
+  the signature, independent of the evidence in ``chain``. It is the entry id
+  of the credential in its log.
 * Chain: when ``signer != issuer``, ``chain`` lists ``AuthorizedDevice``
   credentials (each with its own chain emptied) proving that ``signer`` is a
   device of ``issuer``: ``chain[0]`` authorizes ``signer``, ``chain[i+1]``
@@ -36,7 +42,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
@@ -44,7 +50,6 @@ import msgpack
 
 from ..crypto.ed25519 import VerifyingKey
 from ..errors import CredentialError, DecodeError, SignatureError
-from ..wire import unpack
 from .keys import Signer
 
 __all__ = [
@@ -53,6 +58,7 @@ __all__ = [
     "MAX_CREDENTIAL_SIZE",
     "MAX_INVITATION_ID",
     "MAX_NAME",
+    "MAX_PARENTS",
     "SIGNATURE_CONTEXT",
     "Assertion",
     "AuthorizedDevice",
@@ -67,6 +73,7 @@ __all__ = [
     "issue_authorized_device",
     "issue_identity_genesis",
     "issue_member_removal",
+    "issue_role_change",
     "issue_space_genesis",
     "issue_space_member",
     "now_ms",
@@ -74,7 +81,7 @@ __all__ = [
 ]
 
 #: Value of the ``v`` field.
-CREDENTIAL_VERSION: Final = 1
+CREDENTIAL_VERSION: Final = 2
 #: Prefix of every credential signature input.
 SIGNATURE_CONTEXT: Final = b"p2pinvite/credential/v1\x00"
 #: Largest encoded credential, chain included (fits one log entry, whose
@@ -86,6 +93,8 @@ MAX_CHAIN_DEPTH: Final = 8
 MAX_NAME: Final = 128
 #: Longest invitation id, in bytes.
 MAX_INVITATION_ID: Final = 64
+#: Most ``parents`` of one credential (heads of the issuer's copy of the log).
+MAX_PARENTS: Final = 64
 
 _KEY = 32
 _SIG = 64
@@ -159,8 +168,10 @@ _TYPE_NAMES: Final[dict[type[Any], str]] = {
     SpaceMember: "space_member",
 }
 _COMMON: Final = frozenset(
-    {"v", "type", "issuer", "subject", "issued_at", "signer", "chain", "sig"}
+    {"v", "type", "issuer", "subject", "issued_at", "parents", "signer", "chain", "sig"}
 )
+#: Types that start a log: the only credentials without parents.
+_GENESIS_TYPES: Final = (IdentityGenesis, SpaceGenesis)
 _FIELDS: Final[dict[str, frozenset[str]]] = {
     "identity_genesis": _COMMON | {"profile"},
     "authorized_device": _COMMON | {"invitation"},
@@ -178,8 +189,9 @@ def _canonical_order(keys: Sequence[str]) -> tuple[str, ...]:
 _ORDER: Final[dict[str, tuple[str, ...]]] = {
     t: _canonical_order(list(f)) for t, f in _FIELDS.items()
 }
-#: Upper bound of a credential's encoding without its chain elements.
-_MAX_OWN_FIELDS: Final = 1024
+#: Upper bound of a credential's encoding without its chain elements
+#: (parents included).
+_MAX_OWN_FIELDS: Final = 1024 + MAX_PARENTS * 34
 
 
 def _packb(ordered: dict[str, Any]) -> bytes:
@@ -209,6 +221,23 @@ def _check_invitation(value: bytes | None) -> None:
         not isinstance(value, bytes) or not 1 <= len(value) <= MAX_INVITATION_ID
     ):
         raise MalformedCredential(f"invitation must be nil or 1..{MAX_INVITATION_ID} bytes")
+
+
+def _check_parents(parents: tuple[bytes, ...], *, genesis: bool) -> None:
+    if not isinstance(parents, tuple) or len(parents) > MAX_PARENTS:
+        raise MalformedCredential(f"parents must hold at most {MAX_PARENTS} entry ids")
+    prev = b""
+    for p in parents:
+        if not isinstance(p, bytes) or len(p) != _KEY:
+            raise MalformedCredential(f"parents must be {_KEY}-byte entry ids")
+        # Strictly ascending: one encoding per set, no duplicates.
+        if p <= prev:
+            raise MalformedCredential("parents must be strictly ascending")
+        prev = p
+    if genesis and parents:
+        raise MalformedCredential("a genesis has no parents")
+    if not genesis and not parents:
+        raise MalformedCredential("only a genesis has no parents")
 
 
 def _check_assertion(a: Assertion) -> None:
@@ -243,13 +272,16 @@ class Credential:
     subject: bytes
     assertion: Assertion
     issued_at: int
+    parents: tuple[bytes, ...]
     signer: bytes
     chain: tuple[bytes, ...] = field(repr=False)
     signature: bytes = field(repr=False)
     version: int = CREDENTIAL_VERSION
     _payload: bytes | None = field(default=None, init=False, repr=False, compare=False)
     _id: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    _core: bytes | None = field(default=None, init=False, repr=False, compare=False)
     _encoded: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    _map: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.version != CREDENTIAL_VERSION:
@@ -265,6 +297,7 @@ class Credential:
             or not 0 <= self.issued_at < 2**63
         ):
             raise MalformedCredential("issued_at must be an integer in [0, 2**63)")
+        _check_parents(self.parents, genesis=isinstance(self.assertion, _GENESIS_TYPES))
         if not isinstance(self.chain, tuple) or len(self.chain) > MAX_CHAIN_DEPTH:
             raise MalformedCredential(f"chain must hold at most {MAX_CHAIN_DEPTH} credentials")
         if not all(isinstance(c, bytes) for c in self.chain):
@@ -275,29 +308,39 @@ class Credential:
             raise MalformedCredential(f"credential larger than {MAX_CREDENTIAL_SIZE} bytes")
         _check_assertion(self.assertion)
 
-    def _ordered(self, *, chain: bool, sig: bool) -> dict[str, Any]:
-        fields = self._fields()
-        if chain:
-            fields["chain"] = list(self.chain)
-        if sig:
-            return {k: fields[k] for k in _ORDER[fields["type"]]}
-        return {k: fields[k] for k in _ORDER[fields["type"]] if k not in ("sig", "chain")}
+    def _base(self) -> dict[str, Any]:
+        """Every field in canonical key order, ``chain`` empty (built once, then cached)."""
+        if self._map is None:
+            fields = self._fields()
+            m = {k: fields[k] for k in _ORDER[fields["type"]]}
+            object.__setattr__(self, "_map", m)
+            return m
+        return self._map
 
     @property
     def payload(self) -> bytes:
         """What ``signer`` signs: ``SIGNATURE_CONTEXT || pack(map without sig and chain)``."""
         if self._payload is None:
-            data = SIGNATURE_CONTEXT + _packb(self._ordered(chain=False, sig=False))
+            signed = {k: v for k, v in self._base().items() if k != "sig" and k != "chain"}
+            data = SIGNATURE_CONTEXT + _packb(signed)
             object.__setattr__(self, "_payload", data)
             return data
         return self._payload
 
     @property
+    def core(self) -> bytes:
+        """The encoding with ``chain`` emptied: what the id hashes, the chain-element form."""
+        if self._core is None:
+            data = _packb(self._base())
+            object.__setattr__(self, "_core", data)
+            return data
+        return self._core
+
+    @property
     def id(self) -> bytes:
-        """BLAKE2b-256 of the encoding with ``chain`` emptied (32 bytes)."""
+        """BLAKE2b-256 of :attr:`core`, the encoding with ``chain`` emptied (32 bytes)."""
         if self._id is None:
-            core = _packb(self._ordered(chain=False, sig=True))
-            digest = hashlib.blake2b(core, digest_size=32).digest()
+            digest = hashlib.blake2b(self.core, digest_size=32).digest()
             object.__setattr__(self, "_id", digest)
             return digest
         return self._id
@@ -310,6 +353,7 @@ class Credential:
             "issuer": self.issuer,
             "subject": self.subject,
             "issued_at": self.issued_at,
+            "parents": list(self.parents),
             "signer": self.signer,
             "chain": [],
             "sig": self.signature,
@@ -329,6 +373,11 @@ class Credential:
         return m
 
     @property
+    def is_genesis(self) -> bool:
+        """Whether this credential starts a log (it then has no parents)."""
+        return isinstance(self.assertion, _GENESIS_TYPES)
+
+    @property
     def type_name(self) -> str:
         """The wire ``type`` string (``"space_member"``, ...)."""
         return _TYPE_NAMES[type(self.assertion)]
@@ -336,7 +385,8 @@ class Credential:
     def encode(self) -> bytes:
         """The canonical encoding (what logs store and peers exchange)."""
         if self._encoded is None:
-            data = _packb(self._ordered(chain=True, sig=True))
+            data = self.core if not self.chain else _packb(
+                {**self._base(), "chain": list(self.chain)})
             object.__setattr__(self, "_encoded", data)
             return data
         return self._encoded
@@ -355,6 +405,10 @@ class Credential:
     def decode(cls, data: bytes) -> Credential:
         """Strictly decode a credential; :class:`MalformedCredential` for anything off."""
         return decode_credential(data)
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise MalformedCredential(f"msgpack ext type {code} is not allowed")
 
 
 def _get(m: dict[str, Any], key: str, kind: type[Any] | tuple[type[Any], ...]) -> Any:
@@ -383,10 +437,18 @@ def decode_credential(data: bytes) -> Credential:
     """
     if not isinstance(data, bytes):
         raise MalformedCredential("a credential is bytes")
+    if len(data) > MAX_CREDENTIAL_SIZE:
+        raise MalformedCredential(f"credential larger than {MAX_CREDENTIAL_SIZE} bytes")
+    # msgpack.unpackb with wire.unpack's limits: the one-call form costs half
+    # as much, and every append decodes a credential.
     try:
-        m = unpack(data, max_size=MAX_CREDENTIAL_SIZE, max_items=64)
-    except DecodeError as exc:
-        raise MalformedCredential(f"credential is not valid msgpack: {exc}") from None
+        m = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True,
+                            ext_hook=_refuse_ext, max_str_len=MAX_CREDENTIAL_SIZE,
+                            max_bin_len=MAX_CREDENTIAL_SIZE, max_array_len=64,
+                            max_map_len=64, max_ext_len=MAX_CREDENTIAL_SIZE)
+    except Exception as exc:  # msgpack raises a zoo of types for bad input
+        raise MalformedCredential(
+            f"credential is not valid msgpack: {type(exc).__name__}") from None
     if not isinstance(m, dict):
         raise MalformedCredential("a credential is a map")
     type_name = m.get("type")
@@ -401,6 +463,9 @@ def decode_credential(data: bytes) -> Credential:
     if msgpack.packb(m, use_bin_type=True) != data:
         raise MalformedCredential("credential is not in canonical encoding")
     version = _get(m, "v", int)
+    if version != CREDENTIAL_VERSION:
+        raise MalformedCredential(f"unsupported credential version {version!r}")
+    parents = _get(m, "parents", list)
     chain = _get(m, "chain", list)
     if len(chain) > MAX_CHAIN_DEPTH:
         raise MalformedCredential(f"chain is longer than {MAX_CHAIN_DEPTH}")
@@ -427,12 +492,18 @@ def decode_credential(data: bytes) -> Credential:
         subject=_get(m, "subject", bytes),
         assertion=assertion,
         issued_at=_get(m, "issued_at", int),
+        parents=tuple(parents),
         signer=_get(m, "signer", bytes),
         chain=tuple(chain),
         signature=_get(m, "sig", bytes),
         version=version,
     )
     object.__setattr__(cred, "_encoded", data)
+    # What the id and the signature cover, from the decoded map (in canonical
+    # order already), rather than rebuilt from the fields.
+    object.__setattr__(cred, "_core", data if not chain else _packb({**m, "chain": []}))
+    del m["sig"], m["chain"]
+    object.__setattr__(cred, "_payload", SIGNATURE_CONTEXT + _packb(m))
     return cred
 
 
@@ -562,12 +633,18 @@ def verify_credential(cred: Credential | bytes) -> Credential:
 # -- builders ---------------------------------------------------------------------
 
 
+def _parents(parents: Iterable[bytes]) -> tuple[bytes, ...]:
+    # The canonical form: sorted, no duplicates (the constructor checks the rest).
+    return tuple(sorted(set(parents)))
+
+
 def _issue(
     signer: Signer,
     *,
     issuer: bytes,
     subject: bytes,
     assertion: Assertion,
+    parents: Iterable[bytes],
     chain: Sequence[bytes],
     issued_at: int | None,
 ) -> Credential:
@@ -576,11 +653,15 @@ def _issue(
         subject=subject,
         assertion=assertion,
         issued_at=now_ms() if issued_at is None else issued_at,
+        parents=_parents(parents),
         signer=signer.public_key,
         chain=tuple(chain),
         signature=bytes(_SIG),
     )
-    return replace(draft, signature=signer.sign(draft.payload))
+    payload = draft.payload
+    cred = replace(draft, signature=signer.sign(payload))
+    object.__setattr__(cred, "_payload", payload)  # the signature is not in it
+    return cred
 
 
 def issue_identity_genesis(
@@ -589,8 +670,8 @@ def issue_identity_genesis(
     """The genesis of an identity's HALO log, signed by the identity key itself."""
     k = identity_key.public_key
     return _issue(
-        identity_key, issuer=k, subject=k, assertion=IdentityGenesis(name=name), chain=(),
-        issued_at=issued_at,
+        identity_key, issuer=k, subject=k, assertion=IdentityGenesis(name=name), parents=(),
+        chain=(), issued_at=issued_at,
     )
 
 
@@ -599,18 +680,21 @@ def issue_authorized_device(
     *,
     identity: bytes,
     device: bytes,
+    parents: Iterable[bytes],
     chain: Sequence[bytes] = (),
     invitation: bytes | None = None,
     issued_at: int | None = None,
 ) -> Credential:
     """*identity* authorizes *device*; signed by the identity key or an authorized device.
 
-    When *signer* is a device, *chain* is that device's chain
-    (:meth:`MembershipState.device_chain`).
+    *parents* are the heads of the identity log the issuer holds (the
+    genesis, for the first device). When *signer* is a device, *chain* is
+    that device's chain (:meth:`MembershipState.device_chain`).
     """
     return _issue(
         signer, issuer=identity, subject=device,
-        assertion=AuthorizedDevice(invitation=invitation), chain=chain, issued_at=issued_at,
+        assertion=AuthorizedDevice(invitation=invitation), parents=parents, chain=chain,
+        issued_at=issued_at,
     )
 
 
@@ -621,7 +705,7 @@ def issue_space_genesis(
     k = space_key.public_key
     return _issue(
         space_key, issuer=k, subject=k, assertion=SpaceGenesis(owner=owner, name=name),
-        chain=(), issued_at=issued_at,
+        parents=(), chain=(), issued_at=issued_at,
     )
 
 
@@ -633,20 +717,47 @@ def issue_space_member(
     member: bytes,
     role: Role,
     name: str,
+    parents: Iterable[bytes],
     chain: Sequence[bytes] = (),
     invitation: bytes | None = None,
     issued_at: int | None = None,
 ) -> Credential:
     """*issuer* admits *member* into *space* with *role* and profile *name*.
 
-    The owner's first membership is issued and signed by the space key
-    (``issuer == space``, empty chain); every later one by a member identity,
-    signed by one of its devices with that device's *chain*.
+    *parents* are the heads of the space log the issuer holds. The owner's
+    first membership is issued and signed by the space key (``issuer ==
+    space``, empty chain, the genesis as parent); every later one by a member
+    identity, signed by one of its devices with that device's *chain*. For a
+    subject that is already a member the same credential is a role change
+    (:func:`issue_role_change`).
     """
     return _issue(
         signer, issuer=issuer, subject=member,
         assertion=SpaceMember(space=space, role=role, name=name, invitation=invitation),
-        chain=chain, issued_at=issued_at,
+        parents=parents, chain=chain, issued_at=issued_at,
+    )
+
+
+def issue_role_change(
+    signer: Signer,
+    *,
+    issuer: bytes,
+    space: bytes,
+    member: bytes,
+    role: Role,
+    parents: Iterable[bytes],
+    chain: Sequence[bytes] = (),
+    issued_at: int | None = None,
+) -> Credential:
+    """*issuer* gives the current member *member* of *space* a new *role* (REMOVED: removes).
+
+    A ``SpaceMember`` with an empty profile name and no invitation: a role
+    change keeps the member's name and admission; only the role changes.
+    With ``issuer == member`` and role REMOVED it is the member leaving.
+    """
+    return issue_space_member(
+        signer, issuer=issuer, space=space, member=member, role=role, name="",
+        parents=parents, chain=chain, issued_at=issued_at,
     )
 
 
@@ -656,11 +767,12 @@ def issue_member_removal(
     issuer: bytes,
     space: bytes,
     member: bytes,
+    parents: Iterable[bytes],
     chain: Sequence[bytes] = (),
     issued_at: int | None = None,
 ) -> Credential:
-    """*issuer* removes *member* from *space*: a ``SpaceMember`` with role REMOVED."""
-    return issue_space_member(
-        signer, issuer=issuer, space=space, member=member, role=Role.REMOVED, name="",
-        chain=chain, issued_at=issued_at,
+    """*issuer* removes *member* from *space* (role REMOVED); *member* = *issuer* leaves."""
+    return issue_role_change(
+        signer, issuer=issuer, space=space, member=member, role=Role.REMOVED,
+        parents=parents, chain=chain, issued_at=issued_at,
     )

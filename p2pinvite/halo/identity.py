@@ -46,7 +46,8 @@ from .credentials import (
     issue_identity_genesis,
 )
 from .keys import DeviceKeys, SigningKey, load_or_create_device_keys
-from .log import InvalidEntries, SpaceLog, entries_from_credentials
+from .log import SpaceLog
+from .resolve import Resolver, explain_rejections
 from .state import LogKind, MembershipState
 
 __all__ = [
@@ -82,10 +83,10 @@ class NoIdentity(LocalProtocolError):
 
 @dataclass(frozen=True, slots=True)
 class Issued:
-    """A credential this device issued and the log seq it was durably written at."""
+    """A credential this device issued, durably in its log, and its entry id."""
 
     credential: bytes
-    seq: int
+    id: bytes
 
 
 def _remove_tree(path: Path) -> None:
@@ -151,80 +152,37 @@ def discard_install_dir(parent: Path, directory: str) -> None:
         _log.debug("prepared directory %s not removed: %s", directory, exc.strerror)
 
 
-class _AcceptOnLast:
-    """The validator of an import: a :class:`MembershipState` that, once the last
-    entry is applied, asks *accept* whether the resulting state may be installed.
-
-    :meth:`SpaceLog.import_entries` checks and applies every entry *before* it
-    writes anything, so a log that *accept* refuses is never written: no
-    second verification pass and no temporary directory are needed.
-    """
-
-    __slots__ = ("_accept", "_applied", "_total", "refused", "state")
-
-    def __init__(self, state: MembershipState, total: int,
-                 accept: Callable[[MembershipState], None]) -> None:
-        self.state = state
-        self._total = total
-        self._accept = accept
-        self._applied = 0
-        self.refused: CredentialError | None = None
-
-    def check(self, credential: bytes, *, verify_signatures: bool) -> object:
-        """Delegate to the state."""
-        return self.state.check(credential, verify_signatures=verify_signatures)
-
-    def apply(self, checked: object) -> None:
-        """Delegate to the state; after the last imported entry, run *accept*."""
-        self.state.apply(checked)
-        self._applied += 1
-        if self._applied == self._total:
-            try:
-                self._accept(self.state)
-            except CredentialError as exc:
-                self.refused = exc
-                raise
-
-    def snapshot(self) -> bytes:
-        """Delegate to the state."""
-        return self.state.snapshot()
-
-    def restore(self, data: bytes) -> None:
-        """Delegate to the state."""
-        self.state.restore(data)
-
-
 def install_log(
     parent: Path,
     directory: str,
     log_name: str,
-    entries: Sequence[bytes],
-    state: MembershipState,
+    credentials: Sequence[bytes],
     *,
-    accept: Callable[[MembershipState], None] = lambda state: None,
+    kind: LogKind,
+    key: bytes | None,
+    verifier: CredentialVerifier,
+    accept: Callable[[Resolver], None] = lambda resolver: None,
     durable_dir: bool = False,
 ) -> tuple[Path, SpaceLog]:
-    """Verify *entries* into the new log ``parent/directory/log_name``, atomically.
+    """Verify *credentials* into the new log ``parent/directory/log_name``, atomically.
 
-    Every entry is checked (signatures, rules) into the fresh *state*, then
-    *accept* may refuse the final state by raising ``CredentialError``; only
-    then is the file written, appearing whole or not at all
-    (:meth:`SpaceLog.import_entries`: temporary file, fsync, link, directory
-    fsync). The directory is created if missing, and *parent* is fsynced so
-    its entry is durable -- also when the directory was found in place,
-    since a crashed process may have made it without that fsync -- unless
-    *durable_dir*: the caller made it exist, private and durable earlier in
-    this process (:func:`prepare_install_dir`), so neither mkdir nor parent
-    fsync is needed (if it has vanished since, it is made again as above).
-    A crash can leave at most an empty directory, which holds no log and is
-    reused. Raises :class:`FileExistsError` if the log exists,
-    ``InvalidEntries`` for entries that do not verify (or an empty list),
-    and *accept*'s error. On failure a directory created here is removed; a
-    prepared one is left for its preparer to discard.
-    Returns the directory and the open log (its validator wraps *state*).
+    Every credential is verified (signatures, chains, parents, genesis) and
+    the set resolved in memory, then *accept* may refuse the result by
+    raising ``CredentialError``; only then is the file written, appearing
+    whole or not at all (:meth:`SpaceLog.create`: temporary file, fsync,
+    link, directory fsync). The directory is created if missing, and
+    *parent* is fsynced so its entry is durable -- also when the directory
+    was found in place, since a crashed process may have made it without
+    that fsync -- unless *durable_dir*: the caller made it exist, private and
+    durable earlier in this process (:func:`prepare_install_dir`), so neither
+    mkdir nor parent fsync is needed (if it has vanished since, it is made
+    again as above). A crash can leave at most an empty directory, which
+    holds no log and is reused. Raises :class:`FileExistsError` if the log
+    exists, ``InvalidEntries`` for credentials that do not verify (or an
+    empty list), and *accept*'s error. On failure a directory created here
+    is removed; a prepared one is left for its preparer to discard.
+    Returns the directory and the open log.
     """
-    if not entries:
-        raise InvalidEntries("an imported log cannot be empty", index=0)
     final = parent / directory
     path = final / log_name
     if durable_dir and not final.is_dir():
@@ -237,18 +195,13 @@ def install_log(
     if not durable_dir:
         created = not final.exists()
         ensure_private_dir(final)
-    guard = _AcceptOnLast(state, len(entries), accept)
     try:
-        log = SpaceLog.import_entries(path, entries, guard)
-    except BaseException as exc:
+        log = SpaceLog.create(path, credentials, kind=kind, key=key, verifier=verifier,
+                              accept=accept)
+    except BaseException:
         if created:
             with contextlib.suppress(OSError):
                 final.rmdir()  # only if still empty
-        if isinstance(exc, InvalidEntries) and guard.refused is not None \
-                and exc.__cause__ is guard.refused:
-            raise guard.refused from None
-        if isinstance(exc, StorageError) and path.exists():
-            raise FileExistsError(path) from None  # someone installed it meanwhile
         raise
     if not durable_dir:
         fsync_dir(parent)
@@ -269,7 +222,6 @@ class IdentityService:
         self._device = device
         self.verifier = verifier if verifier is not None else CredentialVerifier()
         self._log: SpaceLog | None = None
-        self._state: MembershipState | None = None
         # Whether prepare_join made <home>/identity durable in this process.
         self._prepared = False
 
@@ -286,20 +238,16 @@ class IdentityService:
         remove_stale_installs(home)
         path = home / IDENTITY_DIR / IDENTITY_LOG
         if path.exists():
-            state = service._new_state()
-            log = SpaceLog.open(path, state)
-            if not state.is_device(device.device_public):
+            log = SpaceLog.open(path, kind=LogKind.IDENTITY, verifier=service.verifier)
+            if not log.state.is_device(device.device_public):
                 log.close()
                 raise StorageError(f"{path} does not authorize this device's key")
-            service._log, service._state = log, state
+            service._log = log
         else:
             # An empty identity/ is what a join that failed before a crash left.
             with contextlib.suppress(OSError):
                 (home / IDENTITY_DIR).rmdir()
         return service
-
-    def _new_state(self, key: bytes | None = None) -> MembershipState:
-        return MembershipState(kind=LogKind.IDENTITY, key=key, verifier=self.verifier)
 
     # -- queries --------------------------------------------------------------------
 
@@ -316,21 +264,23 @@ class IdentityService:
     @property
     def has_identity(self) -> bool:
         """Whether this device belongs to an identity yet."""
-        return self._state is not None
-
-    @property
-    def state(self) -> MembershipState:
-        """The identity log's state; :class:`NoIdentity` if there is none."""
-        if self._state is None:
-            raise NoIdentity("this device has no identity yet")
-        return self._state
+        return self._log is not None
 
     @property
     def log(self) -> SpaceLog:
-        """The identity's HALO log; :class:`NoIdentity` if there is none."""
+        """The identity's HALO log (for sync); :class:`NoIdentity` if there is none."""
         if self._log is None:
             raise NoIdentity("this device has no identity yet")
         return self._log
+
+    @property
+    def state(self) -> MembershipState:
+        """The identity log's resolved state; :class:`NoIdentity` if there is none."""
+        return self.log.state
+
+    def heads(self) -> list[bytes]:
+        """Ids of the HALO log's durable heads."""
+        return self.log.heads()
 
     @property
     def identity_key(self) -> bytes:
@@ -356,9 +306,9 @@ class IdentityService:
         """
         return self.state.device_chain(self._device.device_public)
 
-    def raw_entries(self, start: int = 0) -> list[bytes]:
-        """The HALO log's encoded entries from seq *start* (what a joining device imports)."""
-        return self.log.raw_entries(start)
+    def raw_entries(self) -> list[bytes]:
+        """The HALO log's credentials in a topological order (what a joining device imports)."""
+        return self.log.raw_entries()
 
     # -- changes ----------------------------------------------------------------------
 
@@ -369,33 +319,32 @@ class IdentityService:
         ``AuthorizedDevice``, and is then dropped: from now on the identity
         acts only through its devices. Raises :class:`IdentityExists`.
         """
-        if self._state is not None:
+        if self._log is not None:
             raise IdentityExists("this device already has an identity")
         identity_key = SigningKey.generate()
         public = identity_key.public_key
-        creds = [
-            issue_identity_genesis(identity_key, name=name, issued_at=issued_at).encode(),
-            issue_authorized_device(
-                identity_key, identity=public, device=self._device.device_public,
-                issued_at=issued_at,
-            ).encode(),
-        ]
+        genesis = issue_identity_genesis(identity_key, name=name, issued_at=issued_at)
+        first = issue_authorized_device(
+            identity_key, identity=public, device=self._device.device_public,
+            parents=[genesis.id], issued_at=issued_at,
+        )
         # Python cannot wipe the key's memory; dropping the last reference is
         # what "discarded" can mean here (docs/PROTOCOL.md Part 8).
         del identity_key
-        self._install(entries_from_credentials(creds), key=public)
+        self._install([genesis.encode(), first.encode()], key=public)
         return public
 
     def join_identity_from_entries(self, entries: Sequence[bytes]) -> bytes:
-        """Adopt the identity whose HALO log *entries* a host sent after a device invitation.
+        """Adopt the identity whose HALO log a host sent after a device invitation.
 
-        Every entry is verified; the log must authorize this device's key
-        (else ``CredentialError(rule="device_not_authorized")``). Raises
-        :class:`IdentityExists` if this device already has an identity, and
-        ``InvalidEntries`` (halo.log) for entries that do not verify.
-        Returns the identity key.
+        *entries* are its credentials in a topological order (the host's
+        :meth:`raw_entries`). Every one is verified; the log must authorize
+        this device's key (else ``CredentialError(rule="device_not_authorized")``).
+        Raises :class:`IdentityExists` if this device already has an
+        identity, and ``InvalidEntries`` (halo.log) for entries that do not
+        verify. Returns the identity key.
         """
-        if self._state is not None:
+        if self._log is not None:
             raise IdentityExists("this device already has an identity")
         self._install(entries, key=None)
         return self.identity_key
@@ -409,7 +358,7 @@ class IdentityService:
         Idempotent. Raises ``StorageError`` if the home is not private or the
         filesystem refuses.
         """
-        if self._state is not None:
+        if self._log is not None:
             return
         if prepare_install_dir(self._home, IDENTITY_DIR, IDENTITY_LOG):
             self._prepared = True
@@ -421,25 +370,27 @@ class IdentityService:
         is never touched. Do not call it while a join is in progress.
         """
         self._prepared = False
-        if self._state is None:
+        if self._log is None:
             discard_install_dir(self._home, IDENTITY_DIR)
 
     def _install(self, entries: Sequence[bytes], *, key: bytes | None) -> None:
         device = self._device.device_public
 
-        def accept(state: MembershipState) -> None:
-            if not state.is_device(device):
+        def accept(resolver: Resolver) -> None:
+            if not resolver.state.is_device(device):
                 raise CredentialError(
-                    "the identity log does not authorize this device", rule="device_not_authorized"
+                    "the identity log does not authorize this device"
+                    + explain_rejections(resolver, device),
+                    rule="device_not_authorized",
                 )
 
-        state = self._new_state(key)
         try:
-            _, log = install_log(self._home, IDENTITY_DIR, IDENTITY_LOG, entries, state,
+            _, log = install_log(self._home, IDENTITY_DIR, IDENTITY_LOG, entries,
+                                 kind=LogKind.IDENTITY, key=key, verifier=self.verifier,
                                  accept=accept, durable_dir=self._prepared)
         except FileExistsError:
             raise IdentityExists("this device already has an identity") from None
-        self._log, self._state = log, state
+        self._log = log
         self._prepared = False
 
     async def authorize_device(
@@ -447,16 +398,19 @@ class IdentityService:
     ) -> Issued:
         """Authorize another *device* for this identity (host side of a device invitation).
 
-        Signed by this device with its chain, appended durably. Raises
-        ``CredentialError`` (rule ``already_device``, ``chain_too_deep``, ...)
-        when the rules refuse it.
+        Signed by this device with its chain, on the log's current heads,
+        appended durably. Raises ``CredentialError`` (rule ``already_device``,
+        ``chain_too_deep``, ...) when the rules refuse it.
         """
+        log = self.log
+        # No await between reading the heads and appending: nothing else
+        # can change them in between.
         cred = issue_authorized_device(
             self._device, identity=self.identity_key, device=device,
-            chain=self.device_chain(), invitation=invitation, issued_at=issued_at,
-        ).encode()
-        seq = await self.log.append(cred)
-        return Issued(cred, seq)
+            parents=log.append_parents(), chain=self.device_chain(), invitation=invitation,
+            issued_at=issued_at,
+        )
+        return Issued(cred.encode(), await log.append(cred))
 
     def close(self) -> None:
         """Close the identity log. Idempotent."""

@@ -1,4 +1,5 @@
-"""Spaces this device's identity belongs to: create, list, open, admit, import.
+"""Spaces this device's identity belongs to: create, list, open, import, admit,
+change roles, remove, leave.
 
 Layout under the home (docs/PROTOCOL.md Part 8, "On disk")::
 
@@ -35,7 +36,7 @@ from .credentials import (
     MalformedCredential,
     Role,
     decode_credential,
-    issue_member_removal,
+    issue_role_change,
     issue_space_genesis,
     issue_space_member,
 )
@@ -49,7 +50,8 @@ from .identity import (
     remove_stale_installs,
 )
 from .keys import SigningKey
-from .log import InvalidEntries, SpaceLog, decode_entry, entries_from_credentials
+from .log import InvalidEntries, SpaceLog
+from .resolve import Resolver, explain_rejections
 from .state import LogKind, Member, MembershipState
 
 __all__ = [
@@ -77,44 +79,47 @@ class UnknownSpace(LocalProtocolError):
 
 
 class Space:
-    """One open space: its log and membership state."""
+    """One open space: its log, its resolved state, its heads."""
 
-    __slots__ = ("_log", "_state", "space_id")
+    __slots__ = ("_log", "space_id")
 
-    def __init__(self, space_id: bytes, log: SpaceLog, state: MembershipState) -> None:
+    def __init__(self, space_id: bytes, log: SpaceLog) -> None:
         self.space_id = space_id
         self._log = log
-        self._state = state
 
     @property
     def log(self) -> SpaceLog:
-        """The space log."""
+        """The space log (for sync: heads, has, get, ids_not_below, ingest)."""
         return self._log
 
     @property
     def state(self) -> MembershipState:
-        """The membership state, current with every appended entry."""
-        return self._state
+        """The resolved membership state, current with every admitted entry."""
+        return self._log.state
+
+    def heads(self) -> list[bytes]:
+        """Ids of the log's durable heads."""
+        return self._log.heads()
 
     @property
     def name(self) -> str:
         """The space name from its genesis."""
-        return self._state.name
+        return self.state.name
 
     def members(self) -> list[Member]:
         """Current members, in admission order."""
-        return self._state.members()
+        return self.state.members()
 
-    def raw_entries(self, start: int = 0) -> list[bytes]:
-        """Encoded log entries from seq *start* (what a guest imports)."""
-        return self._log.raw_entries(start)
+    def raw_entries(self) -> list[bytes]:
+        """The log's credentials in a topological order (what a guest imports)."""
+        return self._log.raw_entries()
 
     def close(self) -> None:
         """Close the log."""
         self._log.close()
 
     def __repr__(self) -> str:
-        return f"<Space {self.space_id.hex()[:16]} {self.name!r} length={self._log.length}>"
+        return f"<Space {self.space_id.hex()[:16]} {self.name!r} entries={self._log.count}>"
 
 
 def _genesis_key(entries: Sequence[bytes]) -> bytes:
@@ -122,7 +127,7 @@ def _genesis_key(entries: Sequence[bytes]) -> bytes:
     try:
         if not entries or not isinstance(entries[0], bytes):
             raise DecodeError("an imported log cannot be empty")
-        cred = decode_credential(decode_entry(entries[0])[2])
+        cred = decode_credential(entries[0])
     except (DecodeError, MalformedCredential) as exc:
         raise InvalidEntries(f"genesis: {exc}", index=0) from exc
     return cred.issuer
@@ -169,9 +174,6 @@ class SpaceService:
                 with contextlib.suppress(OSError):
                     os.rmdir(self._dir / name)
 
-    def _new_state(self, key: bytes | None) -> MembershipState:
-        return MembershipState(kind=LogKind.SPACE, key=key, verifier=self._identity.verifier)
-
     # -- queries ------------------------------------------------------------------------
 
     def list_spaces(self) -> list[bytes]:
@@ -200,8 +202,9 @@ class SpaceService:
         path = self._dir / space_id.hex() / SPACE_LOG
         if not path.exists():
             raise UnknownSpace(f"no space {space_id.hex()} on this device")
-        state = self._new_state(space_id)
-        space = Space(space_id, SpaceLog.open(path, state), state)
+        log = SpaceLog.open(path, kind=LogKind.SPACE, key=space_id,
+                            verifier=self._identity.verifier)
+        space = Space(space_id, log)
         self._open[space_id] = space
         return space
 
@@ -220,15 +223,13 @@ class SpaceService:
         owner = self._identity.identity_key
         space_key = SigningKey.generate()
         space = space_key.public_key
-        creds = [
-            issue_space_genesis(space_key, owner=owner, name=name, issued_at=issued_at).encode(),
-            issue_space_member(
-                space_key, issuer=space, space=space, member=owner, role=Role.OWNER,
-                name=self._identity.name, issued_at=issued_at,
-            ).encode(),
-        ]
+        genesis = issue_space_genesis(space_key, owner=owner, name=name, issued_at=issued_at)
+        membership = issue_space_member(
+            space_key, issuer=space, space=space, member=owner, role=Role.OWNER,
+            name=self._identity.name, parents=[genesis.id], issued_at=issued_at,
+        )
         del space_key  # used once; see identity.create_identity on "discarded"
-        self._install(entries_from_credentials(creds), expected=space)
+        self._install([genesis.encode(), membership.encode()], expected=space)
         return space
 
     def prepare_import(self, space_id: bytes) -> None:
@@ -277,22 +278,23 @@ class SpaceService:
         if self.has_space(key):
             raise SpaceExists(f"space {key.hex()} is already on this device")
 
-        def accept(state: MembershipState) -> None:
-            if not state.is_member(me):
+        def accept(resolver: Resolver) -> None:
+            if not resolver.state.is_member(me):
                 raise CredentialError(
-                    "the space log does not admit our identity", rule="not_admitted"
+                    "the space log does not admit our identity" + explain_rejections(resolver, me),
+                    rule="not_admitted",
                 )
 
-        # The state is pinned to `key` (rule wrong_genesis), so the directory
+        # The log is pinned to `key` (rule wrong_genesis), so the directory
         # name, chosen before verifying, is the space key of what gets written.
-        state = self._new_state(key)
         try:
-            _, log = install_log(self._dir, key.hex(), SPACE_LOG, entries, state, accept=accept,
+            _, log = install_log(self._dir, key.hex(), SPACE_LOG, entries, kind=LogKind.SPACE,
+                                 key=key, verifier=self._identity.verifier, accept=accept,
                                  durable_dir=key in self._prepared)
         except FileExistsError:
             raise SpaceExists("that space is already on this device") from None
         self._prepared.discard(key)
-        self._open[key] = Space(key, log, state)
+        self._open[key] = Space(key, log)
         return key
 
     async def admit(
@@ -307,38 +309,58 @@ class SpaceService:
     ) -> Issued:
         """Admit identity *member* into *space_id* with *role*; durable on return.
 
-        Issued by our identity, signed by this device with its chain.
-        *profile* is the member's profile (``{"name": ...}`` or just the name).
-        Raises ``CredentialError`` with the refusing rule (``already_member``,
-        ``not_admin``, ``owner_required``, ...).
+        Issued by our identity, signed by this device with its chain, on the
+        log's current heads. *profile* is the member's profile (``{"name":
+        ...}`` or just the name). Raises ``CredentialError`` with the refusing
+        rule (``already_member``, ``not_admin``, ``owner_required``, ...).
         """
-        return await self._issue_member(
-            space_id, member, role, _profile_name(profile), invitation_id, issued_at
+        if role is Role.REMOVED:
+            raise LocalProtocolError("an admission grants a role; use remove()")
+        ident = self._identity
+        space = self.open_space(space_id)
+        if space.state.is_member(member):
+            # The same credential would be a role change: say what it is not.
+            raise CredentialError("identity is already a member", rule="already_member")
+        # No await between reading the heads and appending: nothing else can
+        # change them in between.
+        cred = issue_space_member(
+            ident.device, issuer=ident.identity_key, space=space_id, member=member, role=role,
+            name=_profile_name(profile), parents=space.log.append_parents(),
+            chain=ident.device_chain(), invitation=invitation_id, issued_at=issued_at,
         )
+        return Issued(cred.encode(), await space.log.append(cred))
+
+    async def change_role(
+        self, space_id: bytes, member: bytes, role: Role, *, issued_at: int | None = None
+    ) -> Issued:
+        """Give the current member *member* of *space_id* a new *role* (REMOVED: remove it).
+
+        Rules: OWNER and ADMIN manage EDITORs and READERs; only an OWNER
+        grants, changes or removes ADMIN or OWNER; the genesis owner is never
+        removed or demoted. Raises ``CredentialError`` with the refusing rule
+        (``not_member``, ``same_role``, ``owner_required``, ...).
+        """
+        ident = self._identity
+        space = self.open_space(space_id)
+        if not space.state.is_member(member):
+            # The same credential would be an admission (with no name).
+            raise CredentialError("identity is not a current member", rule="not_member")
+        cred = issue_role_change(
+            ident.device, issuer=ident.identity_key, space=space_id, member=member, role=role,
+            parents=space.log.append_parents(), chain=ident.device_chain(),
+            issued_at=issued_at,
+        )
+        return Issued(cred.encode(), await space.log.append(cred))
 
     async def remove(
         self, space_id: bytes, member: bytes, *, issued_at: int | None = None
     ) -> Issued:
-        """Remove *member* from *space_id* (a ``SpaceMember`` with role REMOVED)."""
-        ident = self._identity
-        space = self.open_space(space_id)
-        cred = issue_member_removal(
-            ident.device, issuer=ident.identity_key, space=space_id, member=member,
-            chain=ident.device_chain(), issued_at=issued_at,
-        ).encode()
-        return Issued(cred, await space.log.append(cred))
+        """Remove *member* from *space_id* (a role change to REMOVED)."""
+        return await self.change_role(space_id, member, Role.REMOVED, issued_at=issued_at)
 
-    async def _issue_member(
-        self, space_id: bytes, member: bytes, role: Role, name: str,
-        invitation: bytes | None, issued_at: int | None,
-    ) -> Issued:
-        ident = self._identity
-        space = self.open_space(space_id)
-        cred = issue_space_member(
-            ident.device, issuer=ident.identity_key, space=space_id, member=member, role=role,
-            name=name, chain=ident.device_chain(), invitation=invitation, issued_at=issued_at,
-        ).encode()
-        return Issued(cred, await space.log.append(cred))
+    async def leave(self, space_id: bytes, *, issued_at: int | None = None) -> Issued:
+        """Remove our own identity from *space_id* (refused for the genesis owner)."""
+        return await self.remove(space_id, self._identity.identity_key, issued_at=issued_at)
 
     def close(self) -> None:
         """Close every open space. Idempotent."""

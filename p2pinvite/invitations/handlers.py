@@ -73,7 +73,6 @@ from ..halo.credentials import (
 )
 from ..halo.identity import IdentityService
 from ..halo.keys import DeviceKeys, Signer, verify_binding_proof
-from ..halo.log import decode_entry
 from ..halo.spaces import SpaceService
 from ..halo.swarm_secrets import SwarmSecret, SwarmSecrets, open_handover, seal_for_device
 from ..net.manager import Candidates, NetworkManager
@@ -178,12 +177,9 @@ def verify_device_chain(verifier: CredentialVerifier, identity: bytes, device: b
     if len(chain) == 0:
         raise CredentialError("a device chain cannot be empty", rule="bad_chain")
     probe = Credential(issuer=identity, subject=identity, assertion=AuthorizedDevice(),
-                       issued_at=0, signer=device, chain=tuple(chain), signature=bytes(64))
+                       issued_at=0, parents=(bytes(32),), signer=device, chain=tuple(chain),
+                       signature=bytes(64))
     verifier.check_chain(probe)
-
-
-def _credentials_in(entries: Sequence[bytes]) -> list[bytes]:
-    return [decode_entry(e)[2] for e in entries]
 
 
 def _session(stream: SecureStream, local_static: bytes) -> p.Session:
@@ -486,25 +482,18 @@ class _HostDriver:
 
     def _existing_device_credential(self, inv: Invitation, device: bytes) -> bytes | None:
         ident = self.ctx.identity
-        if not ident.state.is_device(device):
+        dev = ident.state.device(device)
+        if dev is None or dev.invitation != inv.id or not ident.log.has(dev.entry):
             return None
-        for cred_bytes in _credentials_in(ident.raw_entries()):
-            cred = decode_credential(cred_bytes)
-            if (isinstance(cred.assertion, AuthorizedDevice) and cred.subject == device
-                    and cred.assertion.invitation == inv.id):
-                return cred_bytes
-        return None
+        return ident.log.get(dev.entry)
 
     def _existing_member_credential(self, inv: Invitation, identity: bytes) -> bytes | None:
         space = self.ctx.spaces.open_space(inv.target)
-        if not space.state.is_member(identity) or not space.state.redeemed(inv.id):
+        m = space.state.member(identity)
+        if (m is None or m.role is Role.REMOVED or m.invitation != inv.id
+                or not space.log.has(m.entry)):
             return None
-        for cred_bytes in reversed(_credentials_in(space.raw_entries())):
-            cred = decode_credential(cred_bytes)
-            if cred.subject == identity and isinstance(cred.assertion, SpaceMember):
-                ok = cred.assertion.invitation == inv.id
-                return cred_bytes if ok else None
-        return None
+        return space.log.get(m.entry)
 
     async def _admit_device(self, inv: Invitation, ev: p.AdmissionRequested
                             ) -> tuple[bytes, list[bytes], bool]:
@@ -1003,7 +992,7 @@ class _GuestDriver:
             cred = decode_credential(ev.credential)
         except MalformedCredential as exc:
             raise CredentialError(f"credential: {exc}", rule="malformed") from None
-        if ev.credential not in _credentials_in(ev.entries):
+        if ev.credential not in ev.entries:
             raise CredentialError("our credential is not in the log", rule="not_admitted")
         if cred.issuer != host_identity:
             raise CredentialError("credential not issued by the host's identity",

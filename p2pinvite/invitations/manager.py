@@ -64,10 +64,9 @@ from ..errors import (
     P2PInviteError,
     StorageError,
 )
-from ..halo.credentials import AuthorizedDevice, Role, SpaceMember, decode_credential
+from ..halo.credentials import Role
 from ..halo.identity import IdentityService
 from ..halo.keys import DeviceKeys, Signer
-from ..halo.log import decode_entry
 from ..halo.spaces import SpaceService
 from ..halo.swarm_secrets import SwarmSecrets
 from ..net.manager import NetworkManager
@@ -386,22 +385,14 @@ class InvitationManager:
                  len(removed), self._retention / 86400, shown, more)
 
     def _redeemers(self, inv: Invitation) -> list[bytes]:
-        """Subjects the log admitted through *inv*, in log order."""
+        """Subjects the log admitted through *inv* (applied admissions), in resolved order."""
         if inv.kind is InvitationKind.DEVICE:
             if not self._identity.has_identity:
                 return []
-            entries = self._identity.raw_entries()
-        else:
-            if not self._spaces.has_space(inv.target):
-                return []
-            entries = self._spaces.open_space(inv.target).raw_entries()
-        out = []
-        for body in entries:
-            cred = decode_credential(decode_entry(body)[2])
-            a = cred.assertion
-            if isinstance(a, AuthorizedDevice | SpaceMember) and a.invitation == inv.id:
-                out.append(cred.subject)
-        return out
+            return self._identity.state.redeemers(inv.id)
+        if not self._spaces.has_space(inv.target):
+            return []
+        return self._spaces.open_space(inv.target).state.redeemers(inv.id)
 
     def _reconcile(self, inv: Invitation) -> None:
         redeemed = self._redeemers(inv)

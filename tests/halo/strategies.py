@@ -1,30 +1,36 @@
 """Reusable builders and hypothesis strategies for credentials and logs.
 
-For other test files (the log's, the invitation protocol's, benchmarks):
+For other test files (the log's, the resolver's, the invitation protocol's,
+benchmarks):
 
-* :class:`IdentityBuilder` -- an identity with its HALO log entries and devices;
-* :class:`SpaceBuilder` -- a space with its log entries, admitting members;
-* :func:`build_space_log` -- a valid space log of N members, fast;
+* :class:`IdentityBuilder` -- an identity with its HALO log and devices;
+* :class:`SpaceBuilder` -- a space log, admitting, changing roles, removing;
+* :class:`Replica` -- one member's copy of a log: issues on its own heads,
+  merges another copy (a union), for histories with forks;
+* :func:`build_space_log` -- a valid linear space log of N members, fast;
 * hypothesis strategies: :func:`identities`, :func:`identity_logs`,
   :func:`space_logs`, :func:`corruptions`.
 
 Builders only sign what they are told to (they never consult the rules), so a
 test can build invalid entries as easily as valid ones. Keys come from seeds,
-so hypothesis can shrink and replay examples.
+so hypothesis can shrink and replay examples. Unless told otherwise, a
+builder issues on its current heads (a linear log).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from hypothesis import strategies as st
 
 from p2pinvite.halo.credentials import (
+    Credential,
     Role,
     issue_authorized_device,
     issue_identity_genesis,
-    issue_member_removal,
+    issue_role_change,
     issue_space_genesis,
     issue_space_member,
 )
@@ -33,7 +39,9 @@ from p2pinvite.halo.keys import DeviceKeys, SigningKey
 __all__ = [
     "T0",
     "IdentityBuilder",
+    "Replica",
     "SpaceBuilder",
+    "build_space_credentials",
     "build_space_log",
     "corruptions",
     "device_from_seed",
@@ -52,31 +60,54 @@ def device_from_seed(seed: bytes) -> DeviceKeys:
     return DeviceKeys.from_private(h[:32], h[32:])
 
 
+def key_from_seed(seed: bytes) -> SigningKey:
+    """A deterministic identity or space key."""
+    return SigningKey.from_seed(hashlib.sha256(b"test-identity" + seed).digest())
+
+
 @dataclass
-class IdentityBuilder:
+class _Log:
+    """Credentials in the order built, and the heads of their DAG."""
+
+    creds: list[Credential] = field(default_factory=list)
+    heads: set[bytes] = field(default_factory=set)
+
+    @property
+    def entries(self) -> list[bytes]:
+        """The encoded credentials, in the order built (a topological order)."""
+        return [c.encode() for c in self.creds]
+
+    def parents(self, parents: Iterable[bytes] | None) -> list[bytes]:
+        return sorted(self.heads) if parents is None else list(parents)
+
+    def add(self, cred: Credential) -> Credential:
+        self.creds.append(cred)
+        self.heads.difference_update(cred.parents)
+        self.heads.add(cred.id)
+        return cred
+
+
+@dataclass
+class IdentityBuilder(_Log):
     """An identity: its key (kept, unlike production, to build bad cases), devices and log."""
 
-    key: SigningKey
-    name: str
-    entries: list[bytes] = field(default_factory=list)
+    key: SigningKey = field(default_factory=SigningKey.generate)
+    name: str = "alice"
     devices: list[DeviceKeys] = field(default_factory=list)
     chains: dict[bytes, list[bytes]] = field(default_factory=dict)
 
     @classmethod
     def create(cls, name: str = "alice", *, seed: bytes | None = None) -> IdentityBuilder:
         """Genesis plus a first device authorized by the identity key."""
-        key = SigningKey.generate() if seed is None else SigningKey.from_seed(
-            hashlib.sha256(b"test-identity" + seed).digest()
-        )
-        ident = cls(key, name)
-        ident.entries.append(issue_identity_genesis(key, name=name, issued_at=T0).encode())
+        key = SigningKey.generate() if seed is None else key_from_seed(seed)
+        ident = cls(key=key, name=name)
+        genesis = ident.add(issue_identity_genesis(key, name=name, issued_at=T0))
         first = DeviceKeys.generate() if seed is None else device_from_seed(seed)
-        cred = issue_authorized_device(
-            key, identity=key.public_key, device=first.device_public, issued_at=T0
-        )
-        ident.entries.append(cred.encode())
+        cred = ident.add(issue_authorized_device(
+            key, identity=key.public_key, device=first.device_public, parents=[genesis.id],
+            issued_at=T0))
         ident.devices.append(first)
-        ident.chains[first.device_public] = [cred.encode()]
+        ident.chains[first.device_public] = [cred.core]
         return ident
 
     @property
@@ -95,48 +126,45 @@ class IdentityBuilder:
         *,
         new: DeviceKeys | None = None,
         invitation: bytes | None = None,
+        parents: Iterable[bytes] | None = None,
     ) -> DeviceKeys:
         """Authorize a new device, signed by device *by* (default: the newest device)."""
         by = by if by is not None else self.devices[-1]
         new = new if new is not None else DeviceKeys.generate()
         chain = self.chains[by.device_public]
-        cred = issue_authorized_device(
-            by, identity=self.public, device=new.device_public, chain=chain,
-            invitation=invitation, issued_at=T0,
-        )
-        self.entries.append(cred.encode())
+        cred = self.add(issue_authorized_device(
+            by, identity=self.public, device=new.device_public, parents=self.parents(parents),
+            chain=chain, invitation=invitation, issued_at=T0,
+        ))
         self.devices.append(new)
-        self.chains[new.device_public] = [cred.stripped().encode(), *chain]
+        self.chains[new.device_public] = [cred.core, *chain]
         return new
 
-    def chain_of(self, device: DeviceKeys) -> list[bytes]:
-        """The chain for credentials *device* signs on behalf of this identity."""
-        return self.chains[device.device_public]
+    def chain_of(self, device: DeviceKeys | None = None) -> list[bytes]:
+        """The chain for credentials *device* (default: the first) signs for this identity."""
+        return self.chains[(device or self.device).device_public]
 
 
 @dataclass
-class SpaceBuilder:
+class SpaceBuilder(_Log):
     """A space log under construction."""
 
-    key: SigningKey
-    owner: IdentityBuilder
-    name: str
-    entries: list[bytes] = field(default_factory=list)
+    key: SigningKey = field(default_factory=SigningKey.generate)
+    owner: IdentityBuilder | None = None
+    name: str = "space"
 
     @classmethod
-    def create(cls, owner: IdentityBuilder, name: str = "space") -> SpaceBuilder:
-        """Genesis plus the owner's OWNER membership, both signed by a fresh space key."""
-        key = SigningKey.generate()
-        space = cls(key, owner, name)
-        space.entries.append(
-            issue_space_genesis(key, owner=owner.public, name=name, issued_at=T0).encode()
-        )
-        space.entries.append(
-            issue_space_member(
-                key, issuer=key.public_key, space=key.public_key, member=owner.public,
-                role=Role.OWNER, name=owner.name, issued_at=T0,
-            ).encode()
-        )
+    def create(cls, owner: IdentityBuilder, name: str = "space", *,
+               seed: bytes | None = None) -> SpaceBuilder:
+        """Genesis plus the owner's OWNER membership, both signed by the space key."""
+        key = SigningKey.generate() if seed is None else key_from_seed(b"space" + seed)
+        space = cls(key=key, owner=owner, name=name)
+        genesis = space.add(issue_space_genesis(key, owner=owner.public, name=name,
+                                                issued_at=T0))
+        space.add(issue_space_member(
+            key, issuer=key.public_key, space=key.public_key, member=owner.public,
+            role=Role.OWNER, name=owner.name, parents=[genesis.id], issued_at=T0,
+        ))
         return space
 
     @property
@@ -153,38 +181,77 @@ class SpaceBuilder:
         name: str = "member",
         invitation: bytes | None = None,
         device: DeviceKeys | None = None,
-    ) -> bytes:
-        """A membership issued by *by* (signed by its *device*), appended to ``entries``."""
+        parents: Iterable[bytes] | None = None,
+        issued_at: int = T0,
+    ) -> Credential:
+        """A membership issued by *by* (signed by its *device*), on the heads by default."""
         device = device if device is not None else by.device
-        cred = issue_space_member(
+        return self.add(issue_space_member(
             device, issuer=by.public, space=self.public, member=member, role=role,
-            name=name, chain=by.chain_of(device), invitation=invitation, issued_at=T0,
-        ).encode()
-        self.entries.append(cred)
+            name=name, parents=self.parents(parents), chain=by.chain_of(device),
+            invitation=invitation, issued_at=issued_at,
+        ))
+
+    def change(self, by: IdentityBuilder, member: bytes, role: Role, *,
+               parents: Iterable[bytes] | None = None, issued_at: int = T0) -> Credential:
+        """A role change (REMOVED: a removal; *member* = *by*: leaving) issued by *by*."""
+        return self.add(issue_role_change(
+            by.device, issuer=by.public, space=self.public, member=member, role=role,
+            parents=self.parents(parents), chain=by.chain_of(), issued_at=issued_at,
+        ))
+
+    def remove(self, by: IdentityBuilder, member: bytes, *,
+               parents: Iterable[bytes] | None = None, issued_at: int = T0) -> Credential:
+        """A removal issued by *by*."""
+        return self.change(by, member, Role.REMOVED, parents=parents, issued_at=issued_at)
+
+
+class Replica:
+    """One member's copy of a log: a set of credentials and its heads.
+
+    Issue on :attr:`heads`, then :meth:`add` the result; :meth:`merge` takes
+    the union with another replica (what a sync achieves).
+    """
+
+    def __init__(self, creds: Iterable[Credential] = ()) -> None:
+        self.creds: dict[bytes, Credential] = {}
+        self.heads: set[bytes] = set()
+        for c in creds:
+            self.add(c)
+
+    def add(self, cred: Credential) -> Credential:
+        """Add a credential whose parents this replica holds."""
+        assert all(p in self.creds for p in cred.parents)
+        self.creds[cred.id] = cred
+        self.heads.difference_update(cred.parents)
+        self.heads.add(cred.id)
         return cred
 
-    def remove(self, by: IdentityBuilder, member: bytes) -> bytes:
-        """A removal issued by *by*, appended to ``entries``."""
-        cred = issue_member_removal(
-            by.device, issuer=by.public, space=self.public, member=member,
-            chain=by.chain_of(by.device), issued_at=T0,
-        ).encode()
-        self.entries.append(cred)
-        return cred
+    def merge(self, other: Replica) -> None:
+        """Take every credential *other* holds."""
+        self.creds.update(other.creds)
+        named = {p for c in self.creds.values() for p in c.parents}
+        self.heads = set(self.creds) - named
 
 
-def build_space_log(n_members: int, *, invitation: bytes | None = b"inv-0001") -> list[bytes]:
-    """A valid space log: genesis, owner, then *n_members* READERs admitted by the owner.
+def build_space_credentials(n_members: int, *, invitation: bytes | None = b"inv-0001"
+                            ) -> list[Credential]:
+    """A valid linear space log: genesis, owner, then *n_members* READERs admitted by the owner.
 
     Member identity keys are derived, not generated, so this is about as fast
     as signing allows (for benchmarks and large-log tests).
     """
-    owner = IdentityBuilder.create("owner")
-    space = SpaceBuilder.create(owner)
+    owner = IdentityBuilder.create("owner", seed=b"bench-owner")
+    space = SpaceBuilder.create(owner, seed=b"bench-space")
     for i in range(n_members):
         member = hashlib.blake2b(i.to_bytes(8, "big"), digest_size=32).digest()
         space.admit(owner, member, Role.READER, name=f"m{i}", invitation=invitation)
-    return space.entries
+    return space.creds
+
+
+def build_space_log(n_members: int, *, invitation: bytes | None = b"inv-0001") -> list[bytes]:
+    """:func:`build_space_credentials`, encoded."""
+    return [c.encode() for c in build_space_credentials(n_members, invitation=invitation)]
 
 
 # -- hypothesis strategies ------------------------------------------------------------
@@ -204,15 +271,15 @@ def identities(draw: st.DrawFn, max_devices: int = 3) -> IdentityBuilder:
 
 
 def identity_logs(max_devices: int = 3) -> st.SearchStrategy[list[bytes]]:
-    """Valid identity (HALO) logs as lists of encoded credentials."""
-    return identities(max_devices).map(lambda ident: list(ident.entries))
+    """Valid linear identity (HALO) logs as lists of encoded credentials."""
+    return identities(max_devices).map(lambda ident: ident.entries)
 
 
 @st.composite
 def space_logs(draw: st.DrawFn, max_members: int = 5) -> list[bytes]:
-    """Valid space logs: genesis, owner, then admissions by OWNER/ADMIN members."""
+    """Valid linear space logs: genesis, owner, then admissions by OWNER/ADMIN members."""
     owner = draw(identities(2))
-    space = SpaceBuilder.create(owner, draw(_names))
+    space = SpaceBuilder.create(owner, draw(_names), seed=owner.public[:8])
     admins = [owner]
     for i in range(draw(st.integers(0, max_members))):
         member = IdentityBuilder.create(f"m{i}", seed=owner.public[:4] + bytes([i]))

@@ -44,20 +44,22 @@ DEV = DeviceKeys.from_private(b"\x33" * 32, b"\x44" * 32)
 def _all_types() -> list[Credential]:
     ik = SigningKey.from_seed(ID_SEED)
     sk = SigningKey.from_seed(SPACE_SEED)
+    genesis = issue_identity_genesis(ik, name="Alice", issued_at=T0)
     ad = issue_authorized_device(ik, identity=ik.public_key, device=DEV.device_public,
-                                 issued_at=T0)
-    return [
-        issue_identity_genesis(ik, name="Alice", issued_at=T0),
-        ad,
-        issue_space_genesis(sk, owner=ik.public_key, name="Garden", issued_at=T0),
-        issue_space_member(sk, issuer=sk.public_key, space=sk.public_key,
-                           member=ik.public_key, role=Role.OWNER, name="Alice", issued_at=T0),
-        issue_space_member(DEV, issuer=ik.public_key, space=sk.public_key, member=b"\x55" * 32,
-                           role=Role.EDITOR, name="Bob", chain=[ad.encode()],
-                           invitation=b"\x66" * 16, issued_at=T0),
-        issue_member_removal(DEV, issuer=ik.public_key, space=sk.public_key,
-                             member=b"\x55" * 32, chain=[ad.encode()], issued_at=T0),
-    ]
+                                 parents=[genesis.id], issued_at=T0)
+    space = issue_space_genesis(sk, owner=ik.public_key, name="Garden", issued_at=T0)
+    owner = issue_space_member(sk, issuer=sk.public_key, space=sk.public_key,
+                               member=ik.public_key, role=Role.OWNER, name="Alice",
+                               parents=[space.id], issued_at=T0)
+    editor = issue_space_member(DEV, issuer=ik.public_key, space=sk.public_key,
+                                member=b"\x55" * 32, role=Role.EDITOR, name="Bob",
+                                parents=[owner.id], chain=[ad.encode()],
+                                invitation=b"\x66" * 16, issued_at=T0)
+    # Two parents (a merge), given in the wrong order: issuing sorts them.
+    removal = issue_member_removal(DEV, issuer=ik.public_key, space=sk.public_key,
+                                   member=b"\x55" * 32, parents=[editor.id, owner.id],
+                                   chain=[ad.encode()], issued_at=T0)
+    return [genesis, ad, space, owner, editor, removal]
 
 
 @pytest.mark.parametrize("cred", _all_types(), ids=lambda c: f"{c.type_name}")
@@ -83,15 +85,17 @@ def test_signature_and_id_definitions() -> None:
 def test_wire_field_names() -> None:
     owner, member = _all_types()[3], _all_types()[4]
     assert set(unpack(member.encode())) == {
-        "v", "type", "issuer", "subject", "issued_at", "signer", "chain", "sig",
+        "v", "type", "issuer", "subject", "issued_at", "parents", "signer", "chain", "sig",
         "space", "role", "profile", "invitation",
     }
     m = unpack(member.encode())
     assert m["type"] == "space_member"
     assert m["role"] == "EDITOR"
     assert m["profile"] == {"name": "Bob"}
-    assert m["v"] == 1
+    assert m["v"] == 2
+    assert m["parents"] == [owner.id]
     assert unpack(owner.encode())["invitation"] is None
+    assert unpack(_all_types()[0].encode())["parents"] == []
 
 
 def test_canonical_bytes_are_stable() -> None:
@@ -101,7 +105,7 @@ def test_canonical_bytes_are_stable() -> None:
     assert digest == _STABLE_DIGEST
 
 
-_STABLE_DIGEST = "9ef48d475280398807880aa2451a85ac8390b17c212ab861162c4acc2163d0ae"
+_STABLE_DIGEST = "fff729c06e06bb2393cf0bcc065cb337499ae59eaab70b838c01528efc632f97"
 
 
 def test_id_ignores_chain_but_not_signature() -> None:
@@ -124,6 +128,9 @@ def test_tampered_field_refused() -> None:
         replace(member, issued_at=member.issued_at + 1),
         replace(member, assertion=replace(member.assertion, role=Role.ADMIN)),
         replace(member, assertion=replace(member.assertion, invitation=None)),
+        # Parents are signed: nobody can re-parent an entry.
+        replace(member, parents=(b"\x01" * 32,)),
+        replace(member, parents=tuple(sorted((*member.parents, b"\xff" * 32)))),
     ):
         with pytest.raises(CredentialError) as info:
             verify_credential(changed.encode())
@@ -173,7 +180,17 @@ _DROP = object()
         pytest.param(_mutated(role=_DROP), id="missing-field"),
         pytest.param(_mutated(type="space_owner"), id="unknown-type"),
         pytest.param(_mutated(type=3), id="type-not-str"),
-        pytest.param(_mutated(v=2), id="version"),
+        pytest.param(_mutated(v=1), id="version-1"),
+        pytest.param(_mutated(v=3), id="version-3"),
+        pytest.param(_mutated(parents=[]), id="no-parents"),
+        pytest.param(_mutated(parents=[b"\x02" * 32, b"\x01" * 32]), id="parents-descending"),
+        pytest.param(_mutated(parents=[b"\x01" * 32] * 2), id="parents-duplicate"),
+        pytest.param(_mutated(parents=[bytes([i]) * 32 for i in range(65)]),
+                     id="parents-too-many"),
+        pytest.param(_mutated(parents=[b"\x01" * 31]), id="parent-short"),
+        pytest.param(_mutated(parents=b"\x01" * 32), id="parents-not-list"),
+        pytest.param(_mutated(parents=["x" * 32]), id="parent-str"),
+        pytest.param(_mutated(parents=_DROP), id="parents-missing"),
         pytest.param(_mutated(role="KING"), id="role"),
         pytest.param(_mutated(issuer=b"\x01" * 31), id="short-key"),
         pytest.param(_mutated(issuer="a" * 32), id="key-as-str"),
@@ -203,6 +220,25 @@ def test_malformed_inputs_refused(data: bytes) -> None:
         decode_credential(data)
 
 
+def test_parents_one_encoding_and_bounds() -> None:
+    genesis, ad, _, owner, _, removal = _all_types()
+    assert list(removal.parents) == sorted(removal.parents)
+    assert len(removal.parents) == 2
+    # A genesis has no parents, everything else at least one, at most 64.
+    with_parents = {**genesis.to_map(), "parents": [owner.id]}
+    with pytest.raises(MalformedCredential, match="genesis has no parents"):
+        decode_credential(pack(with_parents))
+    many = sorted(hashlib.blake2b(bytes([i]), digest_size=32).digest() for i in range(64))
+    cred = issue_authorized_device(SigningKey.from_seed(ID_SEED), identity=ad.issuer,
+                                   device=ad.subject, parents=[*many, *many[:3]], issued_at=T0)
+    assert cred.parents == tuple(many)  # sorted, duplicates dropped
+    assert decode_credential(cred.encode()) == cred
+    verify_credential(cred.encode())
+    with pytest.raises(MalformedCredential):
+        issue_authorized_device(SigningKey.from_seed(ID_SEED), identity=ad.issuer,
+                                device=ad.subject, parents=[], issued_at=T0)
+
+
 def test_non_canonical_encoding_refused() -> None:
     import msgpack
 
@@ -214,7 +250,7 @@ def test_non_canonical_encoding_refused() -> None:
     with pytest.raises(MalformedCredential, match="canonical"):
         decode_credential(reordered)
     # Same value, a needlessly long integer encoding.
-    long_int = cred.encode().replace(b"\xa1v\x01", b"\xa1v\xcd\x00\x01", 1)
+    long_int = cred.encode().replace(b"\xa1v\x02", b"\xa1v\xcd\x00\x02", 1)
     assert unpack(long_int) == m
     with pytest.raises(MalformedCredential, match="canonical"):
         decode_credential(long_int)
@@ -240,7 +276,8 @@ def test_chain_refusals() -> None:
 
     def member_cred(signer: Any, chain: list[bytes], issuer: bytes | None = None) -> Credential:
         return issue_space_member(signer, issuer=issuer or ident.public, space=sk.public_key,
-                                  member=b"\x01" * 32, role=Role.READER, name="r", chain=chain)
+                                  member=b"\x01" * 32, role=Role.READER, name="r",
+                                  parents=[b"\x07" * 32], chain=chain)
 
     chain2 = ident.chain_of(second)
     cases = {
@@ -277,7 +314,7 @@ def test_verifier_caches_chain_elements() -> None:
     ident = IdentityBuilder.create()
     second = ident.add_device()
     space = SpaceBuilder.create(ident)
-    creds = [decode_credential(space.admit(ident, bytes([i]) * 32, device=second))
+    creds = [decode_credential(space.admit(ident, bytes([i]) * 32, device=second).encode())
              for i in range(3)]
     checked: list[bytes] = []
 
@@ -324,19 +361,60 @@ def test_every_device_chain_verifies(ident: IdentityBuilder) -> None:
     for dev in ident.devices:
         cred = issue_space_member(dev, issuer=ident.public, space=sk.public_key,
                                   member=b"\x01" * 32, role=Role.READER, name="",
-                                  chain=ident.chain_of(dev))
+                                  parents=[b"\x07" * 32], chain=ident.chain_of(dev))
         verifier.decode_and_verify(cred.encode())
 
 
 def test_documented_vectors() -> None:
     # The vectors printed in docs/PROTOCOL.md Part 8, section 5.
-    genesis, device = _all_types()[:2]
+    genesis, device, *_, removal = _all_types()
     assert genesis.issuer.hex() == (
         "d04ab232742bb4ab3a1368bd4615e4e6d0224ab71a016baf8520a332c9778737")
-    assert genesis.id.hex() == (
-        "c493e86d739b50cc8759e6118a81a8754d569218bdf0d414ca0712ff76a457b1")
-    assert device.id.hex() == (
-        "e05f90b92c3ac213c23d2f1edd265a7a99e1b0dc0ea65f9c2ab05051f7c745fa")
-    assert genesis.payload.hex().startswith("703270696e766974652f63726564656e7469616c2f763100")
-    assert genesis.encode().hex().endswith("a96973737565645f6174cf0000018cc251f400")
-    assert device.encode().hex().endswith("aa696e7669746174696f6ec0")
+    assert DEV.device_public.hex() == (
+        "17cb79fb2b4120f2b1ec65e4198d6e08b28e813feb01e4a400839b85e18080ce")
+    assert genesis.encode().hex() == (
+        "8aa17602a3736967c4409531c9645b7dc039f0b9c8bdd3eaec8b4f0cceaca434"
+        "991ce279653b79aa288bef138b2adc44e9ef3ada90af16de19d103f4346623e4"
+        "d8e061b6eb2fb1d38c07a474797065b06964656e746974795f67656e65736973"
+        "a5636861696e90a6697373756572c420d04ab232742bb4ab3a1368bd4615e4e6"
+        "d0224ab71a016baf8520a332c9778737a67369676e6572c420d04ab232742bb4"
+        "ab3a1368bd4615e4e6d0224ab71a016baf8520a332c9778737a7706172656e74"
+        "7390a770726f66696c6581a46e616d65a5416c696365a77375626a656374c420"
+        "d04ab232742bb4ab3a1368bd4615e4e6d0224ab71a016baf8520a332c9778737"
+        "a96973737565645f6174cf0000018cc251f400")
+    assert genesis.id.hex() == "a16caa5c67fb06fa2c34a2f46c284ee467b0cf6bea5607d507a615e8c5272503"
+    # The authorized_device names the genesis as its one parent.
+    assert device.parents == (genesis.id,)
+    assert device.encode().hex() == (
+        "8aa17602a3736967c440bf81de5bc728e794b75c6ddd738c5a654431a7d4e180"
+        "71122b701f5ec2f86e7b49a29ed7c5141797de40e383d4e8c92adb3da7e48f8f"
+        "82183a82f33d5e243a09a474797065b1617574686f72697a65645f6465766963"
+        "65a5636861696e90a6697373756572c420d04ab232742bb4ab3a1368bd4615e4"
+        "e6d0224ab71a016baf8520a332c9778737a67369676e6572c420d04ab232742b"
+        "b4ab3a1368bd4615e4e6d0224ab71a016baf8520a332c9778737a7706172656e"
+        "747391c420a16caa5c67fb06fa2c34a2f46c284ee467b0cf6bea5607d507a615"
+        "e8c5272503a77375626a656374c42017cb79fb2b4120f2b1ec65e4198d6e08b2"
+        "8e813feb01e4a400839b85e18080cea96973737565645f6174cf0000018cc251"
+        "f400aa696e7669746174696f6ec0")
+    assert device.payload.hex() == (
+        "703270696e766974652f63726564656e7469616c2f76310088a17602a4747970"
+        "65b1617574686f72697a65645f646576696365a6697373756572c420d04ab232"
+        "742bb4ab3a1368bd4615e4e6d0224ab71a016baf8520a332c9778737a6736967"
+        "6e6572c420d04ab232742bb4ab3a1368bd4615e4e6d0224ab71a016baf8520a3"
+        "32c9778737a7706172656e747391c420a16caa5c67fb06fa2c34a2f46c284ee4"
+        "67b0cf6bea5607d507a615e8c5272503a77375626a656374c42017cb79fb2b41"
+        "20f2b1ec65e4198d6e08b28e813feb01e4a400839b85e18080cea96973737565"
+        "645f6174cf0000018cc251f400aa696e7669746174696f6ec0")
+    assert device.signature.hex() == (
+        "bf81de5bc728e794b75c6ddd738c5a654431a7d4e18071122b701f5ec2f86e7b"
+        "49a29ed7c5141797de40e383d4e8c92adb3da7e48f8f82183a82f33d5e243a09")
+    assert device.id.hex() == "f43e641e5bb0222d3579b70223f1b9f8ff70c100851015a5a638cd4948038f13"
+    # A removal with two parents (sorted), signed by the device with its chain.
+    assert [p.hex() for p in removal.parents] == [
+        "16613d88960be2ad65a0776b431835b0a27dc77c0568bfa16c9095e8d82db02e",
+        "24c8a7d3ff1de8a5e2175604be778a0882255eb6b8fffc18853dee4e31c5c3b5",
+    ]
+    assert removal.signature.hex() == (
+        "84c2b5d2ca0b5ea416bc59aa71e5584e5820d05f4683e8f950d4f95f13a70372"
+        "856fd575288f0fc087c178bb5f57c91a25f17626eb55a13609cca7f51846f70f")
+    assert removal.id.hex() == "4164a16d6fd51c6813c238b2f1c8cd1c5cdc52f3363fe5150bf77b5d0fc4c4dc"

@@ -19,9 +19,11 @@ from p2pinvite.halo.identity import (
     Issued,
     NoIdentity,
 )
-from p2pinvite.halo.log import CHECKPOINT_SUFFIX, InvalidEntries, SpaceLog, decode_entry
+from p2pinvite.halo.log import CHECKPOINT_SUFFIX, InvalidEntries, SpaceLog
 from p2pinvite.halo.spaces import SPACE_LOG, SpaceExists, SpaceService, UnknownSpace
-from p2pinvite.halo.state import LogKind, Member, MembershipState
+from p2pinvite.halo.state import LogKind
+
+from .reference import canonical
 
 
 class Device:
@@ -55,10 +57,6 @@ def devices(tmp_path: Path) -> Iterator[list[Device]]:
     yield made_list
     for d in made:
         d.close()
-
-
-def _credentials(entries: list[bytes]) -> list[bytes]:
-    return [decode_entry(e)[2] for e in entries]
 
 
 def test_create_identity_layout_and_reopen(tmp_path: Path) -> None:
@@ -114,13 +112,16 @@ async def test_second_device_admits_with_two_deep_chain(devices: list[Device]) -
         alice = phone.identity.create_identity("Alice")
         space_id = phone.spaces.create_space("Family")
         assert phone.spaces.list_spaces() == [space_id]
-        assert phone.spaces.members(space_id) == [Member(alice, Role.OWNER, "Alice")]
+        [owner] = phone.spaces.members(space_id)
+        assert (owner.identity, owner.role, owner.name, owner.admitted_by) == (
+            alice, Role.OWNER, "Alice", space_id)
 
         # Device invitation: the phone authorizes the laptop, the laptop imports the log.
         issued = await phone.identity.authorize_device(
             laptop.identity.device.device_public, invitation=b"dev-invite"
         )
-        assert issued.seq == 2
+        assert phone.identity.heads() == [issued.id]
+        assert verify_credential(issued.credential).id == issued.id
         assert phone.identity.state.redeemed(b"dev-invite") == 1
         joined = laptop.identity.join_identity_from_entries(phone.identity.raw_entries())
         assert joined == alice
@@ -139,7 +140,10 @@ async def test_second_device_admits_with_two_deep_chain(devices: list[Device]) -
         assert cred.signer == laptop.identity.device.device_public
         assert cred.issuer == alice
         assert len(cred.chain) == 2  # laptop <- phone <- identity key
-        assert admitted.seq == 2
+        assert laptop.spaces.open_space(space_id).heads() == [admitted.id]
+        # On the laptop's heads: the entry after the owner's membership.
+        assert cred.parents == (decode_credential(
+            laptop.spaces.open_space(space_id).raw_entries()[1]).id,)
 
         # Bob, the guest, imports the entries; every one is verified.
         entries = laptop.spaces.open_space(space_id).raw_entries()
@@ -155,7 +159,7 @@ async def test_second_device_admits_with_two_deep_chain(devices: list[Device]) -
         with pytest.raises(CredentialError) as info:
             await bob.spaces.admit(space_id, os.urandom(32), Role.READER, "x")
         assert info.value.rule == "not_admin"
-        assert bob.spaces.open_space(space_id).log.length == 3
+        assert bob.spaces.open_space(space_id).log.count == 3
 
     # Everything survives a restart.
     bob.reopen()
@@ -177,7 +181,7 @@ async def test_admit_rules_surface_and_removal(devices: list[Device]) -> None:
             await phone.spaces.admit(space_id, bob_id, Role.READER, "Bob")
         assert info.value.rule == "already_member"
         removed = await phone.spaces.remove(space_id, bob_id)
-        assert removed.seq == 3
+        assert phone.spaces.open_space(space_id).heads() == [removed.id]
         assert not phone.spaces.open_space(space_id).state.is_member(bob_id)
         # Bob was removed: the log no longer admits him, so he cannot import it.
         with pytest.raises(CredentialError) as info:
@@ -206,7 +210,7 @@ async def test_concurrent_admissions_of_one_guest_admit_once(devices: list[Devic
                 nursery.start_soon(attempt)
     assert results.count("already_member") == 4
     assert [type(r) for r in results if r != "already_member"] == [Issued]
-    assert phone.spaces.open_space(space_id).log.length == 3
+    assert phone.spaces.open_space(space_id).log.count == 3
 
 
 def test_import_refusals(devices: list[Device]) -> None:
@@ -260,8 +264,7 @@ def test_space_files_are_private(devices: list[Device]) -> None:
     assert d.stat().st_mode & 0o777 == 0o700
     assert (phone.home / "spaces").stat().st_mode & 0o777 == 0o700
     assert (d / SPACE_LOG).stat().st_mode & 0o777 == 0o600
-    creds = [decode_credential(c) for c in
-             _credentials(phone.spaces.open_space(space_id).raw_entries())]
+    creds = [decode_credential(c) for c in phone.spaces.open_space(space_id).raw_entries()]
     assert [c.type_name for c in creds] == ["space_genesis", "space_member"]
     assert creds[0].signer == creds[1].signer == space_id  # the one-use space key
 
@@ -274,17 +277,17 @@ async def test_space_log_reopens_to_the_same_state(devices: list[Device]) -> Non
         for i in range(5):
             await phone.spaces.admit(space_id, bytes([i]) * 32, Role.READER, f"r{i}",
                                      b"inv")
-    expected = phone.spaces.open_space(space_id).state.snapshot()
+    expected = canonical(phone.spaces.open_space(space_id).state)
     phone.close()
     path = phone.home / "spaces" / space_id.hex() / SPACE_LOG
-    for how in ("checkpoint", "replay", "full"):
-        if how == "replay":
+    for how in ("checkpoint", "verify", "full"):
+        if how == "verify":
             path.with_name(path.name + CHECKPOINT_SUFFIX).unlink()
-        state = MembershipState(kind=LogKind.SPACE, key=space_id)
-        log = SpaceLog.open(path, state, full_verify=how == "full")
+        log = SpaceLog.open(path, kind=LogKind.SPACE, key=space_id,
+                            full_verify=how == "full")
         try:
-            assert state.snapshot() == expected, how
-            assert state.redeemed(b"inv") == 5
+            assert canonical(log.state) == expected, how
+            assert log.state.redeemed(b"inv") == 5
         finally:
             log.close()
     phone.reopen()
@@ -318,3 +321,68 @@ async def test_install_writes_in_place_and_a_refused_log_leaves_nothing(
     assert not phone.spaces.has_space(b"short")
     laptop.reopen()
     assert laptop.identity.devices() == phone.identity.devices()
+
+
+async def test_role_changes_removal_and_leaving(devices: list[Device]) -> None:
+    phone, _, bob = devices
+    alice = phone.identity.create_identity("Alice")
+    space_id = phone.spaces.create_space("S")
+    bob_id = bob.identity.create_identity("Bob")
+    carol = os.urandom(32)
+    with trio.fail_after(10):
+        admitted = await phone.spaces.admit(space_id, bob_id, Role.READER, "Bob", b"inv")
+        await phone.spaces.admit(space_id, carol, Role.EDITOR, "Carol")
+        with pytest.raises(CredentialError) as info:
+            await phone.spaces.admit(space_id, bob_id, Role.EDITOR, "Bob")
+        assert info.value.rule == "already_member"  # admit() never changes a role
+        with pytest.raises(CredentialError) as info:
+            await phone.spaces.change_role(space_id, os.urandom(32), Role.EDITOR)
+        assert info.value.rule == "not_member"  # change_role() never admits
+        changed = await phone.spaces.change_role(space_id, bob_id, Role.ADMIN)
+        space = phone.spaces.open_space(space_id)
+        bob_m = space.state.member(bob_id)
+        assert bob_m is not None
+        assert (bob_m.role, bob_m.name, bob_m.entry, bob_m.invitation) == (
+            Role.ADMIN, "Bob", admitted.id, b"inv")
+        assert space.heads() == [changed.id]
+        with pytest.raises(CredentialError) as info:
+            await phone.spaces.change_role(space_id, alice, Role.ADMIN)
+        assert info.value.rule == "cannot_demote_owner"
+        with pytest.raises(CredentialError) as info:
+            await phone.spaces.leave(space_id)
+        assert info.value.rule == "cannot_remove_owner"
+        # Bob, an ADMIN now, gets the log and removes Carol, then leaves.
+        bob.spaces.import_space(space.raw_entries(), expected=space_id)
+        await bob.spaces.remove(space_id, carol)
+        left = await bob.spaces.leave(space_id)
+        bob_space = bob.spaces.open_space(space_id)
+        assert bob_space.state.role_of(bob_id) is Role.REMOVED
+        assert bob_space.state.role_of(carol) is Role.REMOVED
+        with pytest.raises(CredentialError) as info:
+            await bob.spaces.admit(space_id, os.urandom(32), Role.READER, "x")
+        assert info.value.rule == "issuer_removed"
+        # The phone hears of it through sync (here: an ingest of Bob's entries).
+        lacking = bob_space.log.ids_not_below(space.heads())
+        assert len(lacking) == 2
+        result = await space.log.ingest([bob_space.log.get(i) for i in lacking])
+        assert result.added == tuple(lacking)
+        assert result.added[-1] == left.id
+        assert [m.identity for m in space.members()] == [alice]
+
+
+def test_a_refused_install_says_why(devices: list[Device]) -> None:
+    from .strategies import IdentityBuilder, SpaceBuilder
+
+    bob = devices[2]
+    bob_id = bob.identity.create_identity("Bob")
+    # A log where a member that is no admin "admits" Bob: stored, but no effect.
+    owner = IdentityBuilder.create("owner", seed=b"why-owner")
+    editor = IdentityBuilder.create("editor", seed=b"why-editor")
+    space = SpaceBuilder.create(owner, seed=b"why")
+    space.admit(owner, editor.public, Role.EDITOR)
+    space.admit(editor, bob_id, Role.READER)
+    with pytest.raises(CredentialError) as info:
+        bob.spaces.import_space(space.entries, expected=space.public)
+    assert info.value.rule == "not_admitted"
+    assert "not_admin" in str(info.value)
+    assert bob.spaces.list_spaces() == []

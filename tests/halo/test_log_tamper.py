@@ -1,13 +1,15 @@
 """halo/log.py: edits to a closed log file are refused on open, naming the offset.
 
-Each test builds a real log with the toy validator, edits the file the way an
-attacker or a faulty disk would, and checks that opening raises LogCorrupted at
-the offset of the first bad record -- in the trusted reopen path (checkpoint
-present, checkpoint absent) and with full verification.
+Each test builds a real log (genesis, owner, six admissions), edits the file
+the way an attacker or a faulty disk would, and checks that opening raises
+LogCorrupted at the offset of the first bad record -- with the checkpoint
+close() wrote (its digest no longer matches), without a checkpoint (every
+record verified), and with full verification (the digest still anchors).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -15,36 +17,25 @@ from pathlib import Path
 import pytest
 import trio
 
-from p2pinvite import wire
 from p2pinvite.errors import LogCorrupted
-from p2pinvite.halo.log import (
-    SpaceLog,
-    decode_entry,
-    encode_entry,
-    entry_hash,
-    frame_record,
-)
+from p2pinvite.halo.credentials import Credential, Role, issue_space_member
+from p2pinvite.halo.log import SpaceLog, frame_record
 
-from .log_writer_child import OTHER_KEY, ToyValidator, make_credential
+from .strategies import T0, IdentityBuilder
+from .test_log import OWNER, fill
 
-HEADER, REC = 16, 12
+HEADER, REC, ID = 16, 12, 32
 COUNT = 8
 
 # How the log is opened after the edit: the trusted path with the checkpoint
-# close() wrote, the trusted path with no checkpoint, and full verification.
+# close() wrote, no checkpoint, and full verification (checkpoint present).
 MODES = ["checkpoint", "no_checkpoint", "full_verify"]
 
 
 @pytest.fixture
 def log_file(tmp_path: Path) -> Path:
     path = tmp_path / "space.log"
-
-    async def build() -> None:
-        with SpaceLog.open(path, ToyValidator(), create=True) as log:
-            for n in range(COUNT):
-                await log.append(make_credential(n))
-
-    trio.run(build)
+    trio.run(fill, path, COUNT - 2)
     return path
 
 
@@ -66,29 +57,35 @@ def join(data: bytes, records: list[bytes]) -> bytes:
     return data[:HEADER] + b"".join(records)
 
 
+def credential(record: bytes) -> Credential:
+    return Credential.decode(record[REC + ID :])
+
+
+def reseal(cred: Credential) -> bytes:
+    """A record for *cred* with its id and both CRCs recomputed."""
+    return frame_record(cred.id + cred.encode())
+
+
 def flip_sig_bit(record: bytes, *, fix_crc: bool) -> bytes:
-    """Flip one bit of the credential's signature; optionally recompute both CRCs."""
-    body = record[REC:]
-    seq, prev, cred = decode_entry(body)
-    m = wire.unpack(cred)
-    m["sig"] = m["sig"][:10] + bytes([m["sig"][10] ^ 0x04]) + m["sig"][11:]
-    new_body = encode_entry(seq, prev, wire.pack(m))
-    assert len(new_body) == len(body)
+    """Flip one bit of the credential's signature; optionally recompute id and CRCs."""
+    cred = credential(record)
+    sig = cred.signature[:10] + bytes([cred.signature[10] ^ 0x04]) + cred.signature[11:]
+    changed = dataclasses.replace(cred, signature=sig)
     if fix_crc:
-        return frame_record(new_body)
-    return record[:REC] + new_body
+        return reseal(changed)
+    return record[: REC + ID] + changed.encode()
 
 
-def reopen(path: Path, mode: str) -> None:
+def reopen(path: Path, mode: str) -> SpaceLog:
     if mode == "no_checkpoint":
-        path.with_name(path.name + ".checkpoint").unlink()
-    SpaceLog.open(path, ToyValidator(), full_verify=mode == "full_verify").close()
+        path.with_name(path.name + ".checkpoint").unlink(missing_ok=True)
+    return SpaceLog.open(path, full_verify=mode == "full_verify")
 
 
 def expect_refused(path: Path, mode: str, offset: int) -> LogCorrupted:
     with pytest.raises(LogCorrupted) as exc:
-        reopen(path, mode)
-    assert exc.value.offset == offset
+        reopen(path, mode).close()
+    assert exc.value.offset == offset, str(exc.value)
     assert f"offset {offset}" in str(exc.value)
     return exc.value
 
@@ -123,30 +120,26 @@ def test_flipped_signature_bit_in_the_last_record(log_file: Path, mode: str,
     if mode == "no_checkpoint" and not fix_crc:
         # Nothing vouches for the last record and its checksum fails: exactly what
         # a crash mid-write leaves, so it is a torn tail (documented limit).
-        reopen(log_file, mode)
-        with SpaceLog.open(log_file, ToyValidator()) as log:
-            assert log.length == COUNT - 1
+        with reopen(log_file, mode) as log:
+            assert log.count == COUNT - 1
         return
     expect_refused(log_file, mode, offset_of(records, COUNT - 1))
 
 
 def test_tampered_last_record_after_a_crash_is_caught_by_its_signature(
         log_file: Path) -> None:
-    # Crash image: the checkpoint vouches for entries 0..5 only; 6 and 7 are the
-    # unanchored tail, whose signatures are verified on reopen.
-    cp = log_file.with_name(log_file.name + ".checkpoint")
+    # Crash image: the checkpoint vouches for records 0..5 only; 6 and 7 are the
+    # tail, verified in full on reopen.
     data = log_file.read_bytes()
     records = split(data)
     cut = offset_of(records, 6)
     log_file.write_bytes(data[:cut])
-    cp.unlink()
-    SpaceLog.open(log_file, ToyValidator()).close()  # checkpoint for 6 entries
+    log_file.with_name(log_file.name + ".checkpoint").unlink()
+    SpaceLog.open(log_file).close()  # a checkpoint for 6 records
     log_file.write_bytes(data[:cut] + records[6] + flip_sig_bit(records[7], fix_crc=True))
-    v = ToyValidator()
-    with pytest.raises(LogCorrupted) as exc:
-        SpaceLog.open(log_file, v)
+    with pytest.raises(LogCorrupted, match="bad signature") as exc:
+        SpaceLog.open(log_file)
     assert exc.value.offset == offset_of(records, 7)
-    assert v.signature_checks == 2
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -195,48 +188,49 @@ def test_bit_flip_in_a_length_field(log_file: Path, mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_prev_hash_of_the_last_record_changed(log_file: Path, mode: str) -> None:
+def test_a_stored_id_that_is_not_the_credentials(log_file: Path, mode: str) -> None:
     def tamper(r: list[bytes]) -> list[bytes]:
-        seq, _, cred = decode_entry(r[-1][REC:])
-        r[-1] = frame_record(encode_entry(seq, bytes(32), cred))
+        body = r[4][REC:]
+        r[4] = frame_record(bytes(32) + body[ID:])  # CRCs right, id wrong
         return r
 
     records = edit(log_file, tamper)
-    expect_refused(log_file, mode, offset_of(records, COUNT - 2))
+    expect_refused(log_file, mode, offset_of(records, 4))
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_forged_record_appended_with_a_valid_chain(log_file: Path, mode: str) -> None:
-    # A well-formed record with a correct link and checksums, signed by a key the
-    # rules do not know: only the credential check can catch it.
-    data = log_file.read_bytes()
-    records = split(data)
-    body = encode_entry(COUNT, entry_hash(records[-1][REC:]), make_credential(99, OTHER_KEY))
-    log_file.write_bytes(data + frame_record(body))
-    # In every mode the extra record is unanchored and replayed with its signature.
-    exc = expect_refused(log_file, mode, len(data))
-    assert "refused" in str(exc)
+def test_a_re_parented_last_record(log_file: Path, mode: str) -> None:
+    # Parents are signed: naming other parents breaks the signature, even with
+    # the id and every checksum recomputed.
+    def tamper(r: list[bytes]) -> list[bytes]:
+        cred = credential(r[-1])
+        r[-1] = reseal(dataclasses.replace(cred, parents=credential(r[-3]).parents))
+        return r
+
+    records = edit(log_file, tamper)
+    expect_refused(log_file, mode, offset_of(records, COUNT - 1))
 
 
-def test_resealed_middle_record_with_recomputed_checksums_and_chain(log_file: Path) -> None:
-    # A deliberate rewrite: change record 3's signature, recompute every later
-    # link and CRC. The checkpoint's head hash no longer matches.
+@pytest.mark.parametrize("mode", MODES)
+def test_a_well_signed_record_from_a_stranger_is_kept_without_effect(
+        log_file: Path, mode: str) -> None:
+    # A structurally valid entry (good signature, parents present) appended by
+    # anyone with write access is a signed fact like any other: it is kept,
+    # and the membership rules give it no effect. Only forgeries are corrupt.
     data = log_file.read_bytes()
     records = split(data)
-    records[3] = flip_sig_bit(records[3], fix_crc=True)
-    prev = entry_hash(records[3][REC:])
-    for i in range(4, COUNT):
-        _, _, cred = decode_entry(records[i][REC:])
-        body = encode_entry(i, prev, cred)
-        records[i] = frame_record(body)
-        prev = entry_hash(body)
-    log_file.write_bytes(join(data, records))
-    expect_refused(log_file, "checkpoint", offset_of(records, COUNT - 1))
-    expect_refused(log_file, "full_verify", offset_of(records, COUNT - 1))
-    # Deleting the checkpoint too defeats the trusted path (the documented limit
-    # of a trusted reopen); full verification still finds the bad signature.
-    log_file.with_name(log_file.name + ".checkpoint").unlink()
-    expect_refused(log_file, "full_verify", offset_of(records, 3))
+    head = credential(records[-1])
+    stranger = IdentityBuilder.create("mallory", seed=b"mallory")
+    forged = issue_space_member(
+        stranger.device, issuer=stranger.public, space=head.assertion.space,  # type: ignore[union-attr]
+        member=stranger.public, role=Role.OWNER, name="m", parents=[head.id],
+        chain=stranger.chain_of(), issued_at=T0)
+    log_file.write_bytes(data + reseal(forged))
+    with reopen(log_file, mode) as log:
+        assert log.count == COUNT + 1
+        assert log.status(forged.id).rule == "issuer_not_member"
+        assert not log.state.is_member(stranger.public)
+        assert log.state.is_member(OWNER.public)
 
 
 def test_header_crc_recomputed_on_a_wrong_length_is_corruption(log_file: Path) -> None:

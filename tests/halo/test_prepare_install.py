@@ -204,7 +204,7 @@ async def test_discard_removes_an_empty_prepared_directory_only(world: World) ->
     bob.spaces.discard_prepared(space_id)
     bob.reopen()
     bob.spaces.discard_prepared(space_id)
-    assert bob.spaces.open_space(space_id).log.length == len(world.entries)
+    assert bob.spaces.open_space(space_id).log.count == len(world.entries)
 
 
 async def test_refused_import_keeps_the_prepared_directory_until_discarded(

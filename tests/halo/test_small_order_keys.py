@@ -11,6 +11,7 @@ it with a typed error whose cause says why.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -26,7 +27,7 @@ from p2pinvite.halo.credentials import (
     issue_space_member,
 )
 from p2pinvite.halo.keys import DeviceKeys, verify_binding_proof, verify_ed25519
-from p2pinvite.halo.state import MembershipState
+from p2pinvite.halo.log import InvalidEntries, SpaceLog
 from p2pinvite.wire import pack
 
 from ..crypto import ed25519_ref as ref
@@ -56,11 +57,11 @@ def _cause(exc: BaseException, kind: type[BaseException]) -> BaseException:
     raise AssertionError(f"no {kind.__name__} in the cause chain of {exc!r}")
 
 
-def test_credential_signed_by_a_small_order_key_is_refused() -> None:
+def test_credential_signed_by_a_small_order_key_is_refused(tmp_path: Path) -> None:
     # An identity genesis "signed" by the identity point: anyone could write it.
     cred = Credential(
         issuer=IDENTITY_POINT, subject=IDENTITY_POINT, assertion=IdentityGenesis(name="m"),
-        issued_at=T0, signer=IDENTITY_POINT, chain=(), signature=FORGED,
+        issued_at=T0, parents=(), signer=IDENTITY_POINT, chain=(), signature=FORGED,
     )
     with pytest.raises(CredentialError) as info:
         CredentialVerifier().verify(cred)
@@ -68,10 +69,12 @@ def test_credential_signed_by_a_small_order_key_is_refused() -> None:
     weak = _cause(info.value, WeakPublicKey)
     assert isinstance(weak, WeakPublicKey)
     assert weak.reason == "small_order"
-    # The log's validator refuses it too, before any membership rule.
-    with pytest.raises(CredentialError) as info:
-        MembershipState().add(cred.encode())
-    assert info.value.rule == "bad_signature"
+    # The log refuses it too, before any membership rule.
+    with pytest.raises(InvalidEntries) as bad:
+        SpaceLog.create(tmp_path / "forged.log", [cred.encode()])
+    assert isinstance(bad.value.__cause__, CredentialError)
+    assert bad.value.__cause__.rule == "bad_signature"
+    assert not (tmp_path / "forged.log").exists()
 
 
 def test_binding_proof_under_a_small_order_device_key_is_refused() -> None:
@@ -83,26 +86,25 @@ def test_binding_proof_under_a_small_order_device_key_is_refused() -> None:
         assert _cause(info.value, WeakPublicKey)
 
 
-def test_chain_naming_a_small_order_device_is_refused() -> None:
+async def test_chain_naming_a_small_order_device_is_refused(tmp_path: Path) -> None:
     # Alice's device authorizes a device key that is the identity point (say a
     # guest paired with the forged binding proof above). Its log accepts the
     # authorization (a key that can sign nothing harms no one), but nothing
     # "signed" by it may verify: not a credential, and not a chain element.
     alice = IdentityBuilder.create("alice")
-    state = MembershipState()
-    for entry in alice.entries:
-        state.add(entry)
-    weak = issue_authorized_device(
+    weak = alice.add(issue_authorized_device(
         alice.device, identity=alice.public, device=IDENTITY_POINT,
-        chain=alice.chain_of(alice.device), issued_at=T0,
-    )
-    state.add(weak.encode())
-    weak_chain = [weak.stripped().encode(), *alice.chain_of(alice.device)]
+        parents=sorted(alice.heads), chain=alice.chain_of(alice.device), issued_at=T0,
+    ))
+    log = SpaceLog.create(tmp_path / "identity.log", alice.entries)
+    assert log.state.is_device(IDENTITY_POINT)
+    weak_chain = [weak.core, *alice.chain_of(alice.device)]
 
     # 1. The weak "device" signs for Alice directly.
     member = issue_space_member(
         Forger(), issuer=alice.public, space=os.urandom(32), member=os.urandom(32),
-        role=Role.ADMIN, name="mallory", chain=weak_chain, issued_at=T0,
+        role=Role.ADMIN, name="mallory", parents=[os.urandom(32)], chain=weak_chain,
+        issued_at=T0,
     )
     with pytest.raises(CredentialError) as info:
         CredentialVerifier().verify(member)
@@ -112,18 +114,22 @@ def test_chain_naming_a_small_order_device_is_refused() -> None:
     # 2. It authorizes a real device of the attacker's, in Alice's log.
     mallory = DeviceKeys.generate()
     authorize = issue_authorized_device(
-        Forger(), identity=alice.public, device=mallory.device_public, chain=weak_chain,
-        issued_at=T0,
+        Forger(), identity=alice.public, device=mallory.device_public,
+        parents=log.append_parents(), chain=weak_chain, issued_at=T0,
     )
     with pytest.raises(CredentialError) as info:
-        state.add(authorize.encode())
+        await log.append(authorize.encode())
     assert info.value.rule == "bad_signature"
+    result = await log.ingest([authorize.encode()])  # from a peer: refused all the same
+    assert [r.rule for r in result.refused] == ["bad_signature"]
+    assert log.count == len(alice.entries)
+    log.close()
 
     # 3. The attacker's real device signs, with a chain through the weak one.
-    chain = [authorize.stripped().encode(), *weak_chain]
+    chain = [authorize.core, *weak_chain]
     via = issue_space_member(
         mallory, issuer=alice.public, space=os.urandom(32), member=os.urandom(32),
-        role=Role.ADMIN, name="mallory", chain=chain, issued_at=T0,
+        role=Role.ADMIN, name="mallory", parents=[os.urandom(32)], chain=chain, issued_at=T0,
     )
     with pytest.raises(CredentialError) as info:
         CredentialVerifier().verify(via)
@@ -147,7 +153,7 @@ def test_no_small_order_key_signs_a_credential(key: bytes) -> None:
     for issued_at in range(T0, T0 + 1000):
         cred = Credential(
             issuer=key, subject=key, assertion=IdentityGenesis(name="m"), issued_at=issued_at,
-            signer=key, chain=(), signature=FORGED,
+            parents=(), signer=key, chain=(), signature=FORGED,
         )
         if ref.challenge(IDENTITY_POINT, key, cred.payload) % 8 == 0:
             break

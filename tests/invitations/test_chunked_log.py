@@ -13,7 +13,6 @@ import trio
 from p2pinvite.errors import DecodeError, FrameTooLarge, RemoteProtocolError
 from p2pinvite.halo.credentials import Role, issue_space_genesis, issue_space_member
 from p2pinvite.halo.keys import SigningKey
-from p2pinvite.halo.log import entries_from_credentials
 from p2pinvite.invitations import protocol as p
 from p2pinvite.invitations.protocol import (
     AdmissionReceived,
@@ -168,17 +167,17 @@ def _install_big_space(host: Node, members: int) -> bytes:
     space_key = SigningKey.generate()
     space = space_key.public_key
     chain = tuple(ident.device_chain())
-    creds = [
-        issue_space_genesis(space_key, owner=ident.identity_key, name="Big").encode(),
-        issue_space_member(space_key, issuer=space, space=space, member=ident.identity_key,
-                           role=Role.OWNER, name="Alice").encode(),
-    ]
+    genesis = issue_space_genesis(space_key, owner=ident.identity_key, name="Big")
+    last = issue_space_member(space_key, issuer=space, space=space, member=ident.identity_key,
+                              role=Role.OWNER, name="Alice", parents=[genesis.id])
+    creds = [genesis.encode(), last.encode()]
     for i in range(members):
         member = hashlib.blake2b(i.to_bytes(8, "big"), digest_size=32).digest()
-        creds.append(issue_space_member(
+        last = issue_space_member(
             ident.device, issuer=ident.identity_key, space=space, member=member,
-            role=Role.READER, name=f"member {i}", chain=chain).encode())
-    return host.spaces.import_space(entries_from_credentials(creds), expected=space)
+            role=Role.READER, name=f"member {i}", parents=[last.id], chain=chain)
+        creds.append(last.encode())
+    return host.spaces.import_space(creds, expected=space)
 
 
 async def test_pairing_into_a_space_of_5000_members(tmp_path: Path) -> None:

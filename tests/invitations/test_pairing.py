@@ -16,7 +16,6 @@ import trio
 from p2pinvite.errors import UNIFORM_REFUSAL, ConnectionClosed, InvitationError
 from p2pinvite.halo.credentials import Role, issue_space_member
 from p2pinvite.halo.keys import DeviceKeys, SigningKey
-from p2pinvite.halo.log import decode_entry, entries_from_credentials
 from p2pinvite.halo.swarm_secrets import SwarmSecret, SwarmSecrets, seal_for_device
 from p2pinvite.invitations import handlers
 from p2pinvite.invitations.codes import LinkCode, generate_pin
@@ -199,12 +198,13 @@ async def test_guest_rejects_a_forged_log_from_a_member_without_admin_rights(
         async def admit_anyway(self: object, inv: object, ev: AdmissionRequested
                                ) -> tuple[bytes, list[bytes], bool]:
             assert ev.identity is not None
+            log = editor.spaces.open_space(space).log
             cred = issue_space_member(ident.device, issuer=ident.identity_key, space=space,
                                       member=ev.identity, role=Role.READER, name=ev.name,
+                                      parents=log.append_parents(),
                                       chain=ident.device_chain()).encode()
-            log = [decode_entry(e)[2] for e in editor.spaces.open_space(space).raw_entries()]
             forged.append(cred)
-            return cred, entries_from_credentials([*log, cred]), False
+            return cred, [*log.raw_entries(), cred], False
 
         monkeypatch.setattr(handlers._HostDriver, "_host_info", lambda self, inv: rogue)
         monkeypatch.setattr(handlers._HostDriver, "_admit_member", admit_anyway)
