@@ -49,6 +49,7 @@ if TYPE_CHECKING:
         InvitationInfo,
         InviteKind,
         JoinResult,
+        Member,
     )
 
 __all__ = ["DaemonArgs", "build_parser", "main", "parse_daemon_args", "parse_duration"]
@@ -199,6 +200,10 @@ def cmd_status(c: Client, a: argparse.Namespace) -> None:
     addrs = ", ".join(_addr(h, p) for h, p in s.addresses) or "not listening"
     print(f"listening  {addrs}")
     print(f"mdns       {'on' if s.mdns else 'off'}")
+    print(f"swarms     {len(s.swarms)} joined, {s.peers} member connection(s)")
+    for w in s.swarms:
+        print(f"  {w.kind:<8}  {w.name or w.log[:16]}  epoch {w.epoch}  topic {w.topic}"
+              f"  peers {w.peers}")
 
 
 def _addr(host: str, port: int) -> str:
@@ -266,14 +271,48 @@ def cmd_space_list(c: Client, a: argparse.Namespace) -> None:
     _table(rows, ["SPACE", "NAME", "ROLE", "MEMBERS"])
 
 
+def _member_rows(members: Sequence[Member]) -> list[list[str]]:
+    return [[m.identity_key[:16], m.name, m.role.lower(),
+             (m.admitted_by or "-")[:16],
+             _when(m.admitted_at)] for m in members]
+
+
 def cmd_space_members(c: Client, a: argparse.Namespace) -> None:
-    """``space members SPACE``."""
-    members = c.spaces.members(a.space)
-    if a.json:
-        _print_json(members)
+    """``space members SPACE [--all]``: who is in, who admitted them, when."""
+    header = ["IDENTITY", "NAME", "ROLE", "ADMITTED BY", "ADMITTED"]
+    if not a.all:
+        members = c.spaces.members(a.space)
+        if a.json:
+            _print_json(members)
+        else:
+            _table(_member_rows(members), header)
         return
-    rows = [[m.identity_key, m.name, m.role.lower()] for m in members]
-    _table(rows, ["IDENTITY", "NAME", "ROLE"])
+    full = c.spaces.membership(a.space)
+    if a.json:
+        _print_json(full)
+        return
+    _table(_member_rows(full.members), header)
+    if full.removed:
+        print("\nremoved:")
+        _table(_member_rows(full.removed), header)
+    if full.rejected:
+        print("\nentries kept with no effect:")
+        _table([[r.entry, r.rule] for r in full.rejected], ["ENTRY", "RULE"])
+
+
+def cmd_space_peers(c: Client, a: argparse.Namespace) -> None:
+    """``space peers [SPACE]``: member devices connected now, and their last sync."""
+    peers = c.spaces.peers(a.space)
+    if a.json:
+        _print_json(peers)
+        return
+    if not peers:
+        print("no member device connected")
+        return
+    rows = [[p.log[:16], p.device_key[:16], (p.identity_key or "-")[:16],
+             ", ".join(_addr(h, port) for h, port in p.addresses) or "-",
+             _when(p.last_synced), f"{p.entries_received}/{p.entries_sent}"] for p in peers]
+    _table(rows, ["LOG", "DEVICE", "IDENTITY", "ADDRESSES", "LAST SYNC", "IN/OUT"])
 
 
 def _show_created(inv: CreatedInvitation, qr: bool) -> None:
@@ -844,7 +883,13 @@ def build_parser() -> argparse.ArgumentParser:
     ssub.add_parser("list", parents=[common], help="list spaces").set_defaults(func=cmd_space_list)
     sm = ssub.add_parser("members", parents=[common], help="list a space's members")
     sm.add_argument("space", metavar="SPACE", help="space id, or name when unique")
+    sm.add_argument("--all", action="store_true",
+                    help="also removed members and entries kept with no effect")
     sm.set_defaults(func=cmd_space_members)
+    spp = ssub.add_parser("peers", parents=[common], help="member devices connected now")
+    spp.add_argument("space", metavar="SPACE", nargs="?",
+                     help="space id, or name when unique (default: every log)")
+    spp.set_defaults(func=cmd_space_peers)
 
     inv = sub.add_parser("invite", help="invitations")
     vsub = inv.add_subparsers(dest="action", required=True, metavar="ACTION")

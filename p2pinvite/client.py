@@ -78,9 +78,14 @@ __all__ = [
     "InvitationInfo",
     "JoinResult",
     "Member",
+    "Membership",
+    "Peer",
+    "Rejected",
     "RequestError",
     "Space",
+    "SpaceEvent",
     "Status",
+    "Swarm",
     "connect",
     "connect_async",
 ]
@@ -198,26 +203,77 @@ class Status:
     identity: str | None
     addresses: tuple[tuple[str, int], ...]
     mdns: bool
+    swarms: tuple[Swarm, ...] = ()
+    peers: int = 0
 
     @classmethod
     def from_wire(cls, v: Any) -> Status:
         """Parse the ``status`` result."""
         m = _map(v, "status")
-        addrs = []
-        for a in _list(m.get("addresses"), "status"):
-            if not (isinstance(a, list) and len(a) == 2 and isinstance(a[0], str)
-                    and isinstance(a[1], int)):
-                raise _bad("status")
-            addrs.append((a[0], a[1]))
         return cls(
             version=_str(m, "version", "status"),
             pid=_int(m, "pid", "status"),
             home=_str(m, "home", "status"),
             device_key=_str(m, "device_key", "status"),
             identity=_opt_str(m, "identity", "status"),
-            addresses=tuple(addrs),
+            addresses=_addresses(m.get("addresses"), "status"),
             mdns=_bool(m, "mdns", "status"),
+            swarms=tuple(Swarm.from_wire(x) for x in _list(m.get("swarms", []), "status")),
+            peers=_int(m, "peers", "status") if "peers" in m else 0,
         )
+
+
+def _addresses(v: Any, what: str) -> tuple[tuple[str, int], ...]:
+    addrs = []
+    for a in _list(v, what):
+        if not (isinstance(a, list) and len(a) == 2 and isinstance(a[0], str)
+                and isinstance(a[1], int)):
+            raise _bad(what)
+        addrs.append((a[0], a[1]))
+    return tuple(addrs)
+
+
+@dataclass(frozen=True, slots=True)
+class Swarm:
+    """A log's member swarm this daemon is in (``status``)."""
+
+    log: str
+    kind: str  # "identity" or "space"
+    name: str
+    epoch: int | None
+    topic: str | None
+    peers: int
+
+    @classmethod
+    def from_wire(cls, v: Any) -> Swarm:
+        """Parse one ``status.swarms`` item."""
+        m = _map(v, "swarm")
+        return cls(_str(m, "log", "swarm"), _str(m, "kind", "swarm"), _str(m, "name", "swarm"),
+                   _opt_int(m, "epoch", "swarm"), _opt_str(m, "topic", "swarm"),
+                   _int(m, "peers", "swarm"))
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """A member device connected now (``spaces.peers``)."""
+
+    log: str
+    device_key: str
+    identity_key: str | None
+    addresses: tuple[tuple[str, int], ...]
+    connected_at: int | None
+    last_synced: int | None
+    entries_received: int
+    entries_sent: int
+
+    @classmethod
+    def from_wire(cls, v: Any) -> Peer:
+        """Parse one ``spaces.peers`` item (or an event's ``peer``)."""
+        m = _map(v, "peer")
+        return cls(_str(m, "log", "peer"), _str(m, "device_key", "peer"),
+                   _opt_str(m, "identity_key", "peer"), _addresses(m.get("addresses"), "peer"),
+                   _opt_int(m, "connected_at", "peer"), _opt_int(m, "last_synced", "peer"),
+                   _int(m, "entries_received", "peer"), _int(m, "entries_sent", "peer"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,19 +337,87 @@ class Space:
 
 @dataclass(frozen=True, slots=True)
 class Member:
-    """A member of a space."""
+    """A member of a space: who admitted it (an identity, or the space key for the
+    owner) and when (unix seconds)."""
 
     identity_key: str
     name: str
     role: str
+    admitted_by: str | None = None
+    admitted_at: int | None = None
+    invitation: str | None = None
+    entry: str | None = None
 
     @classmethod
     def from_wire(cls, v: Any) -> Member:
         """Parse one ``spaces.members`` item."""
         m = _map(v, "member")
         return cls(
-            _str(m, "identity_key", "member"), _str(m, "name", "member"), _str(m, "role", "member")
+            _str(m, "identity_key", "member"), _str(m, "name", "member"),
+            _str(m, "role", "member"), _opt_str(m, "admitted_by", "member"),
+            _opt_int(m, "admitted_at", "member"), _opt_str(m, "invitation", "member"),
+            _opt_str(m, "entry", "member"),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A log entry kept with no effect, and the rule that refused it."""
+
+    entry: str
+    rule: str
+
+    @classmethod
+    def from_wire(cls, v: Any) -> Rejected:
+        """Parse one ``spaces.members`` (all) ``rejected`` item."""
+        m = _map(v, "rejected")
+        return cls(_str(m, "entry", "rejected"), _str(m, "rule", "rejected"))
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """``spaces.members`` with ``all``: members, removed members, rejected entries."""
+
+    members: tuple[Member, ...]
+    removed: tuple[Member, ...]
+    rejected: tuple[Rejected, ...]
+
+    @classmethod
+    def from_wire(cls, v: Any) -> Membership:
+        """Parse a ``spaces.members`` result with ``all``."""
+        m = _map(v, "membership")
+        return cls(tuple(Member.from_wire(x) for x in _list(m.get("members"), "membership")),
+                   tuple(Member.from_wire(x) for x in _list(m.get("removed"), "membership")),
+                   tuple(Rejected.from_wire(x) for x in _list(m.get("rejected"), "membership")))
+
+
+@dataclass(frozen=True, slots=True)
+class SpaceEvent:
+    """A change in a member swarm (``spaces.subscribe``).
+
+    ``event``: ``peer_connected``, ``peer_left``, ``synced`` (a peer holds the
+    same entries now) or ``changed`` (the log gained entries: ``members``, or
+    ``devices`` for the identity log, is the new list).
+    """
+
+    event: str
+    log: str
+    kind: str
+    peer: Peer | None = None
+    members: tuple[Member, ...] | None = None
+    devices: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_wire(cls, v: Mapping[str, Any]) -> SpaceEvent:
+        """Parse one ``spaces.subscribe`` event."""
+        m = _map(v, "space event")
+        peer = Peer.from_wire(m["peer"]) if m.get("peer") is not None else None
+        members = (tuple(Member.from_wire(x) for x in _list(m["members"], "space event"))
+                   if "members" in m else None)
+        devices = (tuple(str(x) for x in _list(m["devices"], "space event"))
+                   if "devices" in m else None)
+        return cls(_str(m, "event", "space event"), _str(m, "log", "space event"),
+                   _str(m, "kind", "space event"), peer, members, devices)
 
 
 @dataclass(frozen=True, slots=True)
@@ -738,6 +862,21 @@ class _SpacesAPI:
         v = self._c.call("spaces.members", {"space": space})
         return [Member.from_wire(m) for m in _list(v, "members")]
 
+    def membership(self, space: str) -> Membership:
+        """Members of *space*, and its removed members and rejected entries."""
+        return Membership.from_wire(self._c.call("spaces.members", {"space": space, "all": True}))
+
+    def peers(self, space: str | None = None) -> builtins.list[Peer]:
+        """Member devices connected now, in *space* (default: in every log)."""
+        params = {} if space is None else {"space": space}
+        return [Peer.from_wire(p) for p in _list(self._c.call("spaces.peers", params), "peers")]
+
+    def subscribe(self, space: str | None = None) -> Iterator[SpaceEvent]:
+        """Member changes and sync progress (of *space*, default every log), as they happen."""
+        params = {} if space is None else {"space": space}
+        for ev in self._c.stream("spaces.subscribe", params):
+            yield SpaceEvent.from_wire(ev)
+
 
 class _InvitationsAPI:
     def __init__(self, c: Client) -> None:
@@ -986,6 +1125,26 @@ class _AsyncSpacesAPI:
     async def list(self) -> builtins.list[Space]:
         """The spaces this identity belongs to."""
         return [Space.from_wire(s) for s in _list(await self._c.call("spaces.list"), "spaces")]
+
+    async def membership(self, space: str) -> Membership:
+        """Members of *space*, and its removed members and rejected entries."""
+        return Membership.from_wire(
+            await self._c.call("spaces.members", {"space": space, "all": True}))
+
+    async def peers(self, space: str | None = None) -> builtins.list[Peer]:
+        """Member devices connected now, in *space* (default: in every log)."""
+        params = {} if space is None else {"space": space}
+        v = await self._c.call("spaces.peers", params)
+        return [Peer.from_wire(p) for p in _list(v, "peers")]
+
+    async def subscribe(self, space: str | None = None) -> AsyncIterator[SpaceEvent]:
+        """Member changes and sync progress (of *space*, default every log), as they happen."""
+        params = {} if space is None else {"space": space}
+        async for reply in self._c.stream("spaces.subscribe", params):
+            if isinstance(reply, Event):
+                yield SpaceEvent.from_wire(reply.event)
+            elif isinstance(reply, ErrorReply):
+                _raise_for(reply)
 
     async def members(self, space: str) -> builtins.list[Member]:
         """Members of *space* (its id in hex, or its name when unique)."""

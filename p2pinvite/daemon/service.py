@@ -34,7 +34,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -48,14 +48,18 @@ from ..halo.credentials import Role
 from ..halo.identity import IdentityExists, IdentityService, NoIdentity
 from ..halo.keys import DeviceKeys, SigningKey
 from ..halo.spaces import SpaceExists, SpaceService, UnknownSpace
+from ..halo.state import Member
 from ..halo.swarm_secrets import SwarmSecrets
+from ..invitations.handlers import AcceptResult
 from ..invitations.manager import DEFAULT_RETENTION, InvitationManager
 from ..invitations.model import INVITABLE_ROLES, MAX_NOTE_LENGTH, MAX_USES_LIMIT, Invitation
 from ..invitations.store import InvitationStore
 from ..net.manager import NetworkManager, open_network_manager
+from ..swarm.service import PeerInfo, SwarmEvent, SwarmService
 from .config import DaemonConfig, hold_home_lock
 from .ipc import Call, CallError, Handler, serve_ipc
 from .logs import close_logging, setup_logging
+from .swarm_logs import DaemonLogs
 
 __all__ = [
     "Daemon",
@@ -239,8 +243,13 @@ def invitation_methods(
     manager: InvitationManager,
     identity: IdentityService,
     spaces: SpaceService,
+    on_joined: Callable[[AcceptResult], Awaitable[None]] | None = None,
 ) -> dict[str, Handler]:
-    """The ``invitations.*`` handlers over the invitations layer's manager."""
+    """The ``invitations.*`` handlers over the invitations layer's manager.
+
+    *on_joined* runs after a successful accept, before the result is
+    answered (the daemon joins the new log's member swarm there).
+    """
 
     async def create(call: Call) -> Any:
         p = call.params
@@ -347,6 +356,8 @@ def invitation_methods(
         async for ev in manager.accept(code, pin=pin, name=name, admission_key=signer):
             state = ev.state.value
             if ev.ok and ev.result is not None:
+                if on_joined is not None:
+                    await on_joined(ev.result)
                 result = join_result(ev.result.kind.value, ev.result.target)
                 await call.emit({"state": "admitted", **result})
                 return result
@@ -396,6 +407,8 @@ class Daemon:
     net: NetworkManager
     mdns_interfaces: tuple[str, ...] | None
     invitations: InvitationManager | None = None
+    secrets: SwarmSecrets | None = None
+    swarm: SwarmService | None = None
 
     @property
     def keys(self) -> DeviceKeys:
@@ -454,6 +467,45 @@ def resolve_space(spaces: SpaceService, text: str) -> bytes:
     raise IPCError(f"no space {text!r}", code="not_found")
 
 
+def member_to_wire(m: Member) -> dict[str, Any]:
+    """The IPC map of a space member: who, which role, admitted by whom and when."""
+    return {
+        "identity_key": m.identity.hex(),
+        "name": m.name,
+        "role": _role(m.role),
+        "admitted_by": m.admitted_by.hex(),
+        "admitted_at": m.admitted_at // 1000,
+        "invitation": None if m.invitation is None else m.invitation.hex(),
+        "entry": m.entry.hex(),
+    }
+
+
+def peer_to_wire(p: PeerInfo) -> dict[str, Any]:
+    """The IPC map of a member device connected now."""
+    return {
+        "log": p.log.hex(),
+        "device_key": p.device.hex(),
+        "identity_key": None if p.identity is None else p.identity.hex(),
+        "addresses": [[h, port] for h, port in p.addrs],
+        "connected_at": _ts(p.connected_at),
+        "last_synced": _ts(p.last_synced),
+        "entries_received": p.entries_received,
+        "entries_sent": p.entries_sent,
+    }
+
+
+async def join_member_swarm(d: Daemon, log_key: bytes,
+                            first_peer: tuple[str, int] | None = None) -> None:
+    """Join *log_key*'s member swarm (making its secret if this device just created it)."""
+    if d.swarm is None or d.secrets is None:
+        return
+    if d.secrets.get(log_key) is None:
+        await trio.to_thread.run_sync(d.secrets.create, log_key)
+    await d.swarm.join(log_key)
+    if first_peer is not None:
+        d.swarm.add_peers(log_key, (first_peer,))
+
+
 def method_table(d: Daemon) -> dict[str, Handler]:
     """Every IPC method this daemon serves.
 
@@ -474,7 +526,34 @@ def method_table(d: Daemon) -> dict[str, Handler]:
             "identity": ident.identity_key.hex() if ident.has_identity else None,
             "addresses": [[host, port] for host, port in d.net.addresses],
             "mdns": d.mdns_interfaces is not None,
+            "swarms": swarms_to_wire(),
+            "peers": 0 if d.swarm is None else len(d.swarm.peers()),
         }
+
+    def log_kind(key: bytes) -> str:
+        return "identity" if ident.has_identity and key == ident.identity_key else "space"
+
+    def log_name(key: bytes) -> str:
+        if log_kind(key) == "identity":
+            return ident.name
+        return spaces.open_space(key).name if spaces.has_space(key) else ""
+
+    def swarms_to_wire() -> list[dict[str, Any]]:
+        if d.swarm is None or d.secrets is None:
+            return []
+        out = []
+        for key in d.swarm.joined():
+            topic = d.swarm.topic(key)
+            secret = d.secrets.get(key)
+            out.append({
+                "log": key.hex(),
+                "kind": log_kind(key),
+                "name": log_name(key),
+                "epoch": None if secret is None else secret.epoch,
+                "topic": None if topic is None else topic.short_id,
+                "peers": len(d.swarm.peers(key)),
+            })
+        return out
 
     def identity_map() -> dict[str, Any]:
         return {
@@ -488,6 +567,7 @@ def method_table(d: Daemon) -> dict[str, Handler]:
         name = p_name(call.params)
         key = ident.create_identity(name)
         log.info("identity created", extra={"identity": key.hex()})
+        await join_member_swarm(d, key)
         return identity_map()
 
     async def identity_show(call: Call) -> Any:
@@ -507,6 +587,7 @@ def method_table(d: Daemon) -> dict[str, Handler]:
         name = p_name(call.params)
         space_id = spaces.create_space(name)
         log.info("space created", extra={"space": space_id.hex()})
+        await join_member_swarm(d, space_id)
         return {"space_id": space_id.hex(), "name": name}
 
     async def spaces_list(call: Call) -> Any:
@@ -524,14 +605,50 @@ def method_table(d: Daemon) -> dict[str, Handler]:
         return out
 
     async def spaces_members(call: Call) -> Any:
-        _check_keys(call.params, frozenset({"space"}))
+        _check_keys(call.params, frozenset({"space", "all"}))
         text = p_str(call.params, "space")
         assert text is not None
         sid = resolve_space(spaces, text)
-        return [
-            {"identity_key": m.identity.hex(), "name": m.name, "role": _role(m.role)}
-            for m in spaces.members(sid)
-        ]
+        space = spaces.open_space(sid)
+        members = [member_to_wire(m) for m in space.members()]
+        if not p_bool(call.params, "all"):
+            return members
+        state = space.state
+        removed = [member_to_wire(m) for k in state.removed()
+                   if (m := state.member(k)) is not None]
+        rejected = [{"entry": eid.hex(), "rule": st.rule}
+                    for eid, st in space.log.resolver.statuses().items() if not st.applied]
+        return {"members": members, "removed": removed, "rejected": rejected}
+
+    async def spaces_peers(call: Call) -> Any:
+        _check_keys(call.params, frozenset({"space"}))
+        text = p_str(call.params, "space", required=False)
+        if d.swarm is None:
+            return []
+        key = None if text is None else resolve_space(spaces, text)
+        return [peer_to_wire(p) for p in d.swarm.peers(key)]
+
+    def event_to_wire(ev: SwarmEvent) -> dict[str, Any]:
+        out: dict[str, Any] = {"event": ev.type, "log": ev.log.hex(), "kind": log_kind(ev.log)}
+        if ev.peer is not None:
+            out["peer"] = peer_to_wire(ev.peer)
+        if ev.type == "changed":
+            if out["kind"] == "space":
+                out["members"] = [member_to_wire(m) for m in spaces.members(ev.log)]
+            else:
+                out["devices"] = [dev.hex() for dev in ident.devices()]
+        return out
+
+    async def spaces_subscribe(call: Call) -> Any:
+        _check_keys(call.params, frozenset({"space"}))
+        text = p_str(call.params, "space", required=False)
+        key = None if text is None else resolve_space(spaces, text)
+        if d.swarm is None:
+            return None
+        async for ev in d.swarm.subscribe():
+            if key is None or ev.log == key:
+                await call.emit(event_to_wire(ev))
+        return None
 
     table: dict[str, Handler] = {
         "status": status,
@@ -541,9 +658,15 @@ def method_table(d: Daemon) -> dict[str, Handler]:
         "spaces.create": spaces_create,
         "spaces.list": spaces_list,
         "spaces.members": spaces_members,
+        "spaces.peers": spaces_peers,
+        "spaces.subscribe": spaces_subscribe,
     }
+
+    async def joined(result: AcceptResult) -> None:
+        await join_member_swarm(d, result.target, result.host_addr)
+
     if d.invitations is not None:
-        table.update(invitation_methods(d.invitations, ident, spaces))
+        table.update(invitation_methods(d.invitations, ident, spaces, joined))
     return {name: _translated(h) for name, h in table.items()}
 
 
@@ -634,12 +757,17 @@ async def run_daemon(
             _remember_port(config, net)
             store = InvitationStore.open(config.home / INVITATIONS_DIR)
             secrets = SwarmSecrets.open(config.home)
+            logs = DaemonLogs(identity, spaces)
+            for key in logs.log_keys():  # logs made before swarms existed get theirs now
+                if secrets.get(key) is None:
+                    secrets.create(key)
             manager = InvitationManager(
                 config.home, keys, identity, spaces, net, store, secrets=secrets,
                 mdns=mdns is not None,
                 retention=DEFAULT_RETENTION if config.retention is None else config.retention)
-            daemon = Daemon(config, identity, spaces, net, mdns, manager)
-            async with manager, trio.open_nursery() as nursery:
+            swarm = SwarmService(config.home, net, secrets, logs, mdns=mdns is not None)
+            daemon = Daemon(config, identity, spaces, net, mdns, manager, secrets, swarm)
+            async with manager, swarm, trio.open_nursery() as nursery:
                 await nursery.start(serve_ipc, config.socket_path, method_table(daemon))
                 log.info(
                     "daemon ready",

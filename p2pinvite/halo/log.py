@@ -72,7 +72,7 @@ import threading
 import zlib
 from array import array
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, cast
 
@@ -222,13 +222,16 @@ class IngestResult:
     named as parents by entries held in memory, that the caller should ask
     for. ``duplicates``: entries already in the log or held. ``refused``:
     entries that failed structurally (the sender is at fault) or did not
-    fit (``log_full``).
+    fit (``log_full``). ``ids``: the id of every entry of the batch that was
+    not refused, in batch order, whatever became of it (added, duplicate or
+    held): the sender holds them, which sync needs to know.
     """
 
     added: tuple[bytes, ...]
     missing: tuple[bytes, ...]
     duplicates: int
     refused: tuple[Refusal, ...]
+    ids: tuple[bytes, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -580,6 +583,23 @@ class SpaceLog:
         ids = self._dag.ids
         return [ids[i] for i in self._dag.not_below(known, self._durable)]
 
+    def haves(self, limit: int) -> list[bytes]:
+        """Up to *limit* durable ids spread back from the newest (sync's ``haves``).
+
+        The entries at file positions ``n-2, n-4, n-8, ...`` and then the
+        genesis: a peer that holds one holds everything below it, so it can
+        tell what we lack with few ids, denser near the newest entries.
+        """
+        ids, n = self._dag.ids, self._durable
+        out: list[bytes] = []
+        step = 2
+        while len(out) < limit - 1 and n - step > 0:
+            out.append(ids[n - step])
+            step *= 2
+        if n and limit > 0:
+            out.append(ids[0])
+        return out
+
     def raw_entries(self) -> list[bytes]:
         """Every durable credential in file order (a topological order).
 
@@ -726,6 +746,7 @@ class SpaceLog:
         todo: list[tuple[int, Credential, bytes]] = []
         root = self._dag.ids[0]
         seen: set[bytes] = set()
+        batch_ids: dict[int, bytes] = {}
         for index, data in enumerate(credentials):
             try:
                 if not isinstance(data, bytes) or len(data) > MAX_CREDENTIAL:
@@ -734,7 +755,7 @@ class SpaceLog:
             except CredentialError as exc:
                 refused.append(Refusal(index, None, exc.rule, str(exc)))
                 continue
-            cid = cred.id
+            cid = batch_ids[index] = cred.id
             if cid in self._resolver or cid in self._resolver.orphans or cid in seen:
                 duplicates += 1  # known: no signature to check
                 continue
@@ -759,9 +780,12 @@ class SpaceLog:
             await self._wait_durable(offered.added[-1][0] + 1)
         ids = self._dag.ids
         refused.sort(key=lambda r: r.index)
+        for r in refused:
+            batch_ids.pop(r.index, None)
         return IngestResult(tuple(ids[i] for i, _ in offered.added),
                             tuple(sorted(offered.missing)),
-                            duplicates + offered.duplicates, tuple(refused))
+                            duplicates + offered.duplicates, tuple(refused),
+                            tuple(batch_ids.values()))
 
     async def _verify_batch(self, todo: list[tuple[int, Credential, bytes]],
                             refused: list[Refusal]) -> list[tuple[Credential, bytes]]:

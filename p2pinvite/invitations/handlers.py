@@ -136,6 +136,9 @@ class AcceptResult:
     target: bytes
     credential: bytes = field(repr=False)
     resumed: bool = False
+    #: The address we reached the admitting host at: the new member's first
+    #: swarm peer (mDNS may not reach it; this address just did).
+    host_addr: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -723,11 +726,21 @@ def _answer_rank(ev: AcceptEvent) -> int:
     return 2 if ev.reason == UNIFORM_REFUSAL else 1
 
 
+def _peer_address(stream: SecureStream) -> tuple[str, int] | None:
+    """The host's (IP, port) as we dialed it, if the transport is a socket."""
+    try:
+        host, port = stream.transport.socket.getpeername()[:2]  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return None
+    return str(host), int(port)
+
+
 @dataclass(eq=False)
 class _Attempt:
     """One session of a join: its machine and the host identity its challenge proved."""
 
     guest: p.GuestProtocol
+    host_addr: tuple[str, int] | None = None
     host_identity: bytes | None = None
 
 
@@ -904,7 +917,7 @@ class _GuestDriver:
         guest.connecting()
         broken = False
         try:
-            broken = await self._converse(_Attempt(guest), stream)
+            broken = await self._converse(_Attempt(guest, _peer_address(stream)), stream)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2.0):
                 await stream.aclose()
@@ -969,7 +982,7 @@ class _GuestDriver:
                 if self.result is not None:
                     return guest.fail("already admitted through another host")
                 try:
-                    self.result = await self._install(ev, attempt.host_identity)
+                    self.result = await self._install(ev, attempt)
                 except (P2PInviteError, OSError) as exc:
                     return guest.fail(f"admission did not verify: {exc}")
             return guest.admission_verified()
@@ -983,9 +996,9 @@ class _GuestDriver:
             raise CredentialError("host speaks for another identity than the code names",
                                   rule="wrong_identity")
 
-    async def _install(self, ev: p.AdmissionReceived, host_identity: bytes | None
-                       ) -> AcceptResult:
+    async def _install(self, ev: p.AdmissionReceived, attempt: _Attempt) -> AcceptResult:
         plan = self.plan
+        host_identity = attempt.host_identity
         if self.prepared is not None:
             await self.prepared.wait()
         try:
@@ -1019,7 +1032,7 @@ class _GuestDriver:
             target = await trio.to_thread.run_sync(
                 lambda: self.spaces.import_space(list(ev.entries), expected=plan.target))
         await trio.to_thread.run_sync(self.secrets.install, swarm)
-        return AcceptResult(plan.kind, target, ev.credential)
+        return AcceptResult(plan.kind, target, ev.credential, host_addr=attempt.host_addr)
 
     def _open_grant(self, log: bytes, grant: p.SwarmGrant) -> SwarmSecret:
         """The log's swarm secret, opened before anything is installed (CredentialError)."""

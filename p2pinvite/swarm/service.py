@@ -187,6 +187,11 @@ class SwarmService:
             return False
         if swarm is not None:
             await self.leave(log_key)
+        try:
+            replica = self._logs.replica(log_key)
+        except P2PInviteError as exc:  # a secret outliving its log: nothing to serve
+            log.warning("not joining the swarm of %s: %s", log_key.hex()[:12], exc)
+            return False
         topic = Topic.for_swarm(secret.secret)
         known = KnownPeers(self._dir / f"{log_key.hex()}.peers")
         swarm = _Swarm(topic, secret.epoch, known)
@@ -195,7 +200,6 @@ class SwarmService:
         async def handler(stream: SecureStream) -> None:
             await self._serve(log_key, swarm, stream)
 
-        replica = self._logs.replica(log_key)
         swarm.unsubscribe = replica.subscribe(lambda: self._emit(SwarmEvent("changed", log_key)))
         await self._network.join(topic, handler, advertise=self._mdns, discover=self._mdns,
                                  peers=known.addresses(), one_per_peer=True)
