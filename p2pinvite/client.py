@@ -49,7 +49,7 @@ from .daemon.config import resolve_home
 from .errors import ConnectionClosed, DaemonNotRunning, DecodeError, IPCError
 from .ipc_codec import (
     HEADER,
-    MAX_IPC_FRAME,
+    MAX_IPC_REPLY,
     SOCKET_NAME,
     ErrorReply,
     Event,
@@ -264,6 +264,7 @@ class Peer:
     connected_at: int | None
     last_synced: int | None
     entries_received: int
+    entries_new: int  # of those, new here and durable
     entries_sent: int
 
     @classmethod
@@ -273,7 +274,8 @@ class Peer:
         return cls(_str(m, "log", "peer"), _str(m, "device_key", "peer"),
                    _opt_str(m, "identity_key", "peer"), _addresses(m.get("addresses"), "peer"),
                    _opt_int(m, "connected_at", "peer"), _opt_int(m, "last_synced", "peer"),
-                   _int(m, "entries_received", "peer"), _int(m, "entries_sent", "peer"))
+                   _int(m, "entries_received", "peer"), _int(m, "entries_new", "peer"),
+                   _int(m, "entries_sent", "peer"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -639,7 +641,7 @@ class _Session:
 
     def __init__(self) -> None:
         self._ids = itertools.count(1)
-        self._decoder = FrameDecoder(header=HEADER, max_frame=MAX_IPC_FRAME)
+        self._decoder = FrameDecoder(header=HEADER, max_frame=MAX_IPC_REPLY)
 
     def request(self, method: str, params: Mapping[str, Any]) -> tuple[int, bytes]:
         rid = next(self._ids)

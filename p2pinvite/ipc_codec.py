@@ -31,6 +31,7 @@ __all__ = [
     "HEADER",
     "MAX_ID",
     "MAX_IPC_FRAME",
+    "MAX_IPC_REPLY",
     "MAX_METHOD_LEN",
     "SOCKET_NAME",
     "BadRequest",
@@ -46,8 +47,14 @@ __all__ = [
 
 #: Bytes of the length prefix on the IPC socket.
 HEADER: Final = 4
-#: Largest frame either side accepts (1 MiB).
+#: Largest request frame the daemon accepts (1 MiB).
 MAX_IPC_FRAME: Final = 1 << 20
+#: Largest reply or event frame a client accepts (64 MiB). Larger than a request:
+#: a space's member list grows with the space (about 300 bytes a member), and the
+#: client has checked that the daemon is its own user's (SO_PEERCRED).
+MAX_IPC_REPLY: Final = 64 << 20
+#: Most items per container in a reply (a request keeps the codec's 4096).
+MAX_REPLY_ITEMS: Final = 1 << 20
 #: File name of the daemon's socket inside its home.
 SOCKET_NAME: Final = "daemon.sock"
 #: Request ids are non-negative and fit a signed 64-bit integer.
@@ -171,7 +178,8 @@ def decode_request(payload: bytes) -> Request:
 
 def decode_reply(payload: bytes) -> Reply:
     """Decode one frame payload sent by the daemon; raise :class:`DecodeError` if invalid."""
-    m = wire.expect_map(wire.unpack(payload, max_size=MAX_IPC_FRAME), "reply")
+    m = wire.expect_map(wire.unpack(payload, max_size=MAX_IPC_REPLY,
+                                    max_items=MAX_REPLY_ITEMS), "reply")
     rid = _read_id(m)
     if "error" in m:
         err = wire.expect_map(m["error"], "error")

@@ -490,6 +490,7 @@ def peer_to_wire(p: PeerInfo) -> dict[str, Any]:
         "connected_at": _ts(p.connected_at),
         "last_synced": _ts(p.last_synced),
         "entries_received": p.entries_received,
+        "entries_new": p.entries_new,
         "entries_sent": p.entries_sent,
     }
 

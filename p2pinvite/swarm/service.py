@@ -99,6 +99,7 @@ class PeerInfo:
     connected_at: float
     last_synced: float | None = None
     entries_received: int = 0
+    entries_new: int = 0  # of those, new here and durable
     entries_sent: int = 0
 
 
@@ -298,6 +299,7 @@ class SwarmService:
                 return
             new = replace(old, last_synced=p.last_synced,
                           entries_received=p.stats.entries_received,
+                          entries_new=p.stats.entries_new,
                           entries_sent=p.stats.entries_sent)
             swarm.peers[device] = new
             if p.synced and old.last_synced != p.last_synced:

@@ -157,9 +157,13 @@ def test_spaces_create_list_members(daemon: DaemonProc) -> None:
     assert sid == sid.lower()
     listed = _json(daemon.cli("space", "list", "--json"))
     assert listed == [{"space_id": sid, "name": "Photos", "role": "owner", "members": 1}]
-    expected = [{"identity_key": ident["identity_key"], "name": "Alice",  # type: ignore[index]
-                 "role": "owner"}]
-    assert _json(daemon.cli("space", "members", sid, "--json")) == expected
+    [owner] = _json(daemon.cli("space", "members", sid, "--json"))  # type: ignore[misc]
+    # The owner's membership is the genesis's second entry, signed by the space key.
+    assert (owner["identity_key"], owner["name"], owner["role"], owner["admitted_by"],
+            owner["invitation"]) == (ident["identity_key"], "Alice", "owner", sid, None)  # type: ignore[index]
+    assert abs(owner["admitted_at"] - time.time()) < 60
+    assert len(owner["entry"]) == 64
+    expected = [owner]
     assert _json(daemon.cli("space", "members", "Photos", "--json")) == expected
     assert _json(daemon.cli("space", "members", sid[:12], "--json")) == expected
 

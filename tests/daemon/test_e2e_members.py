@@ -11,9 +11,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import trio
+
+from p2pinvite.errors import P2PInviteError
+from p2pinvite.halo.identity import IdentityService
+from p2pinvite.halo.swarm_secrets import SwarmSecret, SwarmSecrets
+from p2pinvite.net.manager import open_network_manager
+from p2pinvite.net.secure import SecureStream
+from p2pinvite.net.topics import Topic
+from p2pinvite.swarm.hello import MAX_HELLO, Hello, decode_hello, encode_hello
 
 from .conftest import DaemonFactory, DaemonProc
 from .test_e2e_pairing import join, ok_json
@@ -71,3 +81,52 @@ def test_an_admin_admits_while_the_owner_is_off_and_all_agree_after(
     assert carol["admitted_by"] == ids[1]
     status = ok_json(a, "status")
     assert space in {s["log"] for s in status["swarms"]}
+
+
+async def _outsider_visit(home: Path, daemon_addr: tuple[str, int], secret: SwarmSecret,
+                          space: bytes) -> list[bytes]:
+    """Dial the daemon on *space*'s member topic as a real device of a real identity
+    that is not a member; return every message the daemon sent before it hung up."""
+    ident = IdentityService.open(home)
+    ident.create_identity("Mallory")
+    keys = ident.device
+    got: list[bytes] = []
+    done = trio.Event()
+
+    async def visit(stream: SecureStream) -> None:
+        try:
+            hello = Hello(space, identity=ident.identity_key, chain=tuple(ident.device_chain()))
+            await stream.send_message(encode_hello(hello))
+            while True:
+                got.append(await stream.receive_message(MAX_HELLO))
+        except (P2PInviteError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            done.set()
+
+    try:
+        async with open_network_manager(static_key=keys.static_private,
+                                        payload=keys.binding_proof()) as net:
+            await net.join(Topic.for_swarm(secret.secret), visit, advertise=False,
+                           peers=[daemon_addr])
+            with trio.fail_after(20):
+                await done.wait()
+    finally:
+        ident.close()
+    return got
+
+
+def test_a_device_with_the_secret_that_is_no_member_gets_no_entries(
+        daemons: DaemonFactory, tmp_path: Path) -> None:
+    a = daemons.start()
+    ok_json(a, "identity", "create", "--name", "Alice")
+    space = ok_json(a, "space", "create", "Team")["space_id"]
+    # The worst case: it has the space's swarm secret (as a removed member would).
+    secret = SwarmSecrets.open(a.home).get(bytes.fromhex(space))
+    assert secret is not None
+    addr = tuple(ok_json(a, "status")["addresses"][0])
+    got = trio.run(_outsider_visit, tmp_path / "mallory", addr, secret, bytes.fromhex(space))
+    # The daemon's hello (sent at once, before either side's check), then nothing.
+    assert [decode_hello(m).log for m in got] == [bytes.fromhex(space)]
+    assert "is not a member device" in a.stderr()
+    assert ok_json(a, "space", "peers", space) == []

@@ -389,7 +389,8 @@ async def test_ingest_a_branch_from_a_peer(tmp_path: Path) -> None:
         event = log.next_change()
         commits = log.commit_count
         result = await log.ingest([c.encode() for c in theirs])
-        assert result == IngestResult(tuple(c.id for c in theirs), (), 0, ())
+        ids = tuple(c.id for c in theirs)
+        assert result == IngestResult(ids, (), 0, (), ids)
         assert log.commit_count == commits + 1  # one batch, one fsync
         assert event.is_set()
         assert seen == [LogChange(tuple(c.id for c in theirs),
