@@ -372,6 +372,8 @@ def test_documented_vectors() -> None:
         "d04ab232742bb4ab3a1368bd4615e4e6d0224ab71a016baf8520a332c9778737")
     assert DEV.device_public.hex() == (
         "17cb79fb2b4120f2b1ec65e4198d6e08b28e813feb01e4a400839b85e18080ce")
+    assert SigningKey.from_seed(SPACE_SEED).public_key.hex() == (
+        "a09aa5f47a6759802ff955f8dc2d2a14a5c99d23be97f864127ff9383455a4f0")
     assert genesis.encode().hex() == (
         "8aa17602a3736967c4409531c9645b7dc039f0b9c8bdd3eaec8b4f0cceaca434"
         "991ce279653b79aa288bef138b2adc44e9ef3ada90af16de19d103f4346623e4"
