@@ -398,8 +398,12 @@ class SpaceEvent:
     """A change in a member swarm (``spaces.subscribe``).
 
     ``event``: ``peer_connected``, ``peer_left``, ``synced`` (a peer holds the
-    same entries now) or ``changed`` (the log gained entries: ``members``, or
-    ``devices`` for the identity log, is the new list).
+    same entries now) or ``changed`` (the log gained entries). For a space,
+    ``changed`` carries the difference from what this subscription saw
+    before (``spaces.members`` at the start, then each event): ``members``
+    new or changed, ``gone`` the identity keys no longer members, ``count``
+    the number of members now. For the identity log, ``devices`` is the new
+    list.
     """
 
     event: str
@@ -408,6 +412,8 @@ class SpaceEvent:
     peer: Peer | None = None
     members: tuple[Member, ...] | None = None
     devices: tuple[str, ...] | None = None
+    gone: tuple[str, ...] | None = None
+    count: int | None = None
 
     @classmethod
     def from_wire(cls, v: Mapping[str, Any]) -> SpaceEvent:
@@ -418,8 +424,11 @@ class SpaceEvent:
                    if "members" in m else None)
         devices = (tuple(str(x) for x in _list(m["devices"], "space event"))
                    if "devices" in m else None)
+        gone = (tuple(str(x) for x in _list(m["gone"], "space event"))
+                if "gone" in m else None)
+        count = _int(m, "count", "space event") if "count" in m else None
         return cls(_str(m, "event", "space event"), _str(m, "log", "space event"),
-                   _str(m, "kind", "space event"), peer, members, devices)
+                   _str(m, "kind", "space event"), peer, members, devices, gone, count)
 
 
 @dataclass(frozen=True, slots=True)

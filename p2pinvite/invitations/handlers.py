@@ -1020,6 +1020,7 @@ class _GuestDriver:
                 raise CredentialError("credential is for another invitation",
                                       rule="wrong_invitation")
             swarm = self._open_grant(cred.issuer, ev.swarm)
+            await self._keep_secret(swarm)
             target = await trio.to_thread.run_sync(
                 self.identity.join_identity_from_entries, list(ev.entries))
         else:
@@ -1029,10 +1030,20 @@ class _GuestDriver:
             if plan.target is not None and a.space != plan.target:
                 raise CredentialError("credential is for another space", rule="wrong_space")
             swarm = self._open_grant(a.space, ev.swarm)
+            await self._keep_secret(swarm)
             target = await trio.to_thread.run_sync(
                 lambda: self.spaces.import_space(list(ev.entries), expected=plan.target))
-        await trio.to_thread.run_sync(self.secrets.install, swarm)
         return AcceptResult(plan.kind, target, ev.credential, host_addr=attempt.host_addr)
+
+    async def _keep_secret(self, secret: SwarmSecret) -> None:
+        """Store the log's swarm secret durably, *before* the log itself.
+
+        In this order a crash between the two leaves a secret without a log
+        (ignored; the same secret is kept again on a retry), never a log without
+        its secret: the daemon would make up a secret of its own for such a log
+        at its next start and sit alone on a topic no other member uses.
+        """
+        await trio.to_thread.run_sync(self.secrets.install, secret)
 
     def _open_grant(self, log: bytes, grant: p.SwarmGrant) -> SwarmSecret:
         """The log's swarm secret, opened before anything is installed (CredentialError)."""

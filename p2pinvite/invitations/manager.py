@@ -530,7 +530,8 @@ class InvitationManager:
             assert inv.short_secret is not None
             code = ShortCode(inv.short_discriminator, inv.short_secret).encode()
         else:
-            hints = tuple(a for a in self._network.addresses if _hint_ok(a[0]))[:MAX_HINTS]
+            hints = tuple(a for a in self._network.reachable_addresses
+                          if _hint_ok(a[0]))[:MAX_HINTS]
             code = LinkCode.for_invitation(inv, host_device_key=self._keys.device_public,
                                            hints=hints).encode()
         return CreatedInvitation(inv, code, inv.pin)

@@ -115,6 +115,10 @@ BACKOFF_BASE: Final = 0.25
 BACKOFF_CAP: Final = 30.0
 #: A guest's dials (:meth:`NetworkManager.dial`) retry a failing address at most this far apart.
 CONNECT_BACKOFF_CAP: Final = 2.0
+#: A swarm connection must last this long (seconds) to reset its dialer's backoff:
+#: one the peer's handler drops at once (its member check failed, say) is a
+#: failed attempt, or such a peer would be redialed four times a second.
+STABLE_CONNECTION: Final = 1.0
 #: How long closing one connection may take (it is shielded from cancellation).
 CLOSE_TIMEOUT: Final = 2.0
 #: Sessions (connections of session topics: invitations) served at once, in
@@ -393,6 +397,23 @@ class NetworkManager:
     # -- public API ----------------------------------------------------------
 
     @property
+    def reachable_addresses(self) -> list[Address]:
+        """Where peers can dial us: what we tell them (address hints, member hellos).
+
+        The listener's addresses, except that a wildcard one (``0.0.0.0``, the
+        default) stands for the addresses mDNS runs on, at the listener's port;
+        with mDNS off a wildcard names no one address and is left out.
+        """
+        out: list[Address] = []
+        for host, port in self.addresses:
+            if host in ("0.0.0.0", "::", ""):  # noqa: S104
+                if self._discovery is not None:
+                    out.extend((a, port) for a in self._discovery.interface_addresses)
+            else:
+                out.append((host, port))
+        return out
+
+    @property
     def unauthenticated(self) -> int:
         """Connections currently in the preamble or handshake."""
         return len(self._pending)
@@ -624,8 +645,10 @@ class NetworkManager:
                     conn = await self._adopt(joined, stream, dialer=self.public_key,
                                              accept=False)
                 if conn is not None:
-                    attempt = 0
+                    began = trio.current_time()
                     await self._run_handler(joined, conn)
+                    if trio.current_time() - began >= STABLE_CONNECTION:
+                        attempt = 0
                 # It ended (or lost to a duplicate): dial again, not at once.
                 await trio.sleep(_backoff(attempt, BACKOFF_CAP))
                 attempt += 1

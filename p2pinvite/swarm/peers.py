@@ -12,6 +12,7 @@ still has mDNS) and replaced at the next change.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from pathlib import Path
 from typing import Any, Final
@@ -28,6 +29,18 @@ log = logging.getLogger("p2pinvite.swarm")
 #: Most devices remembered per log.
 MAX_PEERS: Final = 64
 _VERSION: Final = 1
+
+
+def _address(item: Any) -> Address | None:
+    """``[ip, port]`` as an address, or None if it is anything else (skipped)."""
+    if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+            and isinstance(item[1], int) and not isinstance(item[1], bool)
+            and 1 <= item[1] <= 65535):
+        return None
+    try:  # an IP literal only: a name would be resolved (DNS) before each dial
+        return str(ipaddress.ip_address(item[0])), item[1]
+    except ValueError:
+        return None
 
 
 class KnownPeers:
@@ -52,8 +65,7 @@ class KnownPeers:
                     and len(item[0]) == 32 and isinstance(item[1], list)
                     and isinstance(item[2], int | float)):
                 raise DecodeError("a known peer is [device, addresses, time]")
-            addrs = tuple((str(a[0]), int(a[1])) for a in item[1][:MAX_ADDRS]
-                          if isinstance(a, list) and len(a) == 2)
+            addrs = tuple(a for a in map(_address, item[1][:MAX_ADDRS]) if a is not None)
             self._peers[item[0]] = (addrs, float(item[2]))
 
     def addresses(self, *, exclude: bytes | None = None) -> list[Address]:

@@ -52,7 +52,7 @@ from ..net.secure import SecureStream
 from ..net.topics import Topic
 from ..sync.driver import SyncProgress, run_sync
 from ..sync.replica import Replica
-from .hello import MAX_HELLO, Address, Hello, NotAMember, decode_hello, encode_hello
+from .hello import MAX_ADDRS, MAX_HELLO, Address, Hello, NotAMember, decode_hello, encode_hello
 from .peers import KnownPeers
 
 __all__ = [
@@ -255,10 +255,8 @@ class SwarmService:
     # -- one member connection --------------------------------------------------------------
 
     def _our_hello(self, log_key: bytes) -> Hello:
-        # A wildcard listener has no one address to tell: peers then find us by mDNS.
-        hosts = [(h, p) for h, p in self._network.addresses
-                 if h not in ("0.0.0.0", "::", "")]  # noqa: S104
-        return replace(self._logs.hello(log_key), addrs=tuple(hosts))
+        addrs = tuple(self._network.reachable_addresses[:MAX_ADDRS])
+        return replace(self._logs.hello(log_key), addrs=addrs)
 
     async def _serve(self, log_key: bytes, swarm: _Swarm, stream: SecureStream) -> None:
         peer_id = stream.remote_static.hex()[:12]
@@ -293,7 +291,10 @@ class SwarmService:
                 log.warning("swarm %s: could not remember a peer's addresses: %s",
                             swarm.topic.short_id, exc)
 
+        in_sync = False
+
         def progress(p: SyncProgress) -> None:
+            nonlocal in_sync
             old = swarm.peers.get(device)
             if old is None:
                 return
@@ -302,8 +303,10 @@ class SwarmService:
                           entries_new=p.stats.entries_new,
                           entries_sent=p.stats.entries_sent)
             swarm.peers[device] = new
-            if p.synced and old.last_synced != p.last_synced:
+            # "synced" once per catching up, not at every message while in sync.
+            if p.synced and not in_sync:
                 self._emit(SwarmEvent("synced", log_key, new))
+            in_sync = p.synced
 
         try:
             result = await run_sync(stream, self._logs.replica(log_key), on_progress=progress,

@@ -9,6 +9,8 @@ passes: sync is asynchronous by design.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any, TypeVar
 import pytest
 import trio
 
+from p2pinvite.client import AsyncClient, SpaceEvent, connect
 from p2pinvite.errors import P2PInviteError
 from p2pinvite.halo.identity import IdentityService
 from p2pinvite.halo.swarm_secrets import SwarmSecret, SwarmSecrets
@@ -130,3 +133,86 @@ def test_a_device_with_the_secret_that_is_no_member_gets_no_entries(
     assert [decode_hello(m).log for m in got] == [bytes.fromhex(space)]
     assert "is not a member device" in a.stderr()
     assert ok_json(a, "space", "peers", space) == []
+
+
+async def _watch(home: Path, space: str, until: Callable[[list[SpaceEvent]], bool],
+                 started: trio.Event) -> list[SpaceEvent]:
+    """Events of ``spaces.subscribe`` on *space* until *until* holds for what came."""
+    got: list[SpaceEvent] = []
+    async with await AsyncClient.connect(home, timeout=None) as client:
+        events = client.spaces.subscribe(space)
+        with trio.fail_after(CONVERGE):
+            # The daemon has registered the subscription once a request after it answers.
+            first = events.__anext__
+            async with trio.open_nursery() as nursery:
+                async def pump() -> None:
+                    while not until(got):
+                        got.append(await first())
+                nursery.start_soon(pump)
+                await client.status()
+                await trio.sleep(0.2)
+                started.set()
+    return got
+
+
+def test_subscribers_see_members_arrive_and_peers_sync(daemons: DaemonFactory) -> None:
+    a, b, c = (daemons.start() for _ in range(3))
+    ids = [ok_json(d, "identity", "create", "--name", n)["identity_key"]
+           for d, n in ((a, "Alice"), (b, "Bob"), (c, "Carol"))]
+    space = ok_json(a, "space", "create", "Team")["space_id"]
+
+    def saw_both(evs: list[SpaceEvent]) -> bool:
+        added = {m.identity_key for e in evs if e.event == "changed" for m in e.members or ()}
+        return {ids[1], ids[2]} <= added and any(e.event == "synced" for e in evs)
+
+    async def main() -> list[SpaceEvent]:
+        started = trio.Event()
+        result: list[list[SpaceEvent]] = []
+        async with trio.open_nursery() as nursery:
+            async def run() -> None:
+                result.append(await _watch(a.home, space, saw_both, started))
+            nursery.start_soon(run)
+            await started.wait()
+            await trio.to_thread.run_sync(admit, a, b, space, "admin")
+            await trio.to_thread.run_sync(admit, b, c, space, "editor")
+        return result[0]
+
+    events = trio.run(main)
+    assert all(e.log == space and e.kind == "space" for e in events)
+    changed = [e for e in events if e.event == "changed"]
+    # Each change carries only what differs: Bob arrives once, then Carol (through B).
+    assert [m.identity_key for e in changed for m in e.members or ()] == [ids[1], ids[2]]
+    assert changed[-1].count == 3
+    assert all(e.gone == () for e in changed)
+    [carol] = [m for e in changed for m in e.members or () if m.identity_key == ids[2]]
+    assert carol.admitted_by == ids[1]
+    assert carol.role == "editor"
+    connected = [e.peer for e in events if e.event == "peer_connected"]
+    assert connected
+    assert all(p is not None for p in connected)
+    # The blocking client streams the same: C's view of the space as it changes.
+    # (Its generator sends the request at the first next(): a thread iterates it.)
+    got: queue.Queue[SpaceEvent] = queue.Queue()
+
+    def blocking_watch() -> None:
+        with connect(c.home, timeout=None) as client:
+            for ev in client.spaces.subscribe(space):
+                got.put(ev)
+                if ev.event == "changed":
+                    return
+
+    threading.Thread(target=blocking_watch, daemon=True).start()
+    time.sleep(0.5)
+    ok_json(a, "space", "create", "Other")  # another space: filtered out
+    inv = ok_json(a, "invite", "create", "--space", space, "--role", "reader")
+    d = daemons.start()
+    dave = ok_json(d, "identity", "create", "--name", "Dave")["identity_key"]
+    r = join(d, inv["code"], "--json", pin=inv["pin"])
+    assert r.returncode == 0, r.stderr
+    while True:
+        ev = got.get(timeout=CONVERGE)
+        assert ev.log == space
+        if ev.event == "changed":
+            assert [m.identity_key for m in ev.members or ()] == [dave]
+            assert ev.count == 4
+            break

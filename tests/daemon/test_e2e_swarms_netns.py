@@ -16,6 +16,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from p2pinvite.halo.swarm_secrets import SWARM_DIR
+from p2pinvite.swarm.peers import KnownPeers
+
 from ..net.netns import Bridge, bridge_namespaces, skip_reason
 from .conftest import DaemonProc
 from .test_e2e_members import eventually, member_set
@@ -82,20 +85,26 @@ def test_owner_off_admin_admits_owner_back_all_list_three(
 
 def test_identity_third_device_admitted_by_the_second_while_the_first_is_off(
         lan: tuple[Bridge, NsDaemons]) -> None:
+    # The default listener this time (every address, port 0): the hellos then
+    # carry the mDNS interface addresses, which become the last known ones.
     bridge, start = lan
     nodes = bridge.nodes
-    a, b, c = (start.start(ns, start.home(n)) for ns, n in zip(nodes, "abc", strict=True))
+    wild = ("--listen", "0.0.0.0:0")
+    a, b, c = (start.start(ns, start.home(n), *wild) for ns, n in zip(nodes, "abc", strict=True))
     ident = ok_json(a, "identity", "create", "--name", "Alice")["identity_key"]
     _admit(a, b, "--device")
     eventually(lambda: _peer_count(a, ident), lambda n: n == 1, what="the two devices connected")
     assert a.stop() == 0
     _admit(b, c, "--device")
-    a = start.start(nodes[0], a.home)
+    a = start.start(nodes[0], a.home, *wild)
     all_three = _devices(b)
     assert len(all_three) == 3
     for d in (a, b, c):
         eventually(lambda d=d: _devices(d), lambda s: s == all_three, within=10,
                    what=f"{d.home.name} lists the three devices")
+    port_b = ok_json(b, "status")["addresses"][0][1]
+    known = KnownPeers(a.home / SWARM_DIR / f"{ident}.peers").addresses()
+    assert (nodes[1].addr, port_b) in known
 
 
 def test_concurrent_admissions_in_two_partitions_both_stand_after_healing(

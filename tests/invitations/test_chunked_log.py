@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from p2pinvite.errors import DecodeError, FrameTooLarge, RemoteProtocolError
 from p2pinvite.halo.credentials import Role, issue_space_genesis, issue_space_member
@@ -88,6 +90,33 @@ def test_chunks_respect_item_and_byte_limits() -> None:
     for i, c in enumerate(big):
         msg = AdmittedMsg(b"c" * p.MAX_CREDENTIAL, c, GRANT, 300) if i == 0 else EntriesMsg(c)
         assert len(encode_message(msg)) <= p.MAX_CHUNK_BYTES
+
+
+@settings(max_examples=300, deadline=None)
+@given(sizes=st.lists(st.integers(1, 2 * 1024), min_size=1, max_size=1500),
+       epoch=st.sampled_from([1, 2**16, 2**32 - 1]))
+def test_every_chunk_fits_one_message_whatever_the_entry_sizes(sizes: list[int],
+                                                               epoch: int) -> None:
+    # The first chunk rides in an ``admitted`` with the largest credential, the
+    # swarm grant (its epoch as wide as it gets) and a count: all of it counts.
+    log = [bytes(n) for n in sizes]
+    chunks = chunk_entries(log)
+    assert [e for c in chunks for e in c] == log
+    grant = p.SwarmGrant(epoch, bytes(p.SWARM_BOX))
+    first = AdmittedMsg(b"c" * p.MAX_CREDENTIAL, chunks[0], grant,
+                        p.MAX_LOG_ENTRIES if len(chunks) > 1 else None)
+    assert len(encode_message(first)) <= p.MAX_CHUNK_BYTES
+    for c in chunks[1:]:
+        assert len(encode_message(EntriesMsg(c))) <= p.MAX_CHUNK_BYTES
+
+
+def test_a_full_first_chunk_leaves_room_for_the_swarm_grant() -> None:
+    # A log that fills the first chunk to the byte, found when the grant was added.
+    log = [bytes(256)] * 995 + [bytes(273)] + [bytes(256)] * 10
+    first = chunk_entries(log)[0]
+    msg = AdmittedMsg(b"c" * p.MAX_CREDENTIAL, first, p.SwarmGrant(2**32 - 1,
+                      bytes(p.SWARM_BOX)), len(log))
+    assert len(encode_message(msg)) <= p.MAX_CHUNK_BYTES
 
 
 def test_host_refuses_to_send_an_empty_or_oversized_log() -> None:

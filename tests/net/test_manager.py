@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -414,3 +415,36 @@ async def test_a_swarm_keeps_its_peers_connected_and_redials_after_a_drop() -> N
             assert sessions[1].handshake_hash != sessions[0].handshake_hash
             await trio.sleep(1.0)
             assert len(sessions) == 2
+
+
+async def test_reachable_addresses_leave_out_a_wildcard_without_mdns() -> None:
+    # With mDNS on, a wildcard stands for the mDNS interface addresses: that
+    # path is proved in namespaces (tests/daemon/test_e2e_swarms_netns.py).
+    async with open_network_manager(static_key=generate_private_key(),
+                                    listen=("0.0.0.0", 0)) as wild:
+        assert wild.addresses[0][0] == "0.0.0.0"
+        assert wild.reachable_addresses == []
+    async with open_network_manager(static_key=generate_private_key()) as local:
+        assert local.reachable_addresses == local.addresses
+        assert local.addresses[0][0] == "127.0.0.1"
+
+
+async def test_a_peer_that_drops_every_connection_at_once_is_redialed_with_backoff() -> None:
+    # A member check that fails drops the connection right after the handshake.
+    # Such a connection must not reset the dialer's backoff (else: 4-8 dials a
+    # second, each a full handshake, forever). Backoff doubles from 0.125-0.25 s,
+    # so at most 5 dials start within 2.5 s; without the rule it would be 10-20.
+    topic = Topic.for_swarm(b"2" * 32)
+    refused: list[float] = []
+    async with manager() as member, manager() as other:
+        async def refuse(stream: SecureStream) -> None:
+            refused.append(trio.current_time())
+
+        async def stay(stream: SecureStream) -> None:
+            with contextlib.suppress(P2PInviteError, trio.BrokenResourceError):
+                await stream.receive_message()
+
+        await member.join(topic, refuse, one_per_peer=True)
+        await other.join(topic, stay, one_per_peer=True, peers=member.addresses)
+        await trio.sleep(2.5)
+    assert 2 <= len(refused) <= 6, refused

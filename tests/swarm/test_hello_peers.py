@@ -76,3 +76,27 @@ def test_known_peers_are_bounded_and_a_damaged_file_is_ignored(tmp_path: Path) -
     assert len(KnownPeers(path).addresses()) == MAX_PEERS
     path.write_bytes(b"garbage")
     assert KnownPeers(path).addresses() == []
+    # Well-formed around damaged addresses: only the good one is kept.
+    bad = [["h", 1], ["10.0.0.1", "x"], ["10.0.0.1", 0], ["10.0.0.1", True], [1, 2],
+           "10.0.0.1", ["10.0.0.1", 70000], ["10.0.0.2", 7]]
+    path.write_bytes(pack({"v": 1, "peers": [[bytes(32), bad, 1]]}))
+    assert KnownPeers(path).addresses() == [("10.0.0.2", 7)]
+
+
+_MSGPACK = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.text(max_size=8)
+    | st.binary(max_size=40),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
+                                                                 max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=500, deadline=None)
+@given(peers=_MSGPACK, version=st.sampled_from([1, 2, "1"]))
+def test_any_known_peers_file_opens_or_is_ignored(tmp_path_factory: pytest.TempPathFactory,
+                                                  peers: object, version: object) -> None:
+    path = ensure_private_dir(tmp_path_factory.mktemp("kp") / "swarm") / "x.peers"
+    path.write_bytes(pack({"v": version, "peers": peers}))
+    for host, port in KnownPeers(path).addresses():  # never raises
+        assert isinstance(host, str)
+        assert 1 <= port <= 65535

@@ -93,9 +93,11 @@ SWARM_BOX: Final = 32 + 48
 # The seal key is used for exactly one message, so a fixed nonce is safe.
 _SEAL_NONCE: Final = bytes(12)
 # Encoded overhead of a chunk message besides its entries: map, type, field
-# names, array header, and the credential of an ``admitted`` with its header
-# (msgpack bin16: 3 bytes); each entry adds its length and a 3-byte header at most.
-_CHUNK_OVERHEAD: Final = 64 + MAX_CREDENTIAL + 3
+# names, array header, count, the credential of an ``admitted`` with its header
+# (msgpack bin16: 3 bytes) and its ``swarm`` grant (key, map, a uint32 epoch and
+# the box: 105 bytes, 128 counted); each entry adds its length and a 3-byte
+# header at most.
+_CHUNK_OVERHEAD: Final = 64 + MAX_CREDENTIAL + 3 + 128
 _ENTRY_HEADER: Final = 3
 
 Kind: TypeAlias = Literal["device", "space"]
