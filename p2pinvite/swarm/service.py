@@ -122,6 +122,10 @@ class _Swarm:
     epoch: int
     known: KnownPeers
     peers: dict[bytes, PeerInfo] = field(default_factory=dict)
+    #: Which connection each entry of ``peers`` belongs to. A connection that
+    #: replaced an older one to the same device registers before the older
+    #: one's handler has finished unwinding: that one must not touch the entry.
+    owners: dict[bytes, object] = field(default_factory=dict)
     unsubscribe: Callable[[], None] | None = None
 
 
@@ -281,22 +285,16 @@ class SwarmService:
                      exc)
             return
         info = PeerInfo(log_key, device, identity, hello.addrs, self._clock())
+        token = object()
         swarm.peers[device] = info
+        swarm.owners[device] = token
         self._emit(SwarmEvent("peer_connected", log_key, info))
-        if hello.addrs:
-            try:
-                await trio.to_thread.run_sync(swarm.known.seen, device, hello.addrs,
-                                              self._clock())
-            except OSError as exc:  # only dial candidates: never a reason to drop a peer
-                log.warning("swarm %s: could not remember a peer's addresses: %s",
-                            swarm.topic.short_id, exc)
-
         in_sync = False
 
         def progress(p: SyncProgress) -> None:
             nonlocal in_sync
             old = swarm.peers.get(device)
-            if old is None:
+            if old is None or swarm.owners.get(device) is not token:
                 return
             new = replace(old, last_synced=p.last_synced,
                           entries_received=p.stats.entries_received,
@@ -308,7 +306,16 @@ class SwarmService:
                 self._emit(SwarmEvent("synced", log_key, new))
             in_sync = p.synced
 
+        # Everything from the registration on is inside the try: a connection
+        # replaced (cancelled) at any await must still take its entry away.
         try:
+            if hello.addrs:
+                try:
+                    await trio.to_thread.run_sync(swarm.known.seen, device, hello.addrs,
+                                                  self._clock())
+                except OSError as exc:  # only dial candidates: never a reason to drop a peer
+                    log.warning("swarm %s: could not remember a peer's addresses: %s",
+                                swarm.topic.short_id, exc)
             result = await run_sync(stream, self._logs.replica(log_key), on_progress=progress,
                                     clock=self._clock)
             log.debug("swarm %s: sync with %s ended: %s", swarm.topic.short_id, peer_id,
@@ -317,8 +324,9 @@ class SwarmService:
             log.info("swarm %s: peer %s broke the sync protocol: %s; dropped",
                      swarm.topic.short_id, peer_id, exc)
         finally:
-            gone = swarm.peers.pop(device, None)
-            if gone is not None:
+            if swarm.owners.get(device) is token:
+                del swarm.owners[device]
+                gone = swarm.peers.pop(device)
                 self._emit(SwarmEvent("peer_left", log_key, gone))
 
     def drop_device(self, log_key: bytes, device: bytes) -> None:

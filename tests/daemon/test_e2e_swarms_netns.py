@@ -76,9 +76,14 @@ def test_owner_off_admin_admits_owner_back_all_list_three(
         eventually(lambda d=d: member_set(d, space), lambda s: s == expected, within=10,
                    what=f"{d.home.name} lists the three members")
     # Everyone is connected to everyone (mDNS on the member topic found the rest).
-    for d in (a, b, c):
-        eventually(lambda d=d: _peer_count(d, space), lambda n: n == 2, within=10,
-                   what=f"{d.home.name} connected to both other members")
+    try:
+        for d in (a, b, c):
+            eventually(lambda d=d: _peer_count(d, space), lambda n: n == 2, within=10,
+                       what=f"{d.home.name} connected to both other members")
+    except BaseException:
+        for d in (a, b, c):
+            print(d.home.name, d.stderr()[-20000:])
+        raise
     for d in (a, b, c):
         assert "Traceback" not in d.stderr()
 
