@@ -88,6 +88,11 @@ class KnownPeers:
         self._write()
         return True
 
+    def is_news(self, device: bytes, addrs: tuple[Address, ...]) -> bool:
+        """Whether :meth:`seen` with these addresses would write the file."""
+        old = self._peers.get(device)
+        return old is None or old[0] != addrs
+
     def forget(self, device: bytes) -> None:
         """Drop *device* (it was removed from the log)."""
         if self._peers.pop(device, None) is not None:

@@ -309,7 +309,9 @@ class SwarmService:
         # Everything from the registration on is inside the try: a connection
         # replaced (cancelled) at any await must still take its entry away.
         try:
-            if hello.addrs:
+            if hello.addrs and not swarm.known.is_news(device, hello.addrs):
+                swarm.known.seen(device, hello.addrs, self._clock())  # the time only: no I/O
+            elif hello.addrs:
                 try:
                     await trio.to_thread.run_sync(swarm.known.seen, device, hello.addrs,
                                                   self._clock())

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
 
 import pytest
 
+from p2pinvite.crypto.noise import public_key
+from p2pinvite.crypto.seal import seal
 from p2pinvite.errors import BadTag, LocalProtocolError, StorageError
 from p2pinvite.halo.keys import DeviceKeys
 from p2pinvite.halo.swarm_secrets import (
@@ -16,6 +19,7 @@ from p2pinvite.halo.swarm_secrets import (
     open_handover,
     seal_for_device,
 )
+from p2pinvite.net.topics import Topic
 
 LOG = bytes(range(32))
 
@@ -70,3 +74,24 @@ def test_a_handed_over_secret_opens_only_for_its_device_log_and_epoch() -> None:
         open_handover(device.static_private, LOG, 5, box)  # replayed as another epoch
     with pytest.raises(BadTag):
         open_handover(device.static_private, bytes(32), 4, box)  # or another log
+
+
+def test_the_handover_vector_of_the_protocol_document() -> None:
+    # docs/PROTOCOL.md Part 12 §2: the context is built from the documented
+    # label, log key and epoch; the box opens to the secret; the secret names
+    # the member topic of Part 4.
+    v = json.loads((Path(__file__).parents[1] / "vectors" / "swarm-handover.json").read_text())
+    h = {k: bytes.fromhex(x) for k, x in v.items() if k not in ("description", "epoch")}
+    log, epoch = h["log"], v["epoch"]
+    assert h["context"] == (b"p2pinvite/swarm-secret/v1\x00" + log + epoch.to_bytes(4, "big"))
+    assert public_key(h["recipient_private"]) == h["recipient_public"]
+    box = seal(h["recipient_public"], h["secret"], context=h["context"],
+               ephemeral=h["ephemeral_private"])
+    assert box == h["box"]
+    opened = open_handover(h["recipient_private"], log, epoch, h["box"])
+    assert opened == SwarmSecret(log, epoch, h["secret"])
+    with pytest.raises(BadTag):
+        open_handover(h["recipient_private"], log, epoch + 1, h["box"])
+    topic = Topic.for_swarm(h["secret"])
+    assert topic.id == h["topic_id"]
+    assert topic.psk == h["topic_psk"]

@@ -59,6 +59,8 @@ def test_known_peers_keep_the_latest_addresses_and_survive_a_reopen(tmp_path: Pa
     assert peers.addresses() == []
     assert peers.seen(b"a" * 32, (("10.0.0.1", 1),), 100.0) is True
     assert peers.seen(b"b" * 32, (("10.0.0.2", 2), ("10.0.0.1", 1)), 200.0) is True
+    assert not peers.is_news(b"a" * 32, (("10.0.0.1", 1),))
+    assert peers.is_news(b"a" * 32, (("10.0.0.9", 1),))
     assert peers.seen(b"a" * 32, (("10.0.0.1", 1),), 300.0) is False  # nothing new to write
     assert peers.addresses() == [("10.0.0.1", 1), ("10.0.0.2", 2)]
     assert peers.addresses(exclude=b"a" * 32) == [("10.0.0.2", 2), ("10.0.0.1", 1)]
