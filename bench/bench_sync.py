@@ -51,15 +51,16 @@ from _report import Row, parser, report
 from p2pinvite.client import AsyncClient, JoinResult, connect
 from p2pinvite.daemon.swarm_logs import DaemonLogs
 from p2pinvite.errors import DaemonNotRunning
-from p2pinvite.halo.credentials import CredentialVerifier, Role, decode_credential
+from p2pinvite.halo.credentials import CredentialVerifier, decode_credential
 from p2pinvite.halo.identity import IdentityService
-from p2pinvite.halo.keys import DeviceKeys, SigningKey
+from p2pinvite.halo.keys import DeviceKeys
 from p2pinvite.halo.spaces import SpaceService
 from p2pinvite.halo.swarm_secrets import SwarmSecrets
 from p2pinvite.net.manager import NetworkManager, open_network_manager
 from p2pinvite.net.secure import open_secure_stream
 from p2pinvite.net.topics import Topic
 from p2pinvite.swarm.service import SwarmService
+from tests.halo.strategies import admit_many
 
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 30.0
@@ -94,20 +95,6 @@ def make_member_pair(base: Path) -> tuple[Path, Path, bytes]:
         b.stop()
         a.stop()
     return home_a, home_b, bytes.fromhex(space)
-
-
-async def admit_many(home: Path, space: bytes, count: int) -> None:
-    """*count* admissions by the owner's device, appended concurrently (group commit)."""
-    ident = IdentityService.open(home)
-    spaces = SpaceService.open(ident)
-    try:
-        async with trio.open_nursery() as nursery:
-            for i in range(count):
-                nursery.start_soon(spaces.admit, space, SigningKey.generate().public_key,
-                                   Role.READER, f"reader {i}")
-    finally:
-        spaces.close()
-        ident.close()
 
 
 def verify_floor(home: Path, space: bytes) -> tuple[float, int]:

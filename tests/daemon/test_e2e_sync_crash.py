@@ -12,17 +12,13 @@ from __future__ import annotations
 
 import signal
 import time
-from pathlib import Path
 
 import pytest
 import trio
 
 from p2pinvite.client import connect
-from p2pinvite.halo.credentials import Role
-from p2pinvite.halo.identity import IdentityService
-from p2pinvite.halo.keys import SigningKey
-from p2pinvite.halo.spaces import SpaceService
 
+from ..halo.strategies import admit_many
 from .conftest import DaemonFactory, DaemonProc
 from .test_e2e_members import admit, eventually
 from .test_e2e_pairing import ok_json
@@ -31,20 +27,6 @@ pytestmark = pytest.mark.slow
 
 #: Entries added while the member is away (thousands: a sync of many batches).
 ENTRIES = 5000
-
-
-async def _admit_many(home: Path, space: bytes, count: int) -> None:
-    """*count* admissions by the owner's device, appended concurrently (group commit)."""
-    ident = IdentityService.open(home)
-    spaces = SpaceService.open(ident)
-    try:
-        async with trio.open_nursery() as nursery:
-            for i in range(count):
-                nursery.start_soon(spaces.admit, space, SigningKey.generate().public_key,
-                                   Role.READER, f"reader {i}")
-    finally:
-        spaces.close()
-        ident.close()
 
 
 def _count(d: DaemonProc, space: str) -> int:
@@ -61,7 +43,7 @@ def test_a_member_killed_mid_sync_keeps_what_it_stored_and_catches_up(
     home_a, home_b = a.home, b.home
     assert a.stop() == 0
     assert b.stop() == 0
-    trio.run(_admit_many, home_a, bytes.fromhex(space), ENTRIES)
+    trio.run(admit_many, home_a, bytes.fromhex(space), ENTRIES)
     total = 2 + ENTRIES
 
     a = daemons.start(home_a)

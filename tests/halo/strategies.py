@@ -22,7 +22,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import trio
 from hypothesis import strategies as st
 
 from p2pinvite.halo.credentials import (
@@ -34,13 +36,16 @@ from p2pinvite.halo.credentials import (
     issue_space_genesis,
     issue_space_member,
 )
+from p2pinvite.halo.identity import IdentityService
 from p2pinvite.halo.keys import DeviceKeys, SigningKey
+from p2pinvite.halo.spaces import SpaceService
 
 __all__ = [
     "T0",
     "IdentityBuilder",
     "Replica",
     "SpaceBuilder",
+    "admit_many",
     "build_space_credentials",
     "build_space_log",
     "corruptions",
@@ -304,3 +309,18 @@ def corruptions(draw: st.DrawFn, data: bytes) -> bytes:
     if how == "truncate":
         return data[: draw(st.integers(0, len(data) - 1))]
     return data + draw(st.binary(min_size=1, max_size=8))
+
+
+async def admit_many(home: Path, space: bytes, count: int) -> None:
+    """*count* READER admissions by the owner's device of *home* (no daemon running),
+    appended concurrently, so group commit writes them in few fsyncs."""
+    ident = IdentityService.open(home)
+    spaces = SpaceService.open(ident)
+    try:
+        async with trio.open_nursery() as nursery:
+            for i in range(count):
+                nursery.start_soon(spaces.admit, space, SigningKey.generate().public_key,
+                                   Role.READER, f"reader {i}")
+    finally:
+        spaces.close()
+        ident.close()
