@@ -814,14 +814,12 @@ class SpaceLog:
         """Frame the admitted entries' records and queue them as one group (no await)."""
         try:
             records = []
-            size = 0
             for entry_id, data in items:
                 record = frame_record(entry_id + data)
                 self._offsets.append(self._end)
                 self._end += len(record)
                 self._hasher.update(record)
                 records.append(record)
-                size += len(record)
             admitted = len(self._dag)
             ckpt = None
             if admitted >= self._next_snapshot:
@@ -834,8 +832,24 @@ class SpaceLog:
         except BaseException as exc:
             self._poison_with(exc)  # the state holds entries nothing will write
             raise LogPoisoned("could not queue an admitted entry; reopen the log") from exc
+        # A group is written whole, in one commit, and a crash tears at most one
+        # commit (the torn-tail bound at reopen): an ingest that completed many
+        # held entries is queued as several groups of at most MAX_COMMIT_BYTES.
+        # Records go in file order, parents first, so any durable prefix is a DAG.
+        parts: list[tuple[list[bytes], int]] = [([], 0)]
+        for record in records:
+            part, part_size = parts[-1]
+            if part and part_size + len(record) > MAX_COMMIT_BYTES:
+                parts.append(([], 0))
+                part, part_size = parts[-1]
+            part.append(record)
+            parts[-1] = (part, part_size + len(record))
         with self._lock:
-            self._groups.append(_Group(records, size, admitted, ckpt))
+            count = admitted - len(records)
+            for k, (part, part_size) in enumerate(parts):
+                count += len(part)
+                self._groups.append(_Group(part, part_size, count,
+                                           ckpt if k == len(parts) - 1 else None))
             start = not self._committing
             self._committing = True
             if self._gather_target and len(self._groups) >= self._gather_target:

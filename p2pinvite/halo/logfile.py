@@ -100,7 +100,7 @@ MAX_CREDENTIAL: Final = MAX_CREDENTIAL_SIZE
 MAX_BODY: Final = ID_SIZE + MAX_CREDENTIAL
 #: Upper bound on the bytes one commit (one pwrite, one fdatasync) writes. A
 #: torn tail is never longer than one commit, so damage spanning more than
-#: this (plus one record) is corruption. An ingest batch always fits.
+#: this (plus one record) is corruption. ``SpaceLog`` never queues a larger group.
 MAX_COMMIT_BYTES: Final = 4 << 20
 #: Largest checkpoint file.
 MAX_CHECKPOINT: Final = 1 << 31

@@ -406,6 +406,36 @@ async def test_ingest_a_branch_from_a_peer(tmp_path: Path) -> None:
         assert log.heads() == [merge]
 
 
+async def test_an_ingest_bigger_than_one_commit_is_written_in_bounded_commits(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A crash tears at most one commit, and reopening accepts a torn tail of at
+    # most one commit: an ingest that completes many held entries must not
+    # become one oversized write. (The bound is lowered so a small log shows it.)
+    limit = 4096
+    monkeypatch.setattr(logmod, "MAX_COMMIT_BYTES", limit)
+    written: list[int] = []
+    real = logmod.fsutil.pwrite_all
+
+    def spy(fd: int, data: bytes, offset: int) -> None:
+        written.append(len(data))
+        real(fd, data, offset)
+
+    monkeypatch.setattr(logmod.fsutil, "pwrite_all", spy)
+    space = new_space()
+    branch = fork(space, 60, by=OWNER, start=0)
+    with SpaceLog.create(tmp_path / "a.log", space.entries[:2]) as log:
+        held = await log.ingest([c.encode() for c in branch[1:]])
+        assert held.added == ()
+        before = len(written)
+        done = await log.ingest([branch[0].encode()])
+        assert done.added == tuple(c.id for c in branch)
+        assert len(written) - before >= 2
+        assert max(written[before:]) <= limit
+        assert log.count == 62
+    with SpaceLog.open(tmp_path / "a.log") as again:
+        assert again.count == 62
+
+
 async def test_ingest_holds_orphans_and_reports_missing_parents(tmp_path: Path) -> None:
     space = new_space()
     branch = fork(space, 5, by=OWNER, start=0)
