@@ -50,6 +50,7 @@ if TYPE_CHECKING:
         InviteKind,
         JoinResult,
         Member,
+        MemberChange,
     )
 
 __all__ = ["DaemonArgs", "build_parser", "main", "parse_daemon_args", "parse_duration"]
@@ -313,6 +314,43 @@ def cmd_space_peers(c: Client, a: argparse.Namespace) -> None:
              ", ".join(_addr(h, port) for h, port in p.addresses) or "-",
              _when(p.last_synced), f"{p.entries_received}/{p.entries_sent}"] for p in peers]
     _table(rows, ["LOG", "DEVICE", "IDENTITY", "ADDRESSES", "LAST SYNC", "IN/OUT"])
+
+
+def _show_change(change: MemberChange, a: argparse.Namespace, what: str) -> None:
+    if a.json:
+        _print_json(change)
+        return
+    m = change.member
+    print(f"{what} {m.name or '(no name)'} ({m.identity_key[:16]}), now {m.role.lower()}, "
+          f"in space {change.space[:16]}; entry {change.entry[:16]}")
+
+
+def _changing(change: Callable[[], MemberChange]) -> MemberChange:
+    """Run a membership change; a refusal names the membership rule that refused it."""
+    from .client import RequestError
+
+    try:
+        return change()
+    except RequestError as exc:
+        if exc.code == "refused" and exc.reason:
+            raise CliError(f"{exc} [refused: {exc.reason}]") from None
+        raise
+
+
+def cmd_space_role(c: Client, a: argparse.Namespace) -> None:
+    """``space role SPACE MEMBER ROLE``: change a member's role."""
+    change = _changing(lambda: c.spaces.set_role(a.space, a.member, a.role))
+    _show_change(change, a, "changed the role of")
+
+
+def cmd_space_remove(c: Client, a: argparse.Namespace) -> None:
+    """``space remove SPACE MEMBER``: remove a member."""
+    _show_change(_changing(lambda: c.spaces.remove(a.space, a.member)), a, "removed")
+
+
+def cmd_space_leave(c: Client, a: argparse.Namespace) -> None:
+    """``space leave SPACE``: remove our own identity from the space."""
+    _show_change(_changing(lambda: c.spaces.leave(a.space)), a, "left as")
 
 
 def _show_created(inv: CreatedInvitation, qr: bool) -> None:
@@ -890,6 +928,19 @@ def build_parser() -> argparse.ArgumentParser:
     spp.add_argument("space", metavar="SPACE", nargs="?",
                      help="space id, or name when unique (default: every log)")
     spp.set_defaults(func=cmd_space_peers)
+    member_help = "member's identity key, a unique prefix of it (8+), or unique name"
+    sr = ssub.add_parser("role", parents=[common], help="change a member's role")
+    sr.add_argument("space", metavar="SPACE", help="space id, or name when unique")
+    sr.add_argument("member", metavar="MEMBER", help=member_help)
+    sr.add_argument("role", metavar="ROLE", choices=["owner", "admin", "editor", "reader"])
+    sr.set_defaults(func=cmd_space_role)
+    srm = ssub.add_parser("remove", parents=[common], help="remove a member")
+    srm.add_argument("space", metavar="SPACE", help="space id, or name when unique")
+    srm.add_argument("member", metavar="MEMBER", help=member_help)
+    srm.set_defaults(func=cmd_space_remove)
+    sl = ssub.add_parser("leave", parents=[common], help="leave a space")
+    sl.add_argument("space", metavar="SPACE", help="space id, or name when unique")
+    sl.set_defaults(func=cmd_space_leave)
 
     inv = sub.add_parser("invite", help="invitations")
     vsub = inv.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -78,6 +78,7 @@ __all__ = [
     "InvitationInfo",
     "JoinResult",
     "Member",
+    "MemberChange",
     "Membership",
     "Peer",
     "Rejected",
@@ -391,6 +392,23 @@ class Membership:
         return cls(tuple(Member.from_wire(x) for x in _list(m.get("members"), "membership")),
                    tuple(Member.from_wire(x) for x in _list(m.get("removed"), "membership")),
                    tuple(Rejected.from_wire(x) for x in _list(m.get("rejected"), "membership")))
+
+
+@dataclass(frozen=True, slots=True)
+class MemberChange:
+    """A role change, removal or leave, durable in the space's log: the member's new
+    record (role ``removed`` after a removal) and the entry that made it."""
+
+    space: str
+    member: Member
+    entry: str
+
+    @classmethod
+    def from_wire(cls, v: Any) -> MemberChange:
+        """Parse a ``spaces.role`` / ``spaces.remove`` / ``spaces.leave`` result."""
+        m = _map(v, "member change")
+        return cls(_str(m, "space", "member change"), Member.from_wire(m.get("member")),
+                   _str(m, "entry", "member change"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -888,6 +906,24 @@ class _SpacesAPI:
         for ev in self._c.stream("spaces.subscribe", params):
             yield SpaceEvent.from_wire(ev)
 
+    def set_role(self, space: str, member: str, role: str) -> MemberChange:
+        """Give *member* (identity key, unique name or key prefix) of *space* *role*.
+
+        Refusals raise :class:`RequestError` ``refused`` whose ``reason`` names
+        the rule (``owner_required``, ``not_admin``, ``same_role``, ``cannot_demote_owner``, ...).
+        """
+        params = {"space": space, "member": member, "role": role}
+        return MemberChange.from_wire(self._c.call("spaces.role", params))
+
+    def remove(self, space: str, member: str) -> MemberChange:
+        """Remove *member* from *space* (refusals as for :meth:`set_role`)."""
+        params = {"space": space, "member": member}
+        return MemberChange.from_wire(self._c.call("spaces.remove", params))
+
+    def leave(self, space: str) -> MemberChange:
+        """Leave *space* (refused for its genesis owner: ``reason`` names the rule)."""
+        return MemberChange.from_wire(self._c.call("spaces.leave", {"space": space}))
+
 
 class _InvitationsAPI:
     def __init__(self, c: Client) -> None:
@@ -1156,6 +1192,20 @@ class _AsyncSpacesAPI:
                 yield SpaceEvent.from_wire(reply.event)
             elif isinstance(reply, ErrorReply):
                 _raise_for(reply)
+
+    async def set_role(self, space: str, member: str, role: str) -> MemberChange:
+        """Give *member* of *space* *role* (as :meth:`Client.spaces.set_role`)."""
+        params = {"space": space, "member": member, "role": role}
+        return MemberChange.from_wire(await self._c.call("spaces.role", params))
+
+    async def remove(self, space: str, member: str) -> MemberChange:
+        """Remove *member* from *space* (as :meth:`Client.spaces.remove`)."""
+        params = {"space": space, "member": member}
+        return MemberChange.from_wire(await self._c.call("spaces.remove", params))
+
+    async def leave(self, space: str) -> MemberChange:
+        """Leave *space* (as :meth:`Client.spaces.leave`)."""
+        return MemberChange.from_wire(await self._c.call("spaces.leave", {"space": space}))
 
     async def members(self, space: str) -> builtins.list[Member]:
         """Members of *space* (its id in hex, or its name when unique)."""

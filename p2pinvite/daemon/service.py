@@ -45,10 +45,10 @@ from ..crypto.ed25519 import check_public_key
 from ..errors import IPCError, P2PInviteError, WeakPublicKey
 from ..fsutil import atomic_write
 from ..halo.credentials import Role
-from ..halo.identity import IdentityExists, IdentityService, NoIdentity
+from ..halo.identity import IdentityExists, IdentityService, Issued, NoIdentity
 from ..halo.keys import DeviceKeys, SigningKey
 from ..halo.spaces import SpaceExists, SpaceService, UnknownSpace
-from ..halo.state import Member
+from ..halo.state import Member, MembershipState
 from ..halo.swarm_secrets import SwarmSecrets
 from ..invitations.handlers import AcceptResult
 from ..invitations.manager import DEFAULT_RETENTION, InvitationManager
@@ -467,6 +467,32 @@ def resolve_space(spaces: SpaceService, text: str) -> bytes:
     raise IPCError(f"no space {text!r}", code="not_found")
 
 
+def resolve_member(state: MembershipState, text: str) -> bytes:
+    """The identity key of the current member named by *text*: its full hex key, a
+    unique member name, or a unique key prefix (8+ hex chars).
+
+    Raises ``not_found`` or ``ambiguous`` (IPC errors).
+    """
+    members = state.members()
+    lowered = text.strip().lower()
+    for m in members:
+        if m.identity.hex() == lowered:
+            return m.identity
+    named = [m.identity for m in members if m.name == text]
+    if len(named) == 1:
+        return named[0]
+    if len(named) > 1:
+        raise IPCError(f"{len(named)} members are named {text!r}; use the identity key",
+                       code="ambiguous")
+    if len(lowered) >= 8 and all(c in "0123456789abcdef" for c in lowered):
+        prefixed = [m.identity for m in members if m.identity.hex().startswith(lowered)]
+        if len(prefixed) == 1:
+            return prefixed[0]
+        if len(prefixed) > 1:
+            raise IPCError(f"identity key prefix {text!r} is not unique", code="ambiguous")
+    raise IPCError(f"no current member {text!r}", code="not_found")
+
+
 def member_to_wire(m: Member) -> dict[str, Any]:
     """The IPC map of a space member: who, which role, admitted by whom and when."""
     return {
@@ -621,6 +647,38 @@ def method_table(d: Daemon) -> dict[str, Handler]:
                     for eid, st in space.log.resolver.statuses().items() if not st.applied]
         return {"members": members, "removed": removed, "rejected": rejected}
 
+    def changed_member(sid: bytes, member: bytes, issued: Issued) -> Any:
+        m = spaces.open_space(sid).state.member(member)
+        assert m is not None  # it was a member a moment ago
+        return {"space": sid.hex(), "member": member_to_wire(m), "entry": issued.id.hex()}
+
+    async def spaces_role(call: Call) -> Any:
+        _check_keys(call.params, frozenset({"space", "member", "role"}))
+        sid = resolve_space(spaces, p_str(call.params, "space") or "")
+        member = resolve_member(spaces.open_space(sid).state, p_str(call.params, "member") or "")
+        text = p_str(call.params, "role") or ""
+        roles = {r.value.lower(): r for r in Role if r is not Role.REMOVED}
+        if text not in roles:
+            raise _bad(f"role must be one of {sorted(roles)} (to remove, use spaces.remove)")
+        issued = await spaces.change_role(sid, member, roles[text])
+        log.info("member role changed", extra={"space": sid.hex(), "role": text})
+        return changed_member(sid, member, issued)
+
+    async def spaces_remove(call: Call) -> Any:
+        _check_keys(call.params, frozenset({"space", "member"}))
+        sid = resolve_space(spaces, p_str(call.params, "space") or "")
+        member = resolve_member(spaces.open_space(sid).state, p_str(call.params, "member") or "")
+        issued = await spaces.remove(sid, member)
+        log.info("member removed", extra={"space": sid.hex()})
+        return changed_member(sid, member, issued)
+
+    async def spaces_leave(call: Call) -> Any:
+        _check_keys(call.params, frozenset({"space"}))
+        sid = resolve_space(spaces, p_str(call.params, "space") or "")
+        issued = await spaces.leave(sid)
+        log.info("left a space", extra={"space": sid.hex()})
+        return changed_member(sid, ident.identity_key, issued)
+
     async def spaces_peers(call: Call) -> Any:
         _check_keys(call.params, frozenset({"space"}))
         text = p_str(call.params, "space", required=False)
@@ -675,6 +733,9 @@ def method_table(d: Daemon) -> dict[str, Handler]:
         "spaces.list": spaces_list,
         "spaces.members": spaces_members,
         "spaces.peers": spaces_peers,
+        "spaces.role": spaces_role,
+        "spaces.remove": spaces_remove,
+        "spaces.leave": spaces_leave,
         "spaces.subscribe": spaces_subscribe,
     }
 

@@ -67,6 +67,9 @@ log = logging.getLogger("p2pinvite.swarm")
 
 #: Longest wait for the peer's hello after the handshake.
 HELLO_TIMEOUT: Final = 10.0
+#: A removed member's connection lives at most this long (seconds) once the
+#: removal is applied here: long enough to hand it the removal itself.
+REMOVAL_GRACE: Final = 1.0
 _SUBSCRIBER_BUFFER: Final = 1024
 
 
@@ -117,15 +120,26 @@ class SwarmEvent:
 
 
 @dataclass(eq=False)
+class _Live:
+    """One checked member connection: its hello (to check it again) and its scope."""
+
+    hello: Hello
+    scope: trio.CancelScope
+    #: Its member was removed: it closes once in sync (it has learned of its
+    #: removal) or at the deadline set on ``scope``, whichever comes first.
+    closing: bool = False
+
+
+@dataclass(eq=False)
 class _Swarm:
     topic: Topic
     epoch: int
     known: KnownPeers
     peers: dict[bytes, PeerInfo] = field(default_factory=dict)
-    #: Which connection each entry of ``peers`` belongs to. A connection that
+    #: The live connection behind each entry of ``peers``. A connection that
     #: replaced an older one to the same device registers before the older
     #: one's handler has finished unwinding: that one must not touch the entry.
-    owners: dict[bytes, object] = field(default_factory=dict)
+    live: dict[bytes, _Live] = field(default_factory=dict)
     unsubscribe: Callable[[], None] | None = None
 
 
@@ -205,7 +219,7 @@ class SwarmService:
         async def handler(stream: SecureStream) -> None:
             await self._serve(log_key, swarm, stream)
 
-        swarm.unsubscribe = replica.subscribe(lambda: self._emit(SwarmEvent("changed", log_key)))
+        swarm.unsubscribe = replica.subscribe(lambda: self._changed(log_key, swarm))
         await self._network.join(topic, handler, advertise=self._mdns, discover=self._mdns,
                                  peers=known.addresses(), one_per_peer=True)
         log.info("joined the member swarm of %s (epoch %d, topic %s)", log_key.hex()[:12],
@@ -247,6 +261,37 @@ class SwarmService:
             self._subscribers.discard(send)
             send.close()
 
+    def _changed(self, log_key: bytes, swarm: _Swarm) -> None:
+        """The log gained entries: tell apps, and check every connected peer again.
+
+        A removal (or a role change that ends a membership) applied here, by a
+        local command or by sync, closes the connections of the devices it
+        concerns at once, whichever side dialed.
+        """
+        self._emit(SwarmEvent("changed", log_key))
+        for device, live in list(swarm.live.items()):
+            try:
+                self._logs.check_member(log_key, device, live.hello)
+            except NotAMember as exc:
+                if live.closing:
+                    continue
+                log.info("swarm %s: device %s is no longer a member device: %s; closing",
+                         swarm.topic.short_id, device.hex()[:12], exc)
+                # Not at once: the removal itself goes out first, so the removed
+                # device knows (its own invitations for the log stop), and
+                # nothing else, since the connection ends when the peer holds
+                # our heads -- or after REMOVAL_GRACE, whatever it does.
+                live.closing = True
+                live.scope.deadline = trio.current_time() + REMOVAL_GRACE
+                try:
+                    swarm.known.forget(device)
+                except OSError as exc:  # only dial candidates
+                    log.warning("swarm %s: could not forget a removed device's addresses: %s",
+                                swarm.topic.short_id, exc)
+            except P2PInviteError as exc:  # the log cannot answer: keep the peer
+                log.warning("swarm %s: could not check peer %s again: %s",
+                            swarm.topic.short_id, device.hex()[:12], exc)
+
     def _emit(self, event: SwarmEvent) -> None:
         for chan in list(self._subscribers):
             try:
@@ -285,22 +330,25 @@ class SwarmService:
                      exc)
             return
         info = PeerInfo(log_key, device, identity, hello.addrs, self._clock())
-        token = object()
+        token = _Live(hello, trio.CancelScope())
         swarm.peers[device] = info
-        swarm.owners[device] = token
+        swarm.live[device] = token
         self._emit(SwarmEvent("peer_connected", log_key, info))
         in_sync = False
 
         def progress(p: SyncProgress) -> None:
             nonlocal in_sync
             old = swarm.peers.get(device)
-            if old is None or swarm.owners.get(device) is not token:
+            if old is None or swarm.live.get(device) is not token:
                 return
             new = replace(old, last_synced=p.last_synced,
                           entries_received=p.stats.entries_received,
                           entries_new=p.stats.entries_new,
                           entries_sent=p.stats.entries_sent)
             swarm.peers[device] = new
+            if token.closing and p.synced:
+                token.scope.cancel()  # the removed device holds its removal: done
+                return
             # "synced" once per catching up, not at every message while in sync.
             if p.synced and not in_sync:
                 self._emit(SwarmEvent("synced", log_key, new))
@@ -309,30 +357,30 @@ class SwarmService:
         # Everything from the registration on is inside the try: a connection
         # replaced (cancelled) at any await must still take its entry away.
         try:
-            if hello.addrs and not swarm.known.is_news(device, hello.addrs):
-                swarm.known.seen(device, hello.addrs, self._clock())  # the time only: no I/O
-            elif hello.addrs:
-                try:
-                    await trio.to_thread.run_sync(swarm.known.seen, device, hello.addrs,
-                                                  self._clock())
-                except OSError as exc:  # only dial candidates: never a reason to drop a peer
-                    log.warning("swarm %s: could not remember a peer's addresses: %s",
-                                swarm.topic.short_id, exc)
-            result = await run_sync(stream, self._logs.replica(log_key), on_progress=progress,
-                                    clock=self._clock)
-            log.debug("swarm %s: sync with %s ended: %s", swarm.topic.short_id, peer_id,
-                      result.end)
+            with token.scope:
+                await self._sync(log_key, swarm, stream, device, hello, progress)
         except RemoteProtocolError as exc:
             log.info("swarm %s: peer %s broke the sync protocol: %s; dropped",
                      swarm.topic.short_id, peer_id, exc)
         finally:
-            if swarm.owners.get(device) is token:
-                del swarm.owners[device]
+            if swarm.live.get(device) is token:
+                del swarm.live[device]
                 gone = swarm.peers.pop(device)
                 self._emit(SwarmEvent("peer_left", log_key, gone))
 
-    def drop_device(self, log_key: bytes, device: bytes) -> None:
-        """Forget *device*'s addresses in *log_key* (it is no member device any more)."""
-        swarm = self._swarms.get(log_key)
-        if swarm is not None:
-            swarm.known.forget(device)
+    async def _sync(self, log_key: bytes, swarm: _Swarm, stream: SecureStream, device: bytes,
+                    hello: Hello, progress: Callable[[SyncProgress], None]) -> None:
+        """Remember where the peer listens, then sync until the connection ends."""
+        if hello.addrs and not swarm.known.is_news(device, hello.addrs):
+            swarm.known.seen(device, hello.addrs, self._clock())  # the time only: no I/O
+        elif hello.addrs:
+            try:
+                await trio.to_thread.run_sync(swarm.known.seen, device, hello.addrs,
+                                              self._clock())
+            except OSError as exc:  # only dial candidates: never a reason to drop a peer
+                log.warning("swarm %s: could not remember a peer's addresses: %s",
+                            swarm.topic.short_id, exc)
+        result = await run_sync(stream, self._logs.replica(log_key), on_progress=progress,
+                                clock=self._clock)
+        log.debug("swarm %s: sync with %s ended: %s", swarm.topic.short_id,
+                  device.hex()[:12], result.end)
