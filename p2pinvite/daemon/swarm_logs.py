@@ -44,9 +44,18 @@ class DaemonLogs:
         return keys + self._spaces.list_spaces()
 
     def hello(self, log_key: bytes) -> Hello:
-        """Our hello: a space's names our identity and proves this device belongs to it."""
+        """Our hello: a space's names our identity and proves this device belongs to it.
+
+        :class:`NotAMember` if our identity is no longer a member of the space.
+        """
         if self._is_identity(log_key):
             return Hello(log_key)
+        try:
+            state = self._spaces.open_space(log_key).state
+        except UnknownSpace:
+            raise NotAMember("not a log this device holds") from None
+        if not state.is_member(self._identity.identity_key):
+            raise NotAMember("our identity is no longer a member of the space")
         return Hello(log_key, identity=self._identity.identity_key,
                      chain=tuple(self._identity.device_chain()))
 

@@ -22,7 +22,10 @@ Every connection, dialed or accepted, then runs the same steps:
 3. the peer's addresses are remembered, and anti-entropy sync
    (:func:`~p2pinvite.sync.driver.run_sync`) runs until the connection ends.
    A local append, or entries arriving from any other peer, reach this peer
-   at once through the replica's change notification.
+   at once through the replica's change notification;
+4. each such change checks every live peer again: one whose member was
+   removed is closed once it holds its removal (at most a second later).
+   When the change removes this device, the swarm is left the same way.
 
 What the service needs from the logs is the small :class:`SwarmLogs`
 protocol, implemented by the daemon over the halo layer, so this module
@@ -77,7 +80,8 @@ class SwarmLogs(Protocol):
     """What the swarm service needs of the logs this device holds."""
 
     def hello(self, log_key: bytes) -> Hello:
-        """Our hello for *log_key* (without addresses: the service adds them)."""
+        """Our hello for *log_key* (without addresses: the service adds them);
+        :class:`~.hello.NotAMember` if this device is no longer a member of it."""
         ...
 
     def check_member(self, log_key: bytes, device: bytes, hello: Hello) -> bytes | None:
@@ -141,6 +145,8 @@ class _Swarm:
     #: one's handler has finished unwinding: that one must not touch the entry.
     live: dict[bytes, _Live] = field(default_factory=dict)
     unsubscribe: Callable[[], None] | None = None
+    #: This device is no longer a member: the swarm is being left.
+    leaving: bool = False
 
 
 class SwarmService:
@@ -163,11 +169,14 @@ class SwarmService:
         self._swarms: dict[bytes, _Swarm] = {}
         self._subscribers: set[trio.MemorySendChannel[SwarmEvent]] = set()
         self._stack: AsyncExitStack | None = None
+        self._nursery: trio.Nursery | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def __aenter__(self) -> SwarmService:
         self._stack = AsyncExitStack()
+        # For work a log change starts (leaving a swarm we were removed from).
+        self._nursery = await self._stack.enter_async_context(trio.open_nursery())
         try:
             for secret in self._secrets.all():
                 await self.join(secret.log)
@@ -177,9 +186,16 @@ class SwarmService:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        for key in list(self._swarms):
-            await self.leave(key)
-        self._stack = None
+        try:
+            for key in list(self._swarms):
+                await self.leave(key)
+        finally:
+            stack, nursery = self._stack, self._nursery
+            self._stack = self._nursery = None
+            if nursery is not None:
+                nursery.cancel_scope.cancel()
+            if stack is not None:
+                await stack.aclose()
 
     # -- joining -------------------------------------------------------------------------
 
@@ -195,8 +211,9 @@ class SwarmService:
     async def join(self, log_key: bytes) -> bool:
         """Join the swarm of *log_key* with its current secret; True if (re)joined.
 
-        Does nothing if this device holds no secret for it, or is in the swarm
-        with that secret's epoch already. A newer epoch moves to its topic.
+        Does nothing if this device holds no secret for it, is no longer a
+        member of it (:meth:`SwarmLogs.hello` says), or is in the swarm with
+        that secret's epoch already. A newer epoch moves to its topic.
         """
         secret = self._secrets.get(log_key)
         if secret is None:
@@ -206,6 +223,11 @@ class SwarmService:
             return False
         if swarm is not None:
             await self.leave(log_key)
+        try:
+            self._logs.hello(log_key)
+        except NotAMember as exc:  # removed, or left: keep away from its members
+            log.info("not joining the swarm of %s: %s", log_key.hex()[:12], exc)
+            return False
         try:
             replica = self._logs.replica(log_key)
         except P2PInviteError as exc:  # a secret outliving its log: nothing to serve
@@ -264,11 +286,20 @@ class SwarmService:
     def _changed(self, log_key: bytes, swarm: _Swarm) -> None:
         """The log gained entries: tell apps, and check every connected peer again.
 
-        A removal (or a role change that ends a membership) applied here, by a
-        local command or by sync, closes the connections of the devices it
-        concerns at once, whichever side dialed.
+        A removal (or a leave) applied here, by a local command or by sync,
+        closes the connections of the devices it concerns, whichever side
+        dialed, as soon as they hold it (at most :data:`REMOVAL_GRACE` later);
+        if it concerns this device, the swarm is left the same way.
         """
         self._emit(SwarmEvent("changed", log_key))
+        try:
+            self._logs.hello(log_key)
+        except NotAMember as exc:  # this device was removed, or left
+            if not swarm.leaving and self._nursery is not None:
+                log.info("leaving the swarm of %s: %s", log_key.hex()[:12], exc)
+                swarm.leaving = True
+                self._nursery.start_soon(self._leave_after_handover, log_key, swarm)
+            return
         for device, live in list(swarm.live.items()):
             try:
                 self._logs.check_member(log_key, device, live.hello)
@@ -285,12 +316,28 @@ class SwarmService:
                 live.scope.deadline = trio.current_time() + REMOVAL_GRACE
                 try:
                     swarm.known.forget(device)
-                except OSError as exc:  # only dial candidates
+                except OSError as err:  # only dial candidates
                     log.warning("swarm %s: could not forget a removed device's addresses: %s",
-                                swarm.topic.short_id, exc)
+                                swarm.topic.short_id, err)
             except P2PInviteError as exc:  # the log cannot answer: keep the peer
                 log.warning("swarm %s: could not check peer %s again: %s",
                             swarm.topic.short_id, device.hex()[:12], exc)
+
+    async def _leave_after_handover(self, log_key: bytes, swarm: _Swarm) -> None:
+        """Leave the swarm once our peers hold our last entries (at most REMOVAL_GRACE).
+
+        Our own leave (or the removal we just received) must still reach the
+        members: each live connection closes when the peer holds our heads.
+        """
+        for live in swarm.live.values():
+            live.closing = True
+            live.scope.deadline = min(live.scope.deadline,
+                                      trio.current_time() + REMOVAL_GRACE)
+        with trio.move_on_after(REMOVAL_GRACE):
+            while swarm.live:  # noqa: ASYNC110 - the handlers end on their own
+                await trio.sleep(0.01)
+        if self._swarms.get(log_key) is swarm:
+            await self.leave(log_key)
 
     def _emit(self, event: SwarmEvent) -> None:
         for chan in list(self._subscribers):
@@ -310,9 +357,13 @@ class SwarmService:
     async def _serve(self, log_key: bytes, swarm: _Swarm, stream: SecureStream) -> None:
         peer_id = stream.remote_static.hex()[:12]
         try:
+            ours = self._our_hello(log_key)
+        except NotAMember:
+            return  # this device is no longer a member: the swarm is being left
+        try:
             device = verify_binding_proof(stream.remote_payload, stream.remote_static)
             with trio.fail_after(self._hello_timeout):
-                await stream.send_message(encode_hello(self._our_hello(log_key)))
+                await stream.send_message(encode_hello(ours))
                 hello = decode_hello(await stream.receive_message(MAX_HELLO))
             if hello.log != log_key:
                 raise NotAMember("its hello names another log")

@@ -25,6 +25,10 @@ def _peer_identities(d: DaemonProc, space: str) -> set[str]:
     return {p["identity_key"] for p in ok_json(d, "space", "peers", space)}
 
 
+def _swarm_logs(d: DaemonProc) -> set[str]:
+    return {s["log"] for s in ok_json(d, "status")["swarms"]}
+
+
 def test_an_admin_removes_a_member_whose_connections_close_and_who_gets_nothing_more(
         daemons: DaemonFactory) -> None:
     a, b, c, d = (daemons.start() for _ in range(4))
@@ -60,8 +64,11 @@ def test_an_admin_removes_a_member_whose_connections_close_and_who_gets_nothing_
                what="Alice closed her connection to Carol")
     eventually(lambda: _peer_identities(c, space), lambda p: p == set(), within=5,
                what="Carol has no member connection left")
-    # She was handed the removal before the connection closed: her copy knows.
+    # She was handed the removal before the connection closed: her copy knows,
+    # and her daemon left the space's swarm (it dials no member any more).
     assert ids[2] not in {k for k, _ in member_set(c, space)}
+    eventually(lambda: _swarm_logs(c), lambda logs: space not in logs, within=5,
+               what="Carol's daemon left the space's swarm")
     for x in (a, b):
         full = ok_json(x, "space", "members", space, "--all")
         assert [m["identity_key"] for m in full["removed"]] == [ids[2]]
@@ -84,6 +91,14 @@ def test_an_admin_removes_a_member_whose_connections_close_and_who_gets_nothing_
     assert left["member"]["role"] == "removed"
     eventually(lambda: member_set(a, space), lambda s: ids[3] not in {k for k, _ in s},
                what="Alice sees Dave gone")
+    eventually(lambda: _swarm_logs(d), lambda logs: space not in logs, within=5,
+               what="Dave's daemon left the space's swarm")
+    # A restart does not bring a removed member back into the swarm.
+    home_c = c.home
+    assert c.stop() == 0
+    c = daemons.start(home_c)
+    assert space not in _swarm_logs(c)
+    assert "not joining the swarm" in c.stderr()
     # The genesis owner cannot leave: the rule is named.
     r = a.cli("space", "leave", space)
     assert r.returncode != 0
