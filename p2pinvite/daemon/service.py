@@ -442,29 +442,39 @@ def _role(role: Role | None) -> str | None:
     return None if role is None else role.value.lower()
 
 
+def _resolve_named(keys: list[bytes], name_of: Callable[[bytes], str], text: str, *,
+                   plural: str, key: str, missing: str) -> bytes:
+    """The key named by *text*: a full hex key, a unique name, or a unique key prefix.
+
+    The one lookup rule of every IPC param that names a space or a member.
+    Raises ``not_found`` or ``ambiguous`` (IPC errors).
+    """
+    lowered = text.strip().lower()
+    for k in keys:
+        if k.hex() == lowered:
+            return k
+    named = [k for k in keys if name_of(k) == text]
+    if len(named) == 1:
+        return named[0]
+    if len(named) > 1:
+        raise IPCError(f"{len(named)} {plural} are named {text!r}; use the {key}",
+                       code="ambiguous")
+    if len(lowered) >= 8 and all(c in "0123456789abcdef" for c in lowered):
+        prefixed = [k for k in keys if k.hex().startswith(lowered)]
+        if len(prefixed) == 1:
+            return prefixed[0]
+        if len(prefixed) > 1:
+            raise IPCError(f"{key} prefix {text!r} is not unique", code="ambiguous")
+    raise IPCError(f"no {missing} {text!r}", code="not_found")
+
+
 def resolve_space(spaces: SpaceService, text: str) -> bytes:
     """The space id named by *text*: its full hex id, a unique name, or a unique id prefix.
 
     Raises ``not_found`` or ``ambiguous`` (IPC errors).
     """
-    ids = spaces.list_spaces()
-    lowered = text.strip().lower()
-    for sid in ids:
-        if sid.hex() == lowered:
-            return sid
-    named = [sid for sid in ids if spaces.open_space(sid).name == text]
-    if len(named) == 1:
-        return named[0]
-    if len(named) > 1:
-        raise IPCError(f"{len(named)} spaces are named {text!r}; use the space id",
-                       code="ambiguous")
-    if len(lowered) >= 8 and all(c in "0123456789abcdef" for c in lowered):
-        prefixed = [sid for sid in ids if sid.hex().startswith(lowered)]
-        if len(prefixed) == 1:
-            return prefixed[0]
-        if len(prefixed) > 1:
-            raise IPCError(f"space id prefix {text!r} is not unique", code="ambiguous")
-    raise IPCError(f"no space {text!r}", code="not_found")
+    return _resolve_named(spaces.list_spaces(), lambda sid: spaces.open_space(sid).name, text,
+                          plural="spaces", key="space id", missing="space")
 
 
 def resolve_member(state: MembershipState, text: str) -> bytes:
@@ -473,24 +483,9 @@ def resolve_member(state: MembershipState, text: str) -> bytes:
 
     Raises ``not_found`` or ``ambiguous`` (IPC errors).
     """
-    members = state.members()
-    lowered = text.strip().lower()
-    for m in members:
-        if m.identity.hex() == lowered:
-            return m.identity
-    named = [m.identity for m in members if m.name == text]
-    if len(named) == 1:
-        return named[0]
-    if len(named) > 1:
-        raise IPCError(f"{len(named)} members are named {text!r}; use the identity key",
-                       code="ambiguous")
-    if len(lowered) >= 8 and all(c in "0123456789abcdef" for c in lowered):
-        prefixed = [m.identity for m in members if m.identity.hex().startswith(lowered)]
-        if len(prefixed) == 1:
-            return prefixed[0]
-        if len(prefixed) > 1:
-            raise IPCError(f"identity key prefix {text!r} is not unique", code="ambiguous")
-    raise IPCError(f"no current member {text!r}", code="not_found")
+    names = {m.identity: m.name for m in state.members()}
+    return _resolve_named(list(names), names.__getitem__, text, plural="members",
+                          key="identity key", missing="current member")
 
 
 def member_to_wire(m: Member) -> dict[str, Any]:
