@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TextIO, TypeVar
 
 from . import __version__
 from .errors import DaemonNotRunning, IPCError, P2PInviteError
@@ -323,9 +323,26 @@ def _show_change(change: MemberChange, a: argparse.Namespace, what: str) -> None
     m = change.member
     print(f"{what} {m.name or '(no name)'} ({m.identity_key[:16]}), now {m.role.lower()}, "
           f"in space {change.space[:16]}; entry {change.entry[:16]}")
+    if change.epoch is not None:
+        print(f"the space's swarm secret is now epoch {change.epoch}")
 
 
-def _changing(change: Callable[[], MemberChange]) -> MemberChange:
+def cmd_device_remove(c: Client, a: argparse.Namespace) -> None:
+    """``device remove DEVICE``: revoke another device of this identity."""
+    removal = _changing(lambda: c.devices.remove(a.device))
+    if a.json:
+        _print_json(removal)
+        return
+    print(f"removed device {removal.device_key[:16]} from identity "
+          f"{removal.identity_key[:16]}; entry {removal.entry[:16]}")
+    if removal.epoch is not None:
+        print(f"the identity's swarm secret is now epoch {removal.epoch}")
+
+
+_T = TypeVar("_T")
+
+
+def _changing(change: Callable[[], _T]) -> _T:
     """Run a membership change; a refusal names the membership rule that refused it."""
     from .client import RequestError
 
@@ -912,6 +929,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("devices", parents=[common], help="list this identity's devices").set_defaults(
         func=cmd_devices
     )
+    dev = sub.add_parser("device", help="one of this identity's devices")
+    dsub = dev.add_subparsers(dest="action", required=True, metavar="ACTION")
+    dr = dsub.add_parser("remove", parents=[common],
+                         help="remove another device of this identity (a lost laptop, say)")
+    dr.add_argument("device", metavar="DEVICE", help="device key, or a unique prefix (8+ hex)")
+    dr.set_defaults(func=cmd_device_remove)
 
     sp = sub.add_parser("space", help="spaces")
     ssub = sp.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -72,6 +72,7 @@ __all__ = [
     "CodeInfo",
     "CreatedInvitation",
     "Device",
+    "DeviceRemoval",
     "ForeignDaemon",
     "Identity",
     "InvitationEvent",
@@ -402,13 +403,34 @@ class MemberChange:
     space: str
     member: Member
     entry: str
+    #: After a removal: the epoch of the space's swarm secret, rotated by it.
+    epoch: int | None = None
 
     @classmethod
     def from_wire(cls, v: Any) -> MemberChange:
         """Parse a ``spaces.role`` / ``spaces.remove`` / ``spaces.leave`` result."""
         m = _map(v, "member change")
         return cls(_str(m, "space", "member change"), Member.from_wire(m.get("member")),
-                   _str(m, "entry", "member change"))
+                   _str(m, "entry", "member change"), _opt_int(m, "epoch", "member change"))
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRemoval:
+    """A device removed from this identity (``devices.remove``): the revoking entry,
+    and the epoch of the identity's swarm secret, rotated by it."""
+
+    device_key: str
+    identity_key: str
+    entry: str
+    epoch: int | None = None
+
+    @classmethod
+    def from_wire(cls, v: Any) -> DeviceRemoval:
+        """Parse a ``devices.remove`` result."""
+        m = _map(v, "device removal")
+        return cls(_str(m, "device_key", "device removal"),
+                   _str(m, "identity_key", "device removal"),
+                   _str(m, "entry", "device removal"), _opt_int(m, "epoch", "device removal"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -873,6 +895,10 @@ class _DevicesAPI:
         """The devices authorized for this identity."""
         return [Device.from_wire(d) for d in _list(self._c.call("devices.list"), "devices")]
 
+    def remove(self, device: str) -> DeviceRemoval:
+        """Remove another device of this identity (full key or unique 8+ hex prefix)."""
+        return DeviceRemoval.from_wire(self._c.call("devices.remove", {"device": device}))
+
 
 class _SpacesAPI:
     def __init__(self, c: Client) -> None:
@@ -1159,6 +1185,11 @@ class _AsyncDevicesAPI:
         """The devices authorized for this identity."""
         v = await self._c.call("devices.list")
         return [Device.from_wire(d) for d in _list(v, "devices")]
+
+    async def remove(self, device: str) -> DeviceRemoval:
+        """Remove another device of this identity (full key or unique 8+ hex prefix)."""
+        v = await self._c.call("devices.remove", {"device": device})
+        return DeviceRemoval.from_wire(v)
 
 
 class _AsyncSpacesAPI:

@@ -604,6 +604,17 @@ def method_table(d: Daemon) -> dict[str, Handler]:
             for dev in ident.devices()
         ]
 
+    async def devices_remove(call: Call) -> Any:
+        _check_keys(call.params, frozenset({"device"}))
+        text = p_str(call.params, "device") or ""
+        device = _resolve_named(ident.devices(), lambda _: "", text, plural="devices",
+                                key="device key", missing="current device")
+        issued = await ident.revoke_device(device)
+        log.info("device removed", extra={"device": device.hex()})
+        epoch = None if d.swarm is None else await d.swarm.rotate_now(ident.identity_key)
+        return {"device_key": device.hex(), "identity_key": ident.identity_key.hex(),
+                "entry": issued.id.hex(), "epoch": epoch}
+
     async def spaces_create(call: Call) -> Any:
         _check_keys(call.params, frozenset({"name"}))
         name = p_name(call.params)
@@ -665,7 +676,11 @@ def method_table(d: Daemon) -> dict[str, Handler]:
         member = resolve_member(spaces.open_space(sid).state, p_str(call.params, "member") or "")
         issued = await spaces.remove(sid, member)
         log.info("member removed", extra={"space": sid.hex()})
-        return changed_member(sid, member, issued)
+        out = changed_member(sid, member, issued)
+        # The removed member holds the swarm secret: a new one, sealed to the
+        # others, before the answer (others who see the removal would do it too).
+        out["epoch"] = None if d.swarm is None else await d.swarm.rotate_now(sid)
+        return out
 
     async def spaces_leave(call: Call) -> Any:
         _check_keys(call.params, frozenset({"space"}))
@@ -724,6 +739,7 @@ def method_table(d: Daemon) -> dict[str, Handler]:
         "identity.create": identity_create,
         "identity.show": identity_show,
         "devices.list": devices_list,
+        "devices.remove": devices_remove,
         "spaces.create": spaces_create,
         "spaces.list": spaces_list,
         "spaces.members": spaces_members,

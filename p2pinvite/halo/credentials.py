@@ -53,29 +53,37 @@ from ..errors import CredentialError, DecodeError, SignatureError
 from .keys import Signer
 
 __all__ = [
+    "CHECK_SIZE",
     "CREDENTIAL_VERSION",
     "MAX_CHAIN_DEPTH",
     "MAX_CREDENTIAL_SIZE",
+    "MAX_GRANTS",
     "MAX_INVITATION_ID",
     "MAX_NAME",
     "MAX_PARENTS",
+    "SEALED_SECRET_SIZE",
     "SIGNATURE_CONTEXT",
     "Assertion",
     "AuthorizedDevice",
     "Credential",
     "CredentialVerifier",
+    "Grant",
     "IdentityGenesis",
     "MalformedCredential",
+    "RevokedDevice",
     "Role",
     "SpaceGenesis",
     "SpaceMember",
+    "SwarmKey",
     "decode_credential",
     "issue_authorized_device",
+    "issue_device_revocation",
     "issue_identity_genesis",
     "issue_member_removal",
     "issue_role_change",
     "issue_space_genesis",
     "issue_space_member",
+    "issue_swarm_key",
     "now_ms",
     "verify_credential",
 ]
@@ -95,6 +103,12 @@ MAX_NAME: Final = 128
 MAX_INVITATION_ID: Final = 64
 #: Most ``parents`` of one credential (heads of the issuer's copy of the log).
 MAX_PARENTS: Final = 64
+#: Most ``grants`` of one ``swarm_key`` (member devices a rotation seals to).
+MAX_GRANTS: Final = 64
+#: Size of a sealed swarm secret: ephemeral key, 32-byte secret, tag.
+SEALED_SECRET_SIZE: Final = 32 + 32 + 16
+#: Size of a ``swarm_key`` check value.
+CHECK_SIZE: Final = 16
 
 _KEY = 32
 _SIG = 64
@@ -159,13 +173,50 @@ class SpaceMember:
     invitation: bytes | None = None
 
 
-Assertion = IdentityGenesis | AuthorizedDevice | SpaceGenesis | SpaceMember
+@dataclass(frozen=True, slots=True)
+class RevokedDevice:
+    """The issuing identity no longer owns the subject device key (``device remove``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A log's swarm secret sealed to one member device's Noise static key.
+
+    ``member`` is the device's identity (the identity key itself in an
+    identity log), ``device`` its device key, ``static`` its X25519 static
+    key, ``box`` the secret sealed to it (docs/PROTOCOL.md Part 12 §6).
+    """
+
+    member: bytes
+    device: bytes
+    static: bytes
+    box: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SwarmKey:
+    """A swarm secret of the subject log: a rotation, or more grants of the secret in force.
+
+    ``epoch`` numbers the secret, ``check`` commits to it (a receiver checks
+    what it opened against it), ``grants`` seal it to member devices,
+    strictly ascending by device key.
+    """
+
+    epoch: int
+    check: bytes
+    grants: tuple[Grant, ...] = ()
+
+
+Assertion = (IdentityGenesis | AuthorizedDevice | SpaceGenesis | SpaceMember | RevokedDevice
+             | SwarmKey)
 
 _TYPE_NAMES: Final[dict[type[Any], str]] = {
     IdentityGenesis: "identity_genesis",
     AuthorizedDevice: "authorized_device",
     SpaceGenesis: "space_genesis",
     SpaceMember: "space_member",
+    RevokedDevice: "revoked_device",
+    SwarmKey: "swarm_key",
 }
 _COMMON: Final = frozenset(
     {"v", "type", "issuer", "subject", "issued_at", "parents", "signer", "chain", "sig"}
@@ -177,6 +228,8 @@ _FIELDS: Final[dict[str, frozenset[str]]] = {
     "authorized_device": _COMMON | {"invitation"},
     "space_genesis": _COMMON | {"owner", "name"},
     "space_member": _COMMON | {"space", "role", "profile", "invitation"},
+    "revoked_device": _COMMON,
+    "swarm_key": _COMMON | {"epoch", "check", "grants"},
 }
 
 
@@ -190,8 +243,8 @@ _ORDER: Final[dict[str, tuple[str, ...]]] = {
     t: _canonical_order(list(f)) for t, f in _FIELDS.items()
 }
 #: Upper bound of a credential's encoding without its chain elements
-#: (parents included).
-_MAX_OWN_FIELDS: Final = 1024 + MAX_PARENTS * 34
+#: (parents and grants included).
+_MAX_OWN_FIELDS: Final = 1024 + MAX_PARENTS * 34 + MAX_GRANTS * (3 * 34 + 82 + 1)
 
 
 def _packb(ordered: dict[str, Any]) -> bytes:
@@ -254,8 +307,32 @@ def _check_assertion(a: Assertion) -> None:
             raise MalformedCredential("role must be a Role")
         _check_name(a.name, "profile name")
         _check_invitation(a.invitation)
-    else:
+    elif isinstance(a, SwarmKey):
+        _check_swarm_key(a)
+    elif not isinstance(a, RevokedDevice):
         raise MalformedCredential(f"unknown assertion {type(a).__name__}")
+
+
+def _check_swarm_key(a: SwarmKey) -> None:
+    if not isinstance(a.epoch, int) or isinstance(a.epoch, bool) or not 2 <= a.epoch < 2**32:
+        raise MalformedCredential("a swarm_key epoch is 2..2**32-1 (1 is the log's first)")
+    if not isinstance(a.check, bytes) or len(a.check) != CHECK_SIZE:
+        raise MalformedCredential(f"a swarm_key check is {CHECK_SIZE} bytes")
+    if not isinstance(a.grants, tuple) or len(a.grants) > MAX_GRANTS:
+        raise MalformedCredential(f"a swarm_key has at most {MAX_GRANTS} grants")
+    prev = b""
+    for g in a.grants:
+        if not isinstance(g, Grant):
+            raise MalformedCredential("grants must be Grant values")
+        for value, what in ((g.member, "grant member"), (g.device, "grant device"),
+                            (g.static, "grant static key")):
+            _check_key(value, what)
+        if not isinstance(g.box, bytes) or len(g.box) != SEALED_SECRET_SIZE:
+            raise MalformedCredential(f"a grant's box is {SEALED_SECRET_SIZE} bytes")
+        # One encoding per set of grants, one grant per device.
+        if g.device <= prev:
+            raise MalformedCredential("grants must be strictly ascending by device")
+        prev = g.device
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,6 +442,12 @@ class Credential:
         elif isinstance(a, SpaceGenesis):
             m["owner"] = a.owner
             m["name"] = a.name
+        elif isinstance(a, SwarmKey):
+            m["epoch"] = a.epoch
+            m["check"] = a.check
+            m["grants"] = [[g.member, g.device, g.static, g.box] for g in a.grants]
+        elif isinstance(a, RevokedDevice):
+            pass
         else:
             m["space"] = a.space
             m["role"] = a.role.value
@@ -428,6 +511,13 @@ def _get_profile(m: dict[str, Any]) -> str:
     return name
 
 
+def _grant(item: Any) -> Grant:
+    if not (isinstance(item, list) and len(item) == 4
+            and all(isinstance(x, bytes) for x in item)):
+        raise MalformedCredential("a grant is [member, device, static, box]")
+    return Grant(*item)
+
+
 def decode_credential(data: bytes) -> Credential:
     """Strictly decode *data* into a :class:`Credential` (signature not checked).
 
@@ -477,6 +567,11 @@ def decode_credential(data: bytes) -> Credential:
         assertion = AuthorizedDevice(invitation=inv)
     elif type_name == "space_genesis":
         assertion = SpaceGenesis(owner=_get(m, "owner", bytes), name=_get(m, "name", str))
+    elif type_name == "revoked_device":
+        assertion = RevokedDevice()
+    elif type_name == "swarm_key":
+        assertion = SwarmKey(epoch=_get(m, "epoch", int), check=_get(m, "check", bytes),
+                             grants=tuple(_grant(g) for g in _get(m, "grants", list)))
     else:
         role = _get(m, "role", str)
         if role not in Role.__members__:
@@ -775,4 +870,45 @@ def issue_member_removal(
     return issue_role_change(
         signer, issuer=issuer, space=space, member=member, role=Role.REMOVED,
         parents=parents, chain=chain, issued_at=issued_at,
+    )
+
+
+def issue_device_revocation(
+    signer: Signer,
+    *,
+    identity: bytes,
+    device: bytes,
+    parents: Iterable[bytes],
+    chain: Sequence[bytes] = (),
+    issued_at: int | None = None,
+) -> Credential:
+    """*identity* revokes its *device* (``device remove``), signed by another of its devices."""
+    return _issue(
+        signer, issuer=identity, subject=device, assertion=RevokedDevice(), parents=parents,
+        chain=chain, issued_at=issued_at,
+    )
+
+
+def issue_swarm_key(
+    signer: Signer,
+    *,
+    issuer: bytes,
+    log: bytes,
+    epoch: int,
+    check: bytes,
+    grants: Iterable[Grant],
+    parents: Iterable[bytes],
+    chain: Sequence[bytes] = (),
+    issued_at: int | None = None,
+) -> Credential:
+    """*issuer* seals the swarm secret *epoch* of *log* (committed to by *check*) to *grants*.
+
+    A new *epoch* is a rotation (OWNER/ADMIN of a space, any device of an
+    identity); the epoch and check in force are more grants of it (any member).
+    """
+    ordered = tuple(sorted(grants, key=lambda g: g.device))
+    return _issue(
+        signer, issuer=issuer, subject=log,
+        assertion=SwarmKey(epoch=epoch, check=check, grants=ordered), parents=parents,
+        chain=chain, issued_at=issued_at,
     )

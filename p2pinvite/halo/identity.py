@@ -42,8 +42,11 @@ from ..errors import CredentialError, LocalProtocolError, StorageError
 from ..fsutil import ensure_private_dir, fsync_dir
 from .credentials import (
     CredentialVerifier,
+    Grant,
     issue_authorized_device,
+    issue_device_revocation,
     issue_identity_genesis,
+    issue_swarm_key,
 )
 from .keys import DeviceKeys, SigningKey, load_or_create_device_keys
 from .log import SpaceLog
@@ -267,6 +270,16 @@ class IdentityService:
         return self._log is not None
 
     @property
+    def device_removed(self) -> bool:
+        """Whether this device was removed (revoked) from its identity by another device.
+
+        It then acts for the identity no more: no invitations hosted or
+        accepted in its name, no member swarm joined.
+        """
+        return self._log is not None and not self._log.state.is_device(
+            self._device.device_public)
+
+    @property
     def log(self) -> SpaceLog:
         """The identity's HALO log (for sync); :class:`NoIdentity` if there is none."""
         if self._log is None:
@@ -409,6 +422,36 @@ class IdentityService:
             self._device, identity=self.identity_key, device=device,
             parents=log.append_parents(), chain=self.device_chain(), invitation=invitation,
             issued_at=issued_at,
+        )
+        return Issued(cred.encode(), await log.append(cred))
+
+    async def revoke_device(self, device: bytes, *, issued_at: int | None = None) -> Issued:
+        """Revoke another *device* of this identity (``device remove``); durable on return.
+
+        Raises ``CredentialError``: rule ``this_device`` for this device (a
+        device is removed from another one), ``not_device`` for a key that is
+        not a current device, ``last_device`` for the last one.
+        """
+        if device == self._device.device_public:
+            raise CredentialError("a device is removed from another device of the identity",
+                                  rule="this_device")
+        if not self.state.is_device(device):
+            raise CredentialError("not a current device of this identity", rule="not_device")
+        log = self.log
+        cred = issue_device_revocation(
+            self._device, identity=self.identity_key, device=device,
+            parents=log.append_parents(), chain=self.device_chain(), issued_at=issued_at,
+        )
+        return Issued(cred.encode(), await log.append(cred))
+
+    async def write_swarm_key(self, epoch: int, check: bytes, grants: Sequence[Grant], *,
+                              issued_at: int | None = None) -> Issued:
+        """Write a ``swarm_key`` for the identity log (halo/swarm_keys.py); durable on return."""
+        log = self.log
+        cred = issue_swarm_key(
+            self._device, issuer=self.identity_key, log=self.identity_key, epoch=epoch,
+            check=check, grants=grants, parents=log.append_parents(),
+            chain=self.device_chain(), issued_at=issued_at,
         )
         return Issued(cred.encode(), await log.append(cred))
 

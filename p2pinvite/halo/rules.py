@@ -41,10 +41,17 @@ Rules, by the name ``rule_name(code)`` gives (docs/PROTOCOL.md Part 8 §3)::
     cannot_remove_owner  removing the genesis owner (also: the owner leaving)
     cannot_demote_owner  changing the genesis owner's role
     same_role            a role change to the role the member has
+    not_device           revoking a device that is not a current device
+    last_device          revoking an identity's last current device
+    wrong_log_key        swarm_key names another log
+    stale_epoch          a rotation whose epoch is not above the secret in force
+    stale_key            a grant of a secret that is not the one in force
 
-Power entries (role changes, removals, leaving) slot in as intents; a later
-power type (revoking a device in an identity log) is another intent, another
-``classify`` branch and another ``_CHECKS`` entry.
+Power entries (role changes, removals, leaving, revoking a device) are
+intents the resolver orders first. A ``swarm_key`` is a ROTATE when its
+epoch and check differ from the secret in force in its view (only
+OWNER/ADMIN members, or any device of an identity, rotate), else a GRANT of
+that secret to more devices (any member device holding it may).
 """
 
 from __future__ import annotations
@@ -78,7 +85,7 @@ __all__ = [
 ]
 
 #: Intents the resolver orders before concurrent admissions.
-POWER: Final = frozenset({Intent.CHANGE, Intent.REMOVE, Intent.LEAVE})
+POWER: Final = frozenset({Intent.CHANGE, Intent.REMOVE, Intent.LEAVE, Intent.REVOKE})
 #: Rank of an issuer that is not a current OWNER/ADMIN/EDITOR/READER.
 RANK_OTHER: Final = 4
 
@@ -103,12 +110,18 @@ RULE_NAMES: Final = (
     "cannot_remove_owner",
     "cannot_demote_owner",
     "same_role",
+    "not_device",
+    "last_device",
+    "wrong_log_key",
+    "stale_epoch",
+    "stale_key",
 )
 _CODE: Final = {name: i for i, name in enumerate(RULE_NAMES)}
 (_, WRONG_LOG, WRONG_IDENTITY, WRONG_SPACE, KEY_SPENT, OWNER_FIRST, ALREADY_DEVICE,
  UNAUTHORIZED_DEVICE, CHAIN_TOO_DEEP, ISSUER_NOT_MEMBER, ISSUER_REMOVED, NOT_ADMIN,
  OWNER_REQUIRED, ALREADY_MEMBER, NOT_MEMBER, CANNOT_REMOVE_OWNER, CANNOT_DEMOTE_OWNER,
- SAME_ROLE) = range(len(RULE_NAMES))
+ SAME_ROLE, NOT_DEVICE, LAST_DEVICE, WRONG_LOG_KEY, STALE_EPOCH,
+ STALE_KEY) = range(len(RULE_NAMES))
 
 _MESSAGES: Final = {
     "wrong_log": "this credential type does not belong in this kind of log",
@@ -128,6 +141,11 @@ _MESSAGES: Final = {
     "cannot_remove_owner": "the space owner cannot be removed",
     "cannot_demote_owner": "the space owner's role cannot be changed",
     "same_role": "the member already has that role",
+    "not_device": "the device is not a current device of this identity",
+    "last_device": "an identity's last device cannot be removed",
+    "wrong_log_key": "the swarm key names another log",
+    "stale_epoch": "a rotated swarm secret must have a higher epoch than the one in force",
+    "stale_key": "the granted swarm secret is not the one in force",
 }
 _PRIVILEGED: Final = frozenset({OWNER, ADMIN})
 _ROLE_CODES: Final = {Role.OWNER: 0, Role.ADMIN: 1, Role.EDITOR: 2, Role.READER: 3,
@@ -154,8 +172,14 @@ def classify(view: MembershipState, fact: Fact) -> Intent:
     kind = fact.kind
     if kind is FactKind.IDENTITY_GENESIS or kind is FactKind.SPACE_GENESIS:
         return Intent.GENESIS
+    if kind is FactKind.SWARM_KEY:
+        key = view.key_in_force()
+        return Intent.GRANT if (fact.epoch, fact.check) == (key.epoch, key.check) \
+            else Intent.ROTATE
     if view.kind is LogKind.IDENTITY:
-        return Intent.DEVICE if kind is FactKind.AUTHORIZED_DEVICE else Intent.FOREIGN
+        if kind is FactKind.AUTHORIZED_DEVICE:
+            return Intent.DEVICE
+        return Intent.REVOKE if kind is FactKind.REVOKED_DEVICE else Intent.FOREIGN
     if kind is not FactKind.SPACE_MEMBER:
         return Intent.FOREIGN
     if fact.issuer == view.key:
@@ -196,6 +220,8 @@ def _device(state: MembershipState, fact: Fact) -> int:
         return WRONG_IDENTITY
     if fact.subject == key or state.device_depth(fact.subject):
         return ALREADY_DEVICE
+    if state.was_device(fact.subject):  # a revoked device comes back only with a new key
+        return ALREADY_DEVICE
     if fact.signer == key:
         return KEY_SPENT if state.device_count else 0
     depth = state.device_depth(fact.signer)
@@ -204,6 +230,50 @@ def _device(state: MembershipState, fact: Fact) -> int:
     if depth + 1 > MAX_CHAIN_DEPTH:
         return CHAIN_TOO_DEEP
     return 0
+
+
+def _by_device(state: MembershipState, fact: Fact) -> int:
+    """0, or a refusal, for an identity-log entry that must come from a current device."""
+    if fact.issuer != state.key:
+        return WRONG_IDENTITY
+    return 0 if state.device_depth(fact.signer) else UNAUTHORIZED_DEVICE
+
+
+def _revoke(state: MembershipState, fact: Fact) -> int:
+    refused = _by_device(state, fact)
+    if refused:
+        return refused
+    if not state.device_depth(fact.subject):
+        return NOT_DEVICE
+    return LAST_DEVICE if state.current_device_count <= 1 else 0
+
+
+def _key_issuer(state: MembershipState, fact: Fact) -> int:
+    if fact.subject != state.key:
+        return WRONG_LOG_KEY
+    if state.kind is LogKind.IDENTITY:
+        return _by_device(state, fact)
+    code = state.role_code(fact.issuer)
+    if code == NONE:
+        return ISSUER_NOT_MEMBER
+    return ISSUER_REMOVED if code == REMOVED else 0
+
+
+def _rotate(state: MembershipState, fact: Fact) -> int:
+    refused = _key_issuer(state, fact)
+    if refused:
+        return refused
+    if state.kind is LogKind.SPACE and state.role_code(fact.issuer) not in _PRIVILEGED:
+        return NOT_ADMIN
+    return 0 if fact.epoch > state.key_in_force().epoch else STALE_EPOCH
+
+
+def _grant(state: MembershipState, fact: Fact) -> int:
+    refused = _key_issuer(state, fact)
+    if refused:
+        return refused
+    key = state.key_in_force()
+    return 0 if (fact.epoch, fact.check) == (key.epoch, key.check) else STALE_KEY
 
 
 def _owner(state: MembershipState, fact: Fact) -> int:
@@ -292,4 +362,7 @@ _CHECKS: Final[dict[Intent, Callable[[MembershipState, Fact], int]]] = {
     Intent.LEAVE: _leave,
     Intent.DEVICE: _device,
     Intent.FOREIGN: _foreign,
+    Intent.REVOKE: _revoke,
+    Intent.ROTATE: _rotate,
+    Intent.GRANT: _grant,
 }

@@ -33,12 +33,14 @@ from typing import Final
 
 from ..errors import CredentialError, DecodeError, LocalProtocolError
 from .credentials import (
+    Grant,
     MalformedCredential,
     Role,
     decode_credential,
     issue_role_change,
     issue_space_genesis,
     issue_space_member,
+    issue_swarm_key,
 )
 from .identity import (
     IdentityService,
@@ -361,6 +363,19 @@ class SpaceService:
     async def leave(self, space_id: bytes, *, issued_at: int | None = None) -> Issued:
         """Remove our own identity from *space_id* (refused for the genesis owner)."""
         return await self.remove(space_id, self._identity.identity_key, issued_at=issued_at)
+
+    async def write_swarm_key(self, space_id: bytes, epoch: int, check: bytes,
+                              grants: Sequence[Grant], *,
+                              issued_at: int | None = None) -> Issued:
+        """Write a ``swarm_key`` for *space_id* (halo/swarm_keys.py); durable on return."""
+        ident = self._identity
+        space = self.open_space(space_id)
+        cred = issue_swarm_key(
+            ident.device, issuer=ident.identity_key, log=space_id, epoch=epoch, check=check,
+            grants=grants, parents=space.log.append_parents(), chain=ident.device_chain(),
+            issued_at=issued_at,
+        )
+        return Issued(cred.encode(), await space.log.append(cred))
 
     def close(self) -> None:
         """Close every open space. Idempotent."""

@@ -41,9 +41,11 @@ from .credentials import (
     AuthorizedDevice,
     Credential,
     IdentityGenesis,
+    RevokedDevice,
     Role,
     SpaceGenesis,
     SpaceMember,
+    SwarmKey,
 )
 
 __all__ = [
@@ -54,6 +56,7 @@ __all__ = [
     "FactKind",
     "Facts",
     "Intent",
+    "KeyInForce",
     "LogKind",
     "Member",
     "MembershipState",
@@ -63,7 +66,7 @@ __all__ = [
 ]
 
 #: Value of the ``v`` field of :meth:`MembershipState.snapshot`.
-SNAPSHOT_VERSION: Final = 2
+SNAPSHOT_VERSION: Final = 3
 #: Roles by their code (the snapshot and the rules use codes): OWNER is 0.
 ROLES: Final = (Role.OWNER, Role.ADMIN, Role.EDITOR, Role.READER, Role.REMOVED)
 _ROLE_CODE: Final = {r: i for i, r in enumerate(ROLES)}
@@ -86,13 +89,16 @@ class FactKind(enum.IntEnum):
     AUTHORIZED_DEVICE = 1
     SPACE_GENESIS = 2
     SPACE_MEMBER = 3
+    REVOKED_DEVICE = 4
+    SWARM_KEY = 5
 
 
 class Intent(enum.IntEnum):
     """What an entry does, decided from its own view (halo/rules.py ``classify``).
 
-    CHANGE, REMOVE and LEAVE are *power* entries: the resolver orders them
-    before concurrent admissions.
+    CHANGE, REMOVE, LEAVE and REVOKE are *power* entries: the resolver
+    orders them before concurrent admissions. ROTATE is a ``swarm_key`` with
+    a new secret, GRANT one that seals the secret in force to more devices.
     """
 
     GENESIS = 0
@@ -103,6 +109,9 @@ class Intent(enum.IntEnum):
     LEAVE = 5
     DEVICE = 6
     FOREIGN = 7  # a credential type that does not belong in this kind of log
+    REVOKE = 8  # a device leaves its identity (revoked_device)
+    ROTATE = 9
+    GRANT = 10
 
 
 class SnapshotError(StorageError):
@@ -113,9 +122,10 @@ class SnapshotError(StorageError):
 class Fact:
     """What the rules and the state read from one credential (decoded once, kept small).
 
-    ``target`` is the space of a ``space_member`` and the owner of a
-    ``space_genesis``; ``core`` is the credential's encoding with ``chain``
-    emptied (the bytes its id hashes; for an ``authorized_device``, the form
+    ``target`` is the space of a ``space_member``, the owner of a
+    ``space_genesis`` and the log of a ``swarm_key``; ``epoch`` and ``check``
+    are a ``swarm_key``'s (0 and None otherwise); ``core`` is the credential's
+    encoding with ``chain`` emptied (the bytes its id hashes; for an ``authorized_device``, the form
     it takes as a chain element).
     """
 
@@ -131,6 +141,8 @@ class Fact:
     invitation: bytes | None
     target: bytes | None
     core: bytes
+    epoch: int = 0
+    check: bytes | None = None
 
 
 def fact_of(cred: Credential) -> Fact:
@@ -146,6 +158,12 @@ def fact_of(cred: Credential) -> Fact:
         kind, name, invitation = FactKind.AUTHORIZED_DEVICE, "", a.invitation
     elif isinstance(a, SpaceGenesis):
         kind, name, target = FactKind.SPACE_GENESIS, a.name, a.owner
+    elif isinstance(a, SwarmKey):
+        return Fact(cred.id, FactKind.SWARM_KEY, cred.issuer, cred.subject, cred.signer,
+                    cred.issued_at, cred.parents, None, "", None, cred.subject, cred.core,
+                    a.epoch, a.check)
+    elif isinstance(a, RevokedDevice):
+        kind, name = FactKind.REVOKED_DEVICE, ""
     else:
         assert isinstance(a, IdentityGenesis)
         kind, name = FactKind.IDENTITY_GENESIS, a.name
@@ -192,6 +210,23 @@ class Device:
     depth: int  # length of its chain
 
 
+@dataclass(frozen=True, slots=True)
+class KeyInForce:
+    """The log's swarm secret in force, as the log knows it.
+
+    ``epoch`` 1 is the log's first secret (made with it, never in the log:
+    ``check`` None, no ``entries``). A rotation sets a new one: ``entries``
+    are the ``swarm_key`` entries sealing it (the rotation, then its grants)
+    (their facts). ``stale``: a member was removed, left, or a device was
+    revoked after it was set, so it must be rotated again.
+    """
+
+    epoch: int
+    check: bytes | None
+    entries: tuple[Fact, ...]
+    stale: bool
+
+
 def _u32(data: bytes) -> list[int]:
     return _u32_array(data).tolist()
 
@@ -226,8 +261,8 @@ class MembershipState:
     entries it has approved; it never checks rules itself.
     """
 
-    __slots__ = ("_devices", "_facts", "_key", "_kind", "_members", "_name", "_owner",
-                 "_redeemed", "_root")
+    __slots__ = ("_devices", "_facts", "_key", "_keys", "_kind", "_members", "_name",
+                 "_owner", "_redeemed", "_revoked", "_root", "_stale")
 
     def __init__(self, facts: Facts) -> None:
         self._facts = facts
@@ -243,6 +278,13 @@ class MembershipState:
         self._devices: dict[bytes, tuple[bytes, int, int]] = {}
         # invitation id -> indices of the admissions that redeemed it, in order
         self._redeemed: dict[bytes, array[int]] = {}
+        # revoked device -> index of its revoked_device entry (its record stays
+        # in _devices: devices it authorized keep their chains)
+        self._revoked: dict[bytes, int] = {}
+        # the swarm_key entries of the secret in force (rotation first), empty
+        # for the log's first secret; and whether a removal came after it
+        self._keys: tuple[int, ...] = ()
+        self._stale = False
 
     def copy(self) -> MembershipState:
         """An independent copy (the resolver's views of past states)."""
@@ -252,6 +294,8 @@ class MembershipState:
         c._members = self._members.copy()
         c._devices = self._devices.copy()
         c._redeemed = {k: array("I", v) for k, v in self._redeemed.items()}
+        c._revoked = self._revoked.copy()
+        c._keys, c._stale = self._keys, self._stale
         return c
 
     def assume(self, other: MembershipState) -> None:
@@ -265,6 +309,7 @@ class MembershipState:
             other._kind, other._key, other._name, other._owner, other._root)
         self._members, self._devices, self._redeemed = (
             other._members, other._devices, other._redeemed)
+        self._revoked, self._keys, self._stale = other._revoked, other._keys, other._stale
 
     # -- changes (the resolver's) ---------------------------------------------------------
 
@@ -288,6 +333,15 @@ class MembershipState:
             assert fact.role is not None
             self._members[fact.subject] = (self._members[fact.subject] & ~7
                                            | _ROLE_CODE[fact.role])
+            if intent is not Intent.CHANGE:
+                self._stale = True  # the removed member holds the secret in force
+        elif intent is Intent.REVOKE:
+            self._revoked[fact.subject] = index
+            self._stale = True
+        elif intent is Intent.ROTATE:
+            self._keys, self._stale = (index,), False
+        elif intent is Intent.GRANT:
+            self._keys += (index,)
         elif intent is Intent.DEVICE:
             parent = self._devices.get(fact.signer)
             depth = 1 if parent is None else parent[1] + 1
@@ -308,9 +362,20 @@ class MembershipState:
         return NONE if m is None else m & 7
 
     def device_depth(self, device: bytes) -> int:
-        """The chain depth of an authorized *device*, 0 if it is not one."""
+        """The chain depth of a current (authorized, not revoked) *device*, 0 if it is not one."""
         d = self._devices.get(device)
-        return 0 if d is None else d[1]
+        return 0 if d is None or device in self._revoked else d[1]
+
+    def was_device(self, device: bytes) -> bool:
+        """Whether *device* was ever authorized here (revoked ones included)."""
+        return device in self._devices
+
+    def key_in_force(self) -> KeyInForce:
+        """The swarm secret in force (see :class:`KeyInForce`)."""
+        if not self._keys:
+            return KeyInForce(1, None, (), self._stale)
+        facts = tuple(map(self._facts.fact, self._keys))
+        return KeyInForce(facts[0].epoch, facts[0].check, facts, self._stale)
 
     @property
     def has_members(self) -> bool:
@@ -319,8 +384,13 @@ class MembershipState:
 
     @property
     def device_count(self) -> int:
-        """Number of authorized devices."""
+        """Number of devices ever authorized (revoked ones included)."""
         return len(self._devices)
+
+    @property
+    def current_device_count(self) -> int:
+        """Number of current (not revoked) devices."""
+        return len(self._devices) - len(self._revoked)
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -394,8 +464,12 @@ class MembershipState:
         return role is not None and role is not Role.REMOVED
 
     def devices(self) -> list[bytes]:
-        """Authorized device keys of an identity log, in authorization order."""
-        return list(self._devices)
+        """Current device keys of an identity log, in authorization order."""
+        return [d for d in self._devices if d not in self._revoked]
+
+    def revoked_devices(self) -> list[bytes]:
+        """Devices of an identity log that were revoked, in revocation order."""
+        return list(self._revoked)
 
     def device(self, device: bytes) -> Device | None:
         """The authorization of *device*, ``None`` if it is not authorized here."""
@@ -406,8 +480,8 @@ class MembershipState:
         return Device(device, d[0], f.issued_at, f.invitation, f.id, d[1])
 
     def is_device(self, device: bytes) -> bool:
-        """Whether *device* is authorized in this identity log."""
-        return device in self._devices
+        """Whether *device* is a current device of this identity log (not revoked)."""
+        return device in self._devices and device not in self._revoked
 
     def device_chain(self, device: bytes) -> list[bytes]:
         """The chain proving *device* belongs to the identity, for ``chain`` fields.
@@ -456,6 +530,10 @@ class MembershipState:
             "device_signers": b"".join(s for s, _, _ in devices.values()),
             "device_entries": _u32_bytes([i for _, _, i in devices.values()]),
             "redeemed": [[k, _u32_bytes(v)] for k, v in self._redeemed.items()],
+            "revoked_ids": b"".join(self._revoked),
+            "revoked": _u32_bytes(list(self._revoked.values())),
+            "keys": _u32_bytes(self._keys),
+            "stale": self._stale,
         }
 
     def snapshot(self) -> bytes:
@@ -519,6 +597,15 @@ class MembershipState:
             if not isinstance(inv, bytes) or not idx or max(idx) >= n:
                 raise ValueError("bad redeemed record")
             s._redeemed[inv] = idx
+        revoked, rentries = split_keys(m["revoked_ids"]), _u32(m["revoked"])
+        if len(revoked) != len(rentries) or any(
+                d not in s._devices or i >= n for d, i in zip(revoked, rentries, strict=True)):
+            raise ValueError("bad revoked record")
+        s._revoked = dict(zip(revoked, rentries, strict=True))
+        keys = _u32(m["keys"])
+        if any(i >= n for i in keys) or not isinstance(m["stale"], bool):
+            raise ValueError("bad swarm key record")
+        s._keys, s._stale = tuple(keys), m["stale"]
         return s
 
     def same_as(self, other: MembershipState) -> bool:
@@ -528,7 +615,8 @@ class MembershipState:
 
 _SNAPSHOT_FIELDS: Final = frozenset({
     "v", "kind", "key", "name", "owner", "root", "member_ids", "members",
-    "device_ids", "device_signers", "device_entries", "redeemed",
+    "device_ids", "device_signers", "device_entries", "redeemed", "revoked_ids", "revoked",
+    "keys", "stale",
 })
 _KEYS: Final = struct.Struct("32s")
 

@@ -6,16 +6,22 @@ member device it admits, sealed to that device's Noise static key
 (:func:`seal_for_device`, docs/PROTOCOL.md Part 12). The member topic's id and
 PSK derive from it (:meth:`~p2pinvite.net.topics.Topic.for_swarm`), so only
 members can find the swarm on mDNS or finish its handshake. A secret has an
-*epoch* (1 for the first); a rotation (a removal) makes a higher one.
+*epoch* (1 for the first); a rotation (a removal) makes a higher one, written
+to the log as a ``swarm_key`` entry that commits to it with a *check*
+(:func:`key_check`) and seals it to member devices (halo/swarm_keys.py).
 
 On disk: ``<home>/swarm/`` (0700), one file per log, ``<log key hex>.swarm``
 (0600), written atomically: the canonical msgpack map
-``{"v": 1, "log": <32-byte key>, "epoch": <uint>, "secret": <32 bytes>}``.
-The secret never appears in a repr or a log line.
+``{"v": 2, "log": <32-byte key>, "epoch": <uint>, "secret": <32 bytes>,
+"previous": [[epoch, secret], ...]}``: the secret in force and, newest first,
+at most :data:`MAX_PREVIOUS` it replaced (a member still on one of those can
+reach us to catch up). Version 1 files (no ``previous``) are read too.
+The secrets never appear in a repr or a log line.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
@@ -30,10 +36,13 @@ from ..fsutil import atomic_write, ensure_private_dir, read_private
 from ..wire import expect_bytes, expect_int, expect_map, pack, unpack
 
 __all__ = [
+    "CHECK_CONTEXT",
     "HANDOVER_CONTEXT",
+    "MAX_PREVIOUS",
     "SWARM_DIR",
     "SwarmSecret",
     "SwarmSecrets",
+    "key_check",
     "open_handover",
     "seal_for_device",
 ]
@@ -42,7 +51,11 @@ __all__ = [
 SWARM_DIR: Final = "swarm"
 #: Prefix of the sealed-box context of a handed-over secret (log key and epoch follow).
 HANDOVER_CONTEXT: Final = b"p2pinvite/swarm-secret/v1\x00"
-_VERSION: Final = 1
+#: BLAKE2b personalisation-free key of the check: ``BLAKE2b-128(key=secret, CHECK_CONTEXT)``.
+CHECK_CONTEXT: Final = b"p2pinvite/swarm-key-check/v1"
+#: Most replaced secrets kept per log.
+MAX_PREVIOUS: Final = 3
+_VERSION: Final = 2
 _KEY: Final = 32
 _MAX_EPOCH: Final = 2**32 - 1
 _NAME_RE: Final = re.compile(r"([0-9a-f]{64})\.swarm")
@@ -61,6 +74,20 @@ class SwarmSecret:
             raise LocalProtocolError("a log key and a swarm secret are 32 bytes")
         if not 1 <= self.epoch <= _MAX_EPOCH:
             raise LocalProtocolError(f"a swarm epoch is 1..{_MAX_EPOCH}")
+
+    @property
+    def check(self) -> bytes:
+        """The commitment a ``swarm_key`` entry carries for this secret (:func:`key_check`)."""
+        return key_check(self.secret)
+
+
+def key_check(secret: bytes) -> bytes:
+    """``BLAKE2b-128(key=secret, data=CHECK_CONTEXT)``: names a secret without revealing it.
+
+    A device that opens a grant compares what it opened with the check the
+    entry carries, so a member cannot hand out a wrong secret for the one in force.
+    """
+    return hashlib.blake2b(CHECK_CONTEXT, key=secret, digest_size=16).digest()
 
 
 def _context(log: bytes, epoch: int) -> bytes:
@@ -89,6 +116,7 @@ class SwarmSecrets:
         self._dir = directory
         self._lock = threading.Lock()
         self._cache: dict[bytes, SwarmSecret] = {}
+        self._previous: dict[bytes, tuple[SwarmSecret, ...]] = {}
 
     @classmethod
     def open(cls, home: Path) -> SwarmSecrets:
@@ -98,16 +126,28 @@ class SwarmSecrets:
         for name in os.listdir(directory):
             m = _NAME_RE.fullmatch(name)
             if m is not None:
-                store._cache[bytes.fromhex(m.group(1))] = store._read(directory / name)
+                current, previous = store._read(directory / name)
+                store._cache[current.log] = current
+                store._previous[current.log] = previous
         return store
 
-    def _read(self, path: Path) -> SwarmSecret:
+    def _read(self, path: Path) -> tuple[SwarmSecret, tuple[SwarmSecret, ...]]:
         try:
-            m = expect_map(unpack(read_private(path, max_size=256), max_items=8), "swarm secret")
-            if expect_int(m, "v") != _VERSION or set(m) != {"v", "log", "epoch", "secret"}:
+            m = expect_map(unpack(read_private(path, max_size=1024), max_items=8),
+                           "swarm secret")
+            version = expect_int(m, "v")
+            fields = {"v", "log", "epoch", "secret"} | ({"previous"} if version == 2 else set())
+            if version not in (1, 2) or set(m) != fields:
                 raise DecodeError("unknown swarm secret format")
-            return SwarmSecret(expect_bytes(m, "log", size=_KEY), expect_int(m, "epoch"),
-                               expect_bytes(m, "secret", size=_KEY))
+            log = expect_bytes(m, "log", size=_KEY)
+            current = SwarmSecret(log, expect_int(m, "epoch"),
+                                  expect_bytes(m, "secret", size=_KEY))
+            raw = m.get("previous", [])
+            if not isinstance(raw, list) or len(raw) > MAX_PREVIOUS or not all(
+                    isinstance(p, list) and len(p) == 2 and isinstance(p[0], int)
+                    and isinstance(p[1], bytes) for p in raw):
+                raise DecodeError("previous secrets are [[epoch, secret], ...]")
+            return current, tuple(SwarmSecret(log, e, sec) for e, sec in raw)
         except (DecodeError, LocalProtocolError) as exc:
             raise StorageError(f"{path.name}: not a swarm secret: {exc}") from None
 
@@ -116,8 +156,12 @@ class SwarmSecrets:
         return self._cache.get(log)
 
     def all(self) -> list[SwarmSecret]:
-        """Every secret held."""
+        """Every secret held (the one in force of each log)."""
         return list(self._cache.values())
+
+    def previous(self, log: bytes) -> tuple[SwarmSecret, ...]:
+        """The secrets of *log* the one in force replaced, newest first."""
+        return self._previous.get(log, ())
 
     def create(self, log: bytes) -> SwarmSecret:
         """Make the first secret (epoch 1) of a log this device creates; durable on return."""
@@ -142,10 +186,30 @@ class SwarmSecrets:
         self._store(secret)
         return True
 
+    def put(self, secret: SwarmSecret) -> bool:
+        """Make *secret* the one in force for its log (the log says it is); durable on return.
+
+        Unlike :meth:`install`, an equal or lower epoch is taken too: two
+        concurrent rotations share an epoch, and the log's order, not the
+        number, says which is in force. True if it changed anything.
+        """
+        held = self._cache.get(secret.log)
+        if held is not None and held.secret == secret.secret:
+            return False
+        self._store(secret)
+        return True
+
     def _store(self, secret: SwarmSecret) -> SwarmSecret:
-        data = pack({"v": _VERSION, "log": secret.log, "epoch": secret.epoch,
-                     "secret": secret.secret})
         with self._lock:
+            held = self._cache.get(secret.log)
+            previous = self._previous.get(secret.log, ())
+            if held is not None:
+                previous = (held, *[p for p in previous if p.secret not in
+                                    (held.secret, secret.secret)])[:MAX_PREVIOUS]
+            data = pack({"v": _VERSION, "log": secret.log, "epoch": secret.epoch,
+                         "secret": secret.secret,
+                         "previous": [[p.epoch, p.secret] for p in previous]})
             atomic_write(self._dir / f"{secret.log.hex()}.swarm", data)
             self._cache[secret.log] = secret
+            self._previous[secret.log] = previous
         return secret

@@ -407,6 +407,9 @@ class _HostDriver:
 
     def _host_info(self, inv: Invitation) -> p.HostInfo:
         ident = self.ctx.identity
+        if ident.device_removed:  # its invitations are not served any more
+            raise InvitationError("this device was removed from its identity",
+                                  reason="device_removed")
         if inv.kind is InvitationKind.SPACE:
             role = self.ctx.spaces.open_space(inv.target).state.role_of(ident.identity_key)
             if role not in _ADMITTERS:

@@ -468,6 +468,9 @@ class InvitationManager:
     def _identity_key(self) -> bytes:
         if not self._identity.has_identity:
             raise InvitationError("this device has no identity yet", reason="no_identity")
+        if self._identity.device_removed:
+            raise InvitationError("this device was removed from its identity",
+                                  reason="device_removed")
         return self._identity.identity_key
 
     async def create(
@@ -607,6 +610,8 @@ class InvitationManager:
             return "already_has_identity" if has else None
         if not has:
             return "no_identity"
+        if self._identity.device_removed:
+            return "device_removed"
         if target is not None and self._spaces.has_space(target):
             return "already_member"
         return None
@@ -634,6 +639,8 @@ class InvitationManager:
         if isinstance(parsed, ShortCode):
             kind = (InvitationKind.SPACE if self._identity.has_identity
                     else InvitationKind.DEVICE)
+            if self._identity.device_removed:
+                return fail("device_removed")
             topic = Topic.for_discriminator(parsed.discriminator)
             plan = GuestPlan(kind, AuthMethod.SHORT, topic, password=parsed.password)
         else:

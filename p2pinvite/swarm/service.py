@@ -27,6 +27,16 @@ Every connection, dialed or accepted, then runs the same steps:
    removed is closed once it holds its removal (at most a second later).
    When the change removes this device, the swarm is left the same way.
 
+The swarm secret rotates after every removal (halo/swarm_keys.py). After
+each change the service asks the logs whether a ``swarm_key`` entry now
+opens a newer secret for us (then it moves to that secret's topic once its
+peers hold the change), or whether the secret in force must be rotated and
+we may (then it writes the rotation, sealed to every member device it has
+met, and moves). The secrets a rotation replaced stay joined, accept-only
+(not advertised, not dialed): a member that missed the rotation reaches us
+there, and we seal the secret in force to it in a grant entry that its sync
+then delivers. A removed device reaching us there fails the member check.
+
 What the service needs from the logs is the small :class:`SwarmLogs`
 protocol, implemented by the daemon over the halo layer, so this module
 knows nothing of credentials or files. Apps follow along through
@@ -37,8 +47,10 @@ log changing) and :meth:`SwarmService.peers`.
 from __future__ import annotations
 
 import logging
+import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -49,7 +61,8 @@ import trio
 from ..errors import P2PInviteError, RemoteProtocolError
 from ..fsutil import ensure_private_dir
 from ..halo.keys import verify_binding_proof
-from ..halo.swarm_secrets import SWARM_DIR, SwarmSecrets
+from ..halo.swarm_keys import Recipient
+from ..halo.swarm_secrets import SWARM_DIR, SwarmSecret, SwarmSecrets
 from ..net.manager import NetworkManager
 from ..net.secure import SecureStream
 from ..net.topics import Topic
@@ -73,6 +86,11 @@ HELLO_TIMEOUT: Final = 10.0
 #: A removed member's connection lives at most this long (seconds) once the
 #: removal is applied here: long enough to hand it the removal itself.
 REMOVAL_GRACE: Final = 1.0
+#: A member that sees the secret in force must be rotated (a removal written by
+#: someone else, or a member leaving) waits a random delay up to this long
+#: (seconds) first, so the admins who see it at once do not all rotate;
+#: whoever wrote the removal rotates at once.
+ROTATION_JITTER: Final = 1.0
 _SUBSCRIBER_BUFFER: Final = 1024
 
 
@@ -92,6 +110,23 @@ class SwarmLogs(Protocol):
 
     def replica(self, log_key: bytes) -> Replica:
         """The log, as sync reads and extends it."""
+        ...
+
+    def key_update(self, log_key: bytes, held: SwarmSecret | None) -> SwarmSecret | None:
+        """The secret in force, if the log has one that is not *held* and that opens for us."""
+        ...
+
+    def needs_rotation(self, log_key: bytes) -> bool:
+        """Whether the secret in force must be rotated and this device may."""
+        ...
+
+    async def rotate(self, log_key: bytes, recipients: Sequence[Recipient]) -> SwarmSecret:
+        """Write a new secret sealed to us and the current *recipients*; return it."""
+        ...
+
+    async def grant(self, log_key: bytes, held: SwarmSecret,
+                    recipients: Sequence[Recipient]) -> int:
+        """Seal the secret in force to the *recipients* that lack it; how many."""
         ...
 
 
@@ -129,6 +164,7 @@ class _Live:
 
     hello: Hello
     scope: trio.CancelScope
+    recipient: Recipient
     #: Its member was removed: it closes once in sync (it has learned of its
     #: removal) or at the deadline set on ``scope``, whichever comes first.
     closing: bool = False
@@ -137,8 +173,10 @@ class _Live:
 @dataclass(eq=False)
 class _Swarm:
     topic: Topic
-    epoch: int
+    secret: SwarmSecret
     known: KnownPeers
+    #: Topics of the secrets the one in force replaced: accept-only.
+    old_topics: tuple[Topic, ...] = ()
     peers: dict[bytes, PeerInfo] = field(default_factory=dict)
     #: The live connection behind each entry of ``peers``. A connection that
     #: replaced an older one to the same device registers before the older
@@ -147,6 +185,13 @@ class _Swarm:
     unsubscribe: Callable[[], None] | None = None
     #: This device is no longer a member: the swarm is being left.
     leaving: bool = False
+    #: A key check is running; ``key_again``: the log changed meanwhile
+    #: (``key_changed`` is set then too, to wake a check waiting to rotate).
+    keying: bool = False
+    key_again: bool = False
+    key_changed: trio.Event = field(default_factory=trio.Event)
+    #: When the log last changed (clock time): a peer synced since holds it.
+    changed_at: float = 0.0
 
 
 class SwarmService:
@@ -167,6 +212,10 @@ class SwarmService:
         self._clock = clock
         self._hello_timeout = hello_timeout
         self._swarms: dict[bytes, _Swarm] = {}
+        # Per log: joining, moving and leaving one at a time; and one key
+        # change (opening a grant, or rotating) at a time.
+        self._join_locks: defaultdict[bytes, trio.Lock] = defaultdict(trio.Lock)
+        self._key_locks: defaultdict[bytes, trio.Lock] = defaultdict(trio.Lock)
         self._subscribers: set[trio.MemorySendChannel[SwarmEvent]] = set()
         self._stack: AsyncExitStack | None = None
         self._nursery: trio.Nursery | None = None
@@ -213,16 +262,20 @@ class SwarmService:
 
         Does nothing if this device holds no secret for it, is no longer a
         member of it (:meth:`SwarmLogs.hello` says), or is in the swarm with
-        that secret's epoch already. A newer epoch moves to its topic.
+        that secret already. Another secret moves to its topic.
         """
+        async with self._join_locks[log_key]:
+            return await self._join(log_key)
+
+    async def _join(self, log_key: bytes) -> bool:
         secret = self._secrets.get(log_key)
         if secret is None:
             return False
         swarm = self._swarms.get(log_key)
-        if swarm is not None and swarm.epoch == secret.epoch:
+        if swarm is not None and swarm.secret.secret == secret.secret:
             return False
         if swarm is not None:
-            await self.leave(log_key)
+            await self._leave(log_key)
         try:
             self._logs.hello(log_key)
         except NotAMember as exc:  # removed, or left: keep away from its members
@@ -235,26 +288,39 @@ class SwarmService:
             return False
         topic = Topic.for_swarm(secret.secret)
         known = KnownPeers(self._dir / f"{log_key.hex()}.peers")
-        swarm = _Swarm(topic, secret.epoch, known)
+        old = tuple(Topic.for_swarm(p.secret) for p in self._secrets.previous(log_key))
+        swarm = _Swarm(topic, secret, known, old)
         self._swarms[log_key] = swarm
 
         async def handler(stream: SecureStream) -> None:
             await self._serve(log_key, swarm, stream)
 
+        async def old_handler(stream: SecureStream) -> None:
+            await self._serve(log_key, swarm, stream, behind=True)
+
         swarm.unsubscribe = replica.subscribe(lambda: self._changed(log_key, swarm))
         await self._network.join(topic, handler, advertise=self._mdns, discover=self._mdns,
                                  peers=known.addresses(), one_per_peer=True)
+        for t in old:
+            await self._network.join(t, old_handler, advertise=False, discover=False)
         log.info("joined the member swarm of %s (epoch %d, topic %s)", log_key.hex()[:12],
                  secret.epoch, topic.short_id)
+        self._check_key_soon(log_key, swarm)  # a rotation may have come while we were away
         return True
 
     async def leave(self, log_key: bytes) -> None:
         """Leave the swarm of *log_key*: its connections close, nothing is advertised."""
+        async with self._join_locks[log_key]:
+            await self._leave(log_key)
+
+    async def _leave(self, log_key: bytes) -> None:
         swarm = self._swarms.pop(log_key, None)
         if swarm is None:
             return
         if swarm.unsubscribe is not None:
             swarm.unsubscribe()
+        for t in swarm.old_topics:
+            await self._network.leave(t)
         await self._network.leave(swarm.topic)
 
     def add_peers(self, log_key: bytes, addrs: tuple[Address, ...]) -> None:
@@ -291,7 +357,9 @@ class SwarmService:
         dialed, as soon as they hold it (at most :data:`REMOVAL_GRACE` later);
         if it concerns this device, the swarm is left the same way.
         """
+        swarm.changed_at = self._clock()
         self._emit(SwarmEvent("changed", log_key))
+        self._check_key_soon(log_key, swarm)
         try:
             self._logs.hello(log_key)
         except NotAMember as exc:  # this device was removed, or left
@@ -322,6 +390,112 @@ class SwarmService:
             except P2PInviteError as exc:  # the log cannot answer: keep the peer
                 log.warning("swarm %s: could not check peer %s again: %s",
                             swarm.topic.short_id, device.hex()[:12], exc)
+
+    # -- the swarm secret in force -------------------------------------------------------
+
+    def _check_key_soon(self, log_key: bytes, swarm: _Swarm) -> None:
+        if swarm.keying:
+            swarm.key_again = True
+            swarm.key_changed.set()
+        elif self._nursery is not None and not swarm.leaving:
+            swarm.keying = True
+            self._nursery.start_soon(self._keep_key, log_key, swarm)
+
+    async def _keep_key(self, log_key: bytes, swarm: _Swarm) -> None:
+        """Follow the log's secret in force: open a grant to us, or rotate, then move."""
+        try:
+            while self._swarms.get(log_key) is swarm:
+                swarm.key_again = False
+                try:
+                    moved = await self._follow_key(log_key, swarm, jitter=ROTATION_JITTER)
+                except P2PInviteError as exc:  # e.g. removed meanwhile: the next change decides
+                    log.warning("swarm %s: could not update the swarm secret: %s",
+                                swarm.topic.short_id, exc)
+                    moved = False
+                if moved or not swarm.key_again:
+                    return
+        finally:
+            swarm.keying = False
+
+    def _rotation_due(self, log_key: bytes) -> bool:
+        return (self._logs.key_update(log_key, self._secrets.get(log_key)) is None
+                and self._logs.needs_rotation(log_key))
+
+    async def _follow_key(self, log_key: bytes, swarm: _Swarm, *, jitter: float) -> bool:
+        """One check of the secret in force; True if this swarm moved to another topic."""
+        if jitter and self._rotation_due(log_key):
+            # Wait a moment, unless the log changes first (most likely with
+            # the rotation we would write): then look again.
+            swarm.key_changed = trio.Event()
+            # Spreading work, not a secret: the stdlib generator is fine.
+            with trio.move_on_after(random.uniform(0.1, 1.0) * jitter):  # noqa: S311
+                await swarm.key_changed.wait()
+            swarm.key_again = False
+        async with self._key_locks[log_key]:
+            if self._swarms.get(log_key) is not swarm:
+                return False  # moved meanwhile: the new swarm checks again
+            update = self._logs.key_update(log_key, self._secrets.get(log_key))
+            if update is None and self._logs.needs_rotation(log_key):
+                update = await self._logs.rotate(log_key, self._recipients(swarm))
+                log.info("swarm %s: rotated the swarm secret (epoch %d)",
+                         swarm.topic.short_id, update.epoch)
+            if update is None:
+                return False
+            await trio.to_thread.run_sync(self._secrets.put, update)
+        await self._move_after_handover(log_key, swarm)
+        return True
+
+    async def rotate_now(self, log_key: bytes) -> int | None:
+        """Rotate the secret of *log_key* now if it must be (after our own removal of a member).
+
+        Returns the epoch in force afterwards, None if this swarm is not joined.
+        """
+        for _ in range(3):  # a concurrent move replaced the swarm: look at the new one
+            swarm = self._swarms.get(log_key)
+            if swarm is None:
+                return None
+            await self._follow_key(log_key, swarm, jitter=0)
+            if self._swarms.get(log_key) in (swarm, None):
+                break
+        secret = self._secrets.get(log_key)
+        return None if secret is None else secret.epoch
+
+    def _recipients(self, swarm: _Swarm) -> list[Recipient]:
+        """Every member device met: live ones first, then remembered ones with known keys."""
+        out = {d: live.recipient for d, live in swarm.live.items()}
+        for p in swarm.known.peers():
+            if p.device not in out and p.static is not None and p.member is not None:
+                out[p.device] = Recipient(p.member, p.device, p.static)
+        return list(out.values())
+
+    async def _grant(self, log_key: bytes, swarm: _Swarm, recipient: Recipient) -> None:
+        """Seal the secret in force to a member that reached us on an older topic."""
+        held = self._secrets.get(log_key)
+        if held is None or self._swarms.get(log_key) is not swarm:
+            return
+        try:
+            if await self._logs.grant(log_key, held, [recipient]):
+                log.info("swarm %s: sealed the swarm secret to device %s, which was behind",
+                         swarm.topic.short_id, recipient.device.hex()[:12])
+        except P2PInviteError as exc:
+            log.warning("swarm %s: could not grant the swarm secret: %s",
+                        swarm.topic.short_id, exc)
+
+    async def _move_after_handover(self, log_key: bytes, swarm: _Swarm) -> None:
+        """Move to the secret now held once our peers hold our heads (at most REMOVAL_GRACE).
+
+        The peers must learn of the new secret (its entry) over the connection
+        we are about to close; the ones that miss it catch up on the old topic.
+        A peer that reported being in sync after the log's last change holds it.
+        """
+        since = swarm.changed_at
+        with trio.move_on_after(REMOVAL_GRACE):
+            while any((p.last_synced or 0) < since  # noqa: ASYNC110 - progress updates them
+                      for d, p in swarm.peers.items()
+                      if (live := swarm.live.get(d)) is not None and not live.closing):
+                await trio.sleep(0.01)
+        if self._swarms.get(log_key) is swarm:
+            await self.join(log_key)
 
     async def _leave_after_handover(self, log_key: bytes, swarm: _Swarm) -> None:
         """Leave the swarm once our peers hold our last entries (at most REMOVAL_GRACE).
@@ -354,7 +528,9 @@ class SwarmService:
         addrs = tuple(self._network.reachable_addresses[:MAX_ADDRS])
         return replace(self._logs.hello(log_key), addrs=addrs)
 
-    async def _serve(self, log_key: bytes, swarm: _Swarm, stream: SecureStream) -> None:
+    async def _serve(self, log_key: bytes, swarm: _Swarm, stream: SecureStream, *,
+                     behind: bool = False) -> None:
+        """One member connection; *behind*: it came on the topic of an older secret."""
         peer_id = stream.remote_static.hex()[:12]
         try:
             ours = self._our_hello(log_key)
@@ -381,7 +557,11 @@ class SwarmService:
                      exc)
             return
         info = PeerInfo(log_key, device, identity, hello.addrs, self._clock())
-        token = _Live(hello, trio.CancelScope())
+        recipient = Recipient(log_key if identity is None else identity, device,
+                              stream.remote_static)
+        token = _Live(hello, trio.CancelScope(), recipient)
+        if behind and self._nursery is not None:
+            self._nursery.start_soon(self._grant, log_key, swarm, recipient)
         swarm.peers[device] = info
         swarm.live[device] = token
         self._emit(SwarmEvent("peer_connected", log_key, info))
@@ -409,25 +589,30 @@ class SwarmService:
         # replaced (cancelled) at any await must still take its entry away.
         try:
             with token.scope:
-                await self._sync(log_key, swarm, stream, device, hello, progress)
+                await self._sync(log_key, swarm, stream, recipient, hello, progress)
         except RemoteProtocolError as exc:
             log.info("swarm %s: peer %s broke the sync protocol: %s; dropped",
                      swarm.topic.short_id, peer_id, exc)
         finally:
+            log.debug("swarm %s: connection with device %s closed", swarm.topic.short_id,
+                      device.hex()[:12])
             if swarm.live.get(device) is token:
                 del swarm.live[device]
                 gone = swarm.peers.pop(device)
                 self._emit(SwarmEvent("peer_left", log_key, gone))
 
-    async def _sync(self, log_key: bytes, swarm: _Swarm, stream: SecureStream, device: bytes,
-                    hello: Hello, progress: Callable[[SyncProgress], None]) -> None:
-        """Remember where the peer listens, then sync until the connection ends."""
-        if hello.addrs and not swarm.known.is_news(device, hello.addrs):
+    async def _sync(self, log_key: bytes, swarm: _Swarm, stream: SecureStream,
+                    peer: Recipient, hello: Hello,
+                    progress: Callable[[SyncProgress], None]) -> None:
+        """Remember where the peer listens and its keys, then sync until the connection ends."""
+        device = peer.device
+        keys = {"static": peer.static, "member": peer.member}
+        if not swarm.known.is_news(device, hello.addrs, **keys):
             swarm.known.seen(device, hello.addrs, self._clock())  # the time only: no I/O
-        elif hello.addrs:
+        else:
             try:
-                await trio.to_thread.run_sync(swarm.known.seen, device, hello.addrs,
-                                              self._clock())
+                await trio.to_thread.run_sync(
+                    lambda: swarm.known.seen(device, hello.addrs, self._clock(), **keys))
             except OSError as exc:  # only dial candidates: never a reason to drop a peer
                 log.warning("swarm %s: could not remember a peer's addresses: %s",
                             swarm.topic.short_id, exc)

@@ -3,8 +3,10 @@
 Real daemon processes (mDNS off: a member connects to the host that admitted
 it, and to whoever dials it back from there). A removal applied anywhere, by
 the remover or on arrival by sync, closes the live member connections of the
-removed member's devices at once, and they get no further entries. Rekeying
-the swarm secret is not part of this file.
+removed member's devices at once, and they get no further entries. Each
+removal or leave rotates the space's swarm secret: the remaining members move
+to the new epoch's topic, the removed one stays behind on the old one.
+Devices removed from an identity: the same for the identity's log.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from p2pinvite.client import AsyncClient, RequestError
 
 from .conftest import DaemonFactory, DaemonProc
 from .test_e2e_members import admit, eventually, member_set
-from .test_e2e_pairing import ok_json
+from .test_e2e_pairing import join, join_ok, ok_json
 
 pytestmark = pytest.mark.slow
 
@@ -27,6 +29,14 @@ def _peer_identities(d: DaemonProc, space: str) -> set[str]:
 
 def _swarm_logs(d: DaemonProc) -> set[str]:
     return {s["log"] for s in ok_json(d, "status")["swarms"]}
+
+
+def _swarm(d: DaemonProc, log: str) -> tuple[int, str] | None:
+    """(epoch, topic) of *d*'s swarm of *log*, None if not joined."""
+    for s in ok_json(d, "status")["swarms"]:
+        if s["log"] == log:
+            return s["epoch"], s["topic"]
+    return None
 
 
 def test_an_admin_removes_a_member_whose_connections_close_and_who_gets_nothing_more(
@@ -54,11 +64,22 @@ def test_an_admin_removes_a_member_whose_connections_close_and_who_gets_nothing_
     assert "[refused: owner_required]" in r.stderr
     assert member_set(b, space) == {(ids[0], "owner"), (ids[1], "admin"), (ids[2], "editor")}
 
+    old = _swarm(a, space)
+    assert old is not None and old[0] == 1 and _swarm(c, space) == old
     change = ok_json(b, "space", "remove", "Team", "Carol")
     assert change["member"]["identity_key"] == ids[2]
     assert change["member"]["role"] == "removed"
+    # Bob rotated the swarm secret before answering; Alice opens her grant
+    # and follows him to the new topic.
+    assert change["epoch"] == 2
     text = b.cli("space", "members", space, "--all")
     assert text.returncode == 0
+    assert "the space's swarm secret is now epoch" not in text.stdout
+    eventually(lambda: _swarm(a, space), lambda s: s is not None and s[0] == 2, within=5,
+               what="Alice moved to epoch 2")
+    new = _swarm(b, space)
+    assert new is not None and new[0] == 2 and new[1] != old[1]
+    assert _swarm(a, space) == new
     # The removal reaches Alice by sync; her connection to Carol closes at once.
     eventually(lambda: _peer_identities(a, space), lambda p: p == {ids[1]}, within=5,
                what="Alice closed her connection to Carol")
@@ -75,7 +96,9 @@ def test_an_admin_removes_a_member_whose_connections_close_and_who_gets_nothing_
         assert ids[2] not in {m["identity_key"] for m in full["members"]}
 
     # Carol, still running, sees no further entries: Dave's admission stays away.
+    # Dave is handed the secret in force (epoch 2) with his admission.
     admit(a, d, space, "reader")
+    eventually(lambda: _swarm(d, space), lambda s: s == new, what="Dave joins epoch 2")
     expected = {(ids[0], "owner"), (ids[1], "admin"), (ids[3], "reader")}
     for x in (a, b, d):
         eventually(lambda x=x: member_set(x, space), lambda s: s == expected,
@@ -93,6 +116,11 @@ def test_an_admin_removes_a_member_whose_connections_close_and_who_gets_nothing_
                what="Alice sees Dave gone")
     eventually(lambda: _swarm_logs(d), lambda logs: space not in logs, within=5,
                what="Dave's daemon left the space's swarm")
+    # An admin who sees a member leave rotates (Alice or Bob, after a random
+    # delay of at most a second; if both do, the log's order picks one).
+    eventually(lambda: (_swarm(a, space), _swarm(b, space)),
+               lambda s: s[0] == s[1] and s[0] is not None and s[0][0] >= 3, within=10,
+               what="Alice and Bob on the same secret after Dave left")
     # A restart does not bring a removed member back into the swarm.
     home_c = c.home
     assert c.stop() == 0
@@ -116,4 +144,67 @@ def test_an_admin_removes_a_member_whose_connections_close_and_who_gets_nothing_
     eventually(lambda: member_set(b, space), lambda s: (ids[1], "editor") in s,
                what="Bob sees his new role")
     for x in (a, b, c, d):
+        assert "Traceback" not in x.stderr()
+
+
+def _devices(d: DaemonProc) -> set[str]:
+    return {x["device_key"] for x in ok_json(d, "devices")}
+
+
+def test_a_device_removed_from_its_identity_no_longer_acts_in_its_name(
+        daemons: DaemonFactory) -> None:
+    d1, d2, d3, guest = (daemons.start() for _ in range(4))
+    ident = ok_json(d1, "identity", "create", "--name", "Alice")["identity_key"]
+    for dx in (d2, d3):
+        inv = ok_json(d1, "invite", "create", "--device")
+        join_ok(dx, inv["code"], pin=inv["pin"])
+    keys = {x.home: ok_json(x, "identity", "show")["device_key"] for x in (d1, d2, d3)}
+    everyone = set(keys.values())
+    for x in (d1, d2, d3):
+        eventually(lambda x=x: _devices(x), lambda s: s == everyone, what="three devices")
+    eventually(lambda: {p["device_key"] for p in ok_json(d1, "space", "peers")},
+               lambda s: s == {keys[d2.home], keys[d3.home]}, what="d1 meets d2 and d3")
+    # Invitations the lost device hosts, and one it could accept.
+    pending = ok_json(d3, "invite", "create", "--device")
+    space = ok_json(d1, "space", "create", "Home")["space_id"]
+    for_d3 = ok_json(d1, "invite", "create", "--space", space, "--role", "reader")
+    old = _swarm(d1, ident)
+    assert old is not None and old[0] == 1
+
+    # d2 removes d3: a revocation in the identity log, and a new swarm secret
+    # sealed to the remaining devices (d2 itself, and d1, which it met).
+    r = d2.cli("device", "remove", keys[d3.home][:12])
+    assert r.returncode == 0, r.stderr
+    assert f"removed device {keys[d3.home][:16]} from identity {ident[:16]}" in r.stdout
+    assert "swarm secret is now epoch 2" in r.stdout
+    remaining = {keys[d1.home], keys[d2.home]}
+    for x in (d1, d2):
+        eventually(lambda x=x: _devices(x), lambda s: s == remaining, what="two devices left")
+    eventually(lambda: _swarm(d1, ident), lambda s: s is not None and s[0] == 2, within=5,
+               what="d1 moved to epoch 2")
+    assert _swarm(d1, ident) == _swarm(d2, ident) != old
+    # The lost device learned it (its connection closed once it held the
+    # revocation) and acts for the identity no more.
+    eventually(lambda: _swarm_logs(d3), lambda logs: ident not in logs, within=5,
+               what="d3 left its identity's swarm")
+    assert keys[d3.home] not in _devices(d3)
+    r = d3.cli("invite", "create", "--device")
+    assert r.returncode != 0 and "removed from its identity" in r.stderr
+    r = join(d3, for_d3["code"], pin=for_d3["pin"])
+    assert r.returncode != 0 and "device_removed" in r.stderr
+    r = join(guest, pending["code"], pin=pending["pin"])
+    assert r.returncode != 0
+    assert "device_removed" in r.stderr or "refused" in r.stderr
+    assert ok_json(guest, "status")["identity"] is None
+    # Refusals name their rule; d1 and d2 still invite, and the new device
+    # gets the secret in force.
+    r = d1.cli("device", "remove", keys[d3.home])
+    assert r.returncode != 0 and "no current device" in r.stderr
+    r = d1.cli("device", "remove", keys[d1.home])
+    assert r.returncode != 0 and "[refused: this_device]" in r.stderr
+    inv = ok_json(d1, "invite", "create", "--device")
+    join_ok(guest, inv["code"], pin=inv["pin"])
+    eventually(lambda: _swarm(guest, ident), lambda s: s == _swarm(d1, ident),
+               what="the new device on epoch 2")
+    for x in (d1, d2, d3, guest):
         assert "Traceback" not in x.stderr()

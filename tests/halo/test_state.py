@@ -69,8 +69,9 @@ def space(owner: IdentityBuilder) -> SpaceBuilder:
 def test_rule_codes_are_stable() -> None:
     # Codes are stored in checkpoints: the table only ever grows at the end.
     assert RULE_NAMES[:4] == ("", "wrong_log", "wrong_identity", "wrong_space")
-    assert RULE_NAMES[-1] == "same_role"
-    assert len(set(RULE_NAMES)) == len(RULE_NAMES) == 18
+    assert RULE_NAMES[16:] == ("cannot_demote_owner", "same_role", "not_device", "last_device",
+                               "wrong_log_key", "stale_epoch", "stale_key")
+    assert len(set(RULE_NAMES)) == len(RULE_NAMES) == 23
 
 
 # -- identity logs ----------------------------------------------------------------------

@@ -8,7 +8,7 @@ boundary the daemon fills from the halo layer (tests/daemon has that).
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +17,10 @@ import trio
 import trio.testing
 
 from p2pinvite.halo.keys import DeviceKeys
+from p2pinvite.halo.swarm_keys import Recipient
 from p2pinvite.halo.swarm_secrets import SwarmSecret, SwarmSecrets
 from p2pinvite.net.manager import open_network_manager
+from p2pinvite.net.topics import Topic
 from p2pinvite.swarm.hello import Hello, NotAMember
 from p2pinvite.swarm.service import SwarmEvent, SwarmService
 
@@ -44,6 +46,32 @@ class Logs:
 
     def replica(self, log_key: bytes) -> MemoryReplica:
         return self.dag
+
+    # The secret in force, as a test scripts it: ``in_force`` is what the log
+    # says (and opens for us); ``rotate_to`` what a rotation by us would write.
+    in_force: SwarmSecret | None = None
+    rotate_to: SwarmSecret | None = None
+    rotated_for: list[Recipient] = field(default_factory=list)
+    granted: list[Recipient] = field(default_factory=list)
+
+    def key_update(self, log_key: bytes, held: SwarmSecret | None) -> SwarmSecret | None:
+        if self.in_force is None or (held is not None and held.secret == self.in_force.secret):
+            return None
+        return self.in_force
+
+    def needs_rotation(self, log_key: bytes) -> bool:
+        return self.rotate_to is not None and self.in_force is not self.rotate_to
+
+    async def rotate(self, log_key: bytes, recipients: Sequence[Recipient]) -> SwarmSecret:
+        assert self.rotate_to is not None
+        self.in_force = self.rotate_to
+        self.rotated_for = list(recipients)
+        return self.rotate_to
+
+    async def grant(self, log_key: bytes, held: SwarmSecret,
+                    recipients: Sequence[Recipient]) -> int:
+        self.granted.extend(recipients)
+        return len(recipients)
 
 
 @dataclass
@@ -138,3 +166,40 @@ async def test_another_secret_is_another_swarm(tmp_path: Path) -> None:
             await trio.sleep(1.5)
             assert len(rb) == 0
             assert b.swarm.peers(LOG) == []
+
+
+async def eventually(predicate: Callable[[], bool]) -> None:
+    while not predicate():
+        await trio.sleep(0.01)
+
+
+async def test_a_rotation_moves_the_swarm_and_a_member_behind_is_granted_there(
+        tmp_path: Path) -> None:
+    s1, s2 = SwarmSecret(LOG, 1, os.urandom(32)), SwarmSecret(LOG, 2, os.urandom(32))
+    ra, rb = MemoryReplica("a"), MemoryReplica("b")
+    rb.ingest_now([ra.get(ra.append(b"genesis"))])
+    with trio.fail_after(30):
+        async with node(tmp_path / "a", s1, ra) as a, node(tmp_path / "b", s1, rb) as b:
+            a.logs.members.add(b.keys.device_public)
+            b.logs.members.add(a.keys.device_public)
+            b.swarm.add_peers(LOG, (a.address,))
+            await eventually(lambda: bool(a.swarm.peers(LOG)))
+            # A change after which the log says "rotate": a rotates at once
+            # (sealing to b, met) and moves to the new topic.
+            a.logs.rotate_to = s2
+            ra.append(b"removal of someone")
+            await eventually(lambda: a.swarm.topic(LOG) == Topic.for_swarm(s2.secret))
+            assert [(r.device, r.static) for r in a.logs.rotated_for] == [
+                (b.keys.device_public, b.keys.static_public)]
+            assert rb.has(ra.heads()[0])  # b got the change before a moved
+            # b, still on s1, redials a there (accept-only now): a seals the
+            # secret in force to it; b opens it (the log says so) and follows.
+            await eventually(lambda: bool(a.logs.granted))
+            assert a.logs.granted[0].static == b.keys.static_public
+            b.logs.in_force = s2
+            rb.append(b"the grant")
+            await eventually(lambda: b.swarm.topic(LOG) == Topic.for_swarm(s2.secret))
+            await eventually(lambda: bool(a.swarm.peers(LOG)) and bool(b.swarm.peers(LOG)))
+    held = SwarmSecrets.open(tmp_path / "b").get(LOG)
+    assert held is not None and held.secret == s2.secret
+    assert [p.epoch for p in SwarmSecrets.open(tmp_path / "b").previous(LOG)] == [1]
