@@ -65,7 +65,9 @@ def test_an_admin_removes_a_member_whose_connections_close_and_who_gets_nothing_
     assert member_set(b, space) == {(ids[0], "owner"), (ids[1], "admin"), (ids[2], "editor")}
 
     old = _swarm(a, space)
-    assert old is not None and old[0] == 1 and _swarm(c, space) == old
+    assert old is not None
+    assert old[0] == 1
+    assert _swarm(c, space) == old
     change = ok_json(b, "space", "remove", "Team", "Carol")
     assert change["member"]["identity_key"] == ids[2]
     assert change["member"]["role"] == "removed"
@@ -78,7 +80,9 @@ def test_an_admin_removes_a_member_whose_connections_close_and_who_gets_nothing_
     eventually(lambda: _swarm(a, space), lambda s: s is not None and s[0] == 2, within=5,
                what="Alice moved to epoch 2")
     new = _swarm(b, space)
-    assert new is not None and new[0] == 2 and new[1] != old[1]
+    assert new is not None
+    assert new[0] == 2
+    assert new[1] != old[1]
     assert _swarm(a, space) == new
     # The removal reaches Alice by sync; her connection to Carol closes at once.
     eventually(lambda: _peer_identities(a, space), lambda p: p == {ids[1]}, within=5,
@@ -169,7 +173,8 @@ def test_a_device_removed_from_its_identity_no_longer_acts_in_its_name(
     space = ok_json(d1, "space", "create", "Home")["space_id"]
     for_d3 = ok_json(d1, "invite", "create", "--space", space, "--role", "reader")
     old = _swarm(d1, ident)
-    assert old is not None and old[0] == 1
+    assert old is not None
+    assert old[0] == 1
 
     # d2 removes d3: a revocation in the identity log, and a new swarm secret
     # sealed to the remaining devices (d2 itself, and d1, which it met).
@@ -189,9 +194,11 @@ def test_a_device_removed_from_its_identity_no_longer_acts_in_its_name(
                what="d3 left its identity's swarm")
     assert keys[d3.home] not in _devices(d3)
     r = d3.cli("invite", "create", "--device")
-    assert r.returncode != 0 and "removed from its identity" in r.stderr
+    assert r.returncode != 0
+    assert "removed from its identity" in r.stderr
     r = join(d3, for_d3["code"], pin=for_d3["pin"])
-    assert r.returncode != 0 and "device_removed" in r.stderr
+    assert r.returncode != 0
+    assert "device_removed" in r.stderr
     r = join(guest, pending["code"], pin=pending["pin"])
     assert r.returncode != 0
     assert "device_removed" in r.stderr or "refused" in r.stderr
@@ -199,9 +206,11 @@ def test_a_device_removed_from_its_identity_no_longer_acts_in_its_name(
     # Refusals name their rule; d1 and d2 still invite, and the new device
     # gets the secret in force.
     r = d1.cli("device", "remove", keys[d3.home])
-    assert r.returncode != 0 and "no current device" in r.stderr
+    assert r.returncode != 0
+    assert "no current device" in r.stderr
     r = d1.cli("device", "remove", keys[d1.home])
-    assert r.returncode != 0 and "[refused: this_device]" in r.stderr
+    assert r.returncode != 0
+    assert "[refused: this_device]" in r.stderr
     inv = ok_json(d1, "invite", "create", "--device")
     join_ok(guest, inv["code"], pin=inv["pin"])
     eventually(lambda: _swarm(guest, ident), lambda s: s == _swarm(d1, ident),

@@ -99,5 +99,7 @@ def canonical(state: MembershipState) -> tuple[object, ...]:
     removed = [state.member(k) for k in state.removed()]
     devices = [state.device(d) for d in state.devices()]
     redeemed = {inv: state.redeemers(inv) for inv in state.invitations()}
+    key = state.key_in_force()
+    swarm_key = (key.epoch, key.check, [f.id for f in key.entries], key.stale)
     return (state.kind, state.key, state.name, state.owner, members, removed, devices,
-            redeemed)
+            redeemed, state.revoked_devices(), swarm_key)

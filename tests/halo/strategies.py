@@ -29,12 +29,15 @@ from hypothesis import strategies as st
 
 from p2pinvite.halo.credentials import (
     Credential,
+    Grant,
     Role,
     issue_authorized_device,
+    issue_device_revocation,
     issue_identity_genesis,
     issue_role_change,
     issue_space_genesis,
     issue_space_member,
+    issue_swarm_key,
 )
 from p2pinvite.halo.identity import IdentityService
 from p2pinvite.halo.keys import DeviceKeys, SigningKey
@@ -149,6 +152,20 @@ class IdentityBuilder(_Log):
         """The chain for credentials *device* (default: the first) signs for this identity."""
         return self.chains[(device or self.device).device_public]
 
+    def revoke(self, by: DeviceKeys, device: bytes, *,
+               parents: Iterable[bytes] | None = None) -> Credential:
+        """Revoke *device*, signed by device *by*."""
+        return self.add(issue_device_revocation(
+            by, identity=self.public, device=device, parents=self.parents(parents),
+            chain=self.chains[by.device_public], issued_at=T0))
+
+    def swarm_key(self, by: DeviceKeys, epoch: int, check: bytes, grants: Iterable[Grant] = (),
+                  *, parents: Iterable[bytes] | None = None) -> Credential:
+        """A ``swarm_key`` of this identity's log, signed by device *by*."""
+        return self.add(issue_swarm_key(
+            by, issuer=self.public, log=self.public, epoch=epoch, check=check, grants=grants,
+            parents=self.parents(parents), chain=self.chains[by.device_public], issued_at=T0))
+
 
 @dataclass
 class SpaceBuilder(_Log):
@@ -209,6 +226,14 @@ class SpaceBuilder(_Log):
                parents: Iterable[bytes] | None = None, issued_at: int = T0) -> Credential:
         """A removal issued by *by*."""
         return self.change(by, member, Role.REMOVED, parents=parents, issued_at=issued_at)
+
+    def swarm_key(self, by: IdentityBuilder, epoch: int, check: bytes,
+                  grants: Iterable[Grant] = (), *,
+                  parents: Iterable[bytes] | None = None) -> Credential:
+        """A ``swarm_key`` (a rotation, or a grant of the key in force) issued by *by*."""
+        return self.add(issue_swarm_key(
+            by.device, issuer=by.public, log=self.public, epoch=epoch, check=check,
+            grants=grants, parents=self.parents(parents), chain=by.chain_of(), issued_at=T0))
 
 
 class Replica:
@@ -324,3 +349,25 @@ async def admit_many(home: Path, space: bytes, count: int) -> None:
     finally:
         spaces.close()
         ident.close()
+
+
+@dataclass
+class Cast:
+    """A space with an owner, two admins and an editor, on a linear history."""
+
+    owner: IdentityBuilder
+    a: IdentityBuilder
+    b: IdentityBuilder
+    editor: IdentityBuilder
+    space: SpaceBuilder
+
+    def fork(self) -> list[bytes]:
+        """The current heads: the common ancestor of two branches."""
+        return sorted(self.space.heads)
+
+    def copy(self) -> Cast:
+        """The same cast, with a space builder of its own (histories may grow it)."""
+        s = self.space
+        space = SpaceBuilder(creds=list(s.creds), heads=set(s.heads), key=s.key,
+                             owner=s.owner, name=s.name)
+        return Cast(self.owner, self.a, self.b, self.editor, space)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 from hypothesis import given, settings
@@ -22,49 +21,9 @@ from p2pinvite.halo.resolve import Resolver, resolve
 from p2pinvite.halo.state import Fact, LogKind, fact_of
 
 from .reference import canonical, reference_resolve
-from .strategies import T0, IdentityBuilder, Replica, SpaceBuilder
+from .strategies import T0, Cast, IdentityBuilder, Replica
 
 X, Y = b"\x01" * 32, b"\x02" * 32
-
-
-@dataclass
-class Cast:
-    """A space with an owner, two admins and an editor, on a linear history."""
-
-    owner: IdentityBuilder
-    a: IdentityBuilder
-    b: IdentityBuilder
-    editor: IdentityBuilder
-    space: SpaceBuilder
-
-    def fork(self) -> list[bytes]:
-        """The current heads: the common ancestor of two branches."""
-        return sorted(self.space.heads)
-
-    def copy(self) -> Cast:
-        """The same cast, with a space builder of its own (histories may grow it)."""
-        s = self.space
-        space = SpaceBuilder(creds=list(s.creds), heads=set(s.heads), key=s.key,
-                             owner=s.owner, name=s.name)
-        return Cast(self.owner, self.a, self.b, self.editor, space)
-
-
-@pytest.fixture(scope="module")
-def base() -> Cast:
-    owner = IdentityBuilder.create("owner", seed=b"owner")
-    a = IdentityBuilder.create("a", seed=b"admin-a")
-    b = IdentityBuilder.create("b", seed=b"admin-b")
-    editor = IdentityBuilder.create("e", seed=b"editor")
-    space = SpaceBuilder.create(owner, "garden", seed=b"garden")
-    space.admit(owner, a.public, Role.ADMIN, name="a")
-    space.admit(owner, b.public, Role.ADMIN, name="b")
-    space.admit(owner, editor.public, Role.EDITOR, name="e")
-    return Cast(owner, a, b, editor, space)
-
-
-@pytest.fixture
-def cast(base: Cast) -> Cast:
-    return base.copy()
 
 
 def rule(r: Resolver, cred: Credential) -> str | None:
@@ -425,13 +384,18 @@ def test_restore_refuses_a_snapshot_of_another_log(cast: Cast) -> None:
 
 # -- the property: replicas apart, merged, delivered in any order ----------------------------
 
-_OPS = st.sampled_from(["admit", "change", "remove", "leave", "merge", "merge", "sync"])
+_OPS = st.sampled_from(["admit", "change", "remove", "leave", "rotate", "merge", "merge",
+                        "sync"])
+#: Swarm keys the histories rotate to: a few epochs and checks, so that
+#: concurrent rotations collide and grants of the key in force happen.
+_KEYS = st.tuples(st.integers(2, 4), st.sampled_from([b"\x0a" * 16, b"\x0b" * 16]))
 _ROLES = st.sampled_from([Role.ADMIN, Role.EDITOR, Role.READER, Role.OWNER])
 
 
 @st.composite
 def histories(draw: st.DrawFn, base: Cast) -> list[Credential]:
-    """A random history of three replicas of *base* (issuers O, A, B, editor)."""
+    """A random history of three replicas of *base* (issuers O, A, B, editor): admissions,
+    role changes, removals, leaves and swarm keys (rotations and grants)."""
     issuers = [base.owner, base.a, base.b, base.editor]
     subjects = [i.public for i in issuers[1:]] + [X, Y]
     space = base.copy().space
@@ -452,6 +416,9 @@ def histories(draw: st.DrawFn, base: Cast) -> list[Credential]:
         parents = sorted(replicas[here].heads)
         if op == "leave":
             cred = space.remove(who, who.public, parents=parents)
+        elif op == "rotate":
+            epoch, check = draw(_KEYS)
+            cred = space.swarm_key(who, epoch, check, parents=parents)
         else:
             subject = subjects[draw(st.integers(0, len(subjects) - 1))]
             if op == "admit":

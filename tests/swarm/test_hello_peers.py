@@ -70,6 +70,22 @@ def test_known_peers_keep_the_latest_addresses_and_survive_a_reopen(tmp_path: Pa
     assert KnownPeers(path).addresses() == [("10.0.0.1", 1)]
 
 
+def test_known_peers_remember_the_keys_a_rotation_seals_to(tmp_path: Path) -> None:
+    path = ensure_private_dir(tmp_path / "swarm") / f"{LOG.hex()}.peers"
+    peers = KnownPeers(path)
+    addrs = (("10.0.0.1", 1),)
+    peers.seen(b"a" * 32, addrs, 1.0)
+    assert peers.is_news(b"a" * 32, addrs, static=b"s" * 32, member=b"m" * 32)
+    assert peers.seen(b"a" * 32, addrs, 2.0, static=b"s" * 32, member=b"m" * 32) is True
+    assert peers.seen(b"a" * 32, addrs, 3.0) is False  # keys not repeated: kept
+    [p] = KnownPeers(path).peers()
+    assert (p.device, p.addrs, p.static, p.member) == (b"a" * 32, addrs, b"s" * 32, b"m" * 32)
+    # A version 1 file (no keys) is read: the keys come with the next hello.
+    path.write_bytes(pack({"v": 1, "peers": [[b"b" * 32, [["10.0.0.2", 2]], 5.0]]}))
+    [old] = KnownPeers(path).peers()
+    assert (old.device, old.static, old.member) == (b"b" * 32, None, None)
+
+
 def test_known_peers_are_bounded_and_a_damaged_file_is_ignored(tmp_path: Path) -> None:
     path = ensure_private_dir(tmp_path / "swarm") / "x.peers"
     peers = KnownPeers(path)

@@ -201,5 +201,6 @@ async def test_a_rotation_moves_the_swarm_and_a_member_behind_is_granted_there(
             await eventually(lambda: b.swarm.topic(LOG) == Topic.for_swarm(s2.secret))
             await eventually(lambda: bool(a.swarm.peers(LOG)) and bool(b.swarm.peers(LOG)))
     held = SwarmSecrets.open(tmp_path / "b").get(LOG)
-    assert held is not None and held.secret == s2.secret
+    assert held is not None
+    assert held.secret == s2.secret
     assert [p.epoch for p in SwarmSecrets.open(tmp_path / "b").previous(LOG)] == [1]
