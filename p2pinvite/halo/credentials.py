@@ -184,7 +184,7 @@ class Grant:
 
     ``member`` is the device's identity (the identity key itself in an
     identity log), ``device`` its device key, ``static`` its X25519 static
-    key, ``box`` the secret sealed to it (docs/PROTOCOL.md Part 12 §6).
+    key, ``box`` the secret sealed to it (docs/PROTOCOL.md Part 12 §7).
     """
 
     member: bytes

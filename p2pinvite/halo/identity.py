@@ -242,7 +242,9 @@ class IdentityService:
         path = home / IDENTITY_DIR / IDENTITY_LOG
         if path.exists():
             log = SpaceLog.open(path, kind=LogKind.IDENTITY, verifier=service.verifier)
-            if not log.state.is_device(device.device_public):
+            # A device removed since (revoked) still opens its log: it then
+            # knows it acts for the identity no more (device_removed).
+            if not log.state.was_device(device.device_public):
                 log.close()
                 raise StorageError(f"{path} does not authorize this device's key")
             service._log = log

@@ -20,7 +20,7 @@ every member reaches the same answer: concurrent rotations resolve to the
 last one in the log's order, and a rotation that sealed the secret to
 someone removed concurrently is rotated again.
 
-docs/PROTOCOL.md Part 12 §6 is the normative description.
+docs/PROTOCOL.md Part 12 §7 is the normative description.
 """
 
 from __future__ import annotations

@@ -355,18 +355,17 @@ class SwarmService:
         A removal (or a leave) applied here, by a local command or by sync,
         closes the connections of the devices it concerns, whichever side
         dialed, as soon as they hold it (at most :data:`REMOVAL_GRACE` later);
-        if it concerns this device, the swarm is left the same way.
+        if it concerns this device, the swarm is left the same way -- every
+        swarm, when the change removed this device from its identity.
         """
         swarm.changed_at = self._clock()
         self._emit(SwarmEvent("changed", log_key))
         self._check_key_soon(log_key, swarm)
-        try:
-            self._logs.hello(log_key)
-        except NotAMember as exc:  # this device was removed, or left
-            if not swarm.leaving and self._nursery is not None:
-                log.info("leaving the swarm of %s: %s", log_key.hex()[:12], exc)
-                swarm.leaving = True
-                self._nursery.start_soon(self._leave_after_handover, log_key, swarm)
+        if self._leave_unless_member(log_key, swarm):
+            # Our identity's log can end our membership of the others too.
+            for other_key, other in list(self._swarms.items()):
+                if other is not swarm:
+                    self._leave_unless_member(other_key, other)
             return
         for device, live in list(swarm.live.items()):
             try:
@@ -391,6 +390,18 @@ class SwarmService:
                 log.warning("swarm %s: could not check peer %s again: %s",
                             swarm.topic.short_id, device.hex()[:12], exc)
 
+    def _leave_unless_member(self, log_key: bytes, swarm: _Swarm) -> bool:
+        """Start leaving *swarm* if this device is no longer a member of it; True then."""
+        try:
+            self._logs.hello(log_key)
+        except NotAMember as exc:  # this device was removed, or left
+            if not swarm.leaving and self._nursery is not None:
+                log.info("leaving the swarm of %s: %s", log_key.hex()[:12], exc)
+                swarm.leaving = True
+                self._nursery.start_soon(self._leave_after_handover, log_key, swarm)
+            return True
+        return False
+
     # -- the swarm secret in force -------------------------------------------------------
 
     def _check_key_soon(self, log_key: bytes, swarm: _Swarm) -> None:
@@ -409,7 +420,7 @@ class SwarmService:
                 try:
                     moved = await self._follow_key(log_key, swarm, jitter=ROTATION_JITTER)
                 except P2PInviteError as exc:  # e.g. removed meanwhile: the next change decides
-                    log.warning("swarm %s: could not update the swarm secret: %s",
+                    log.warning("swarm %s: could not follow the swarm key in force: %s",
                                 swarm.topic.short_id, exc)
                     moved = False
                 if moved or not swarm.key_again:
@@ -437,7 +448,7 @@ class SwarmService:
             update = self._logs.key_update(log_key, self._secrets.get(log_key))
             if update is None and self._logs.needs_rotation(log_key):
                 update = await self._logs.rotate(log_key, self._recipients(swarm))
-                log.info("swarm %s: rotated the swarm secret (epoch %d)",
+                log.info("swarm %s: rotated the swarm key to epoch %d",
                          swarm.topic.short_id, update.epoch)
             if update is None:
                 return False
@@ -470,15 +481,19 @@ class SwarmService:
 
     async def _grant(self, log_key: bytes, swarm: _Swarm, recipient: Recipient) -> None:
         """Seal the secret in force to a member that reached us on an older topic."""
-        held = self._secrets.get(log_key)
-        if held is None or self._swarms.get(log_key) is not swarm:
-            return
         try:
-            if await self._logs.grant(log_key, held, [recipient]):
-                log.info("swarm %s: sealed the swarm secret to device %s, which was behind",
+            # One key change at a time: a device redialing on the old topic
+            # twice at once is granted once.
+            async with self._key_locks[log_key]:
+                held = self._secrets.get(log_key)
+                if held is None or self._swarms.get(log_key) is not swarm:
+                    return
+                granted = await self._logs.grant(log_key, held, [recipient])
+            if granted:
+                log.info("swarm %s: granted the swarm key in force to device %s, which was behind",
                          swarm.topic.short_id, recipient.device.hex()[:12])
         except P2PInviteError as exc:
-            log.warning("swarm %s: could not grant the swarm secret: %s",
+            log.warning("swarm %s: could not grant the swarm key in force: %s",
                         swarm.topic.short_id, exc)
 
     async def _move_after_handover(self, log_key: bytes, swarm: _Swarm) -> None:

@@ -157,11 +157,17 @@ def _devices(d: DaemonProc) -> set[str]:
 
 def test_a_device_removed_from_its_identity_no_longer_acts_in_its_name(
         daemons: DaemonFactory) -> None:
-    d1, d2, d3, guest = (daemons.start() for _ in range(4))
+    d1, d2, d3, guest, z = (daemons.start() for _ in range(5))
     ident = ok_json(d1, "identity", "create", "--name", "Alice")["identity_key"]
     for dx in (d2, d3):
         inv = ok_json(d1, "invite", "create", "--device")
         join_ok(dx, inv["code"], pin=inv["pin"])
+    # Through d3 (only), Alice is also a member of Zed's space.
+    ok_json(z, "identity", "create", "--name", "Zed")
+    club = ok_json(z, "space", "create", "Club")["space_id"]
+    admit(z, d3, club, "reader")
+    eventually(lambda: _peer_identities(z, club), lambda p: p == {ident},
+               what="Zed meets Alice's d3 in the club")
     keys = {x.home: ok_json(x, "identity", "show")["device_key"] for x in (d1, d2, d3)}
     everyone = set(keys.values())
     for x in (d1, d2, d3):
@@ -190,8 +196,12 @@ def test_a_device_removed_from_its_identity_no_longer_acts_in_its_name(
     assert _swarm(d1, ident) == _swarm(d2, ident) != old
     # The lost device learned it (its connection closed once it held the
     # revocation) and acts for the identity no more.
-    eventually(lambda: _swarm_logs(d3), lambda logs: ident not in logs, within=5,
-               what="d3 left its identity's swarm")
+    # It leaves every swarm, the club's too, though Zed cannot know: only
+    # Alice's log says so.
+    eventually(lambda: _swarm_logs(d3), lambda logs: logs == set(), within=5,
+               what="d3 left its identity's swarm and the club's")
+    eventually(lambda: _peer_identities(z, club), lambda p: p == set(), within=5,
+               what="Zed's connection to d3 closed")
     assert keys[d3.home] not in _devices(d3)
     r = d3.cli("invite", "create", "--device")
     assert r.returncode != 0
@@ -202,6 +212,14 @@ def test_a_device_removed_from_its_identity_no_longer_acts_in_its_name(
     r = join(guest, pending["code"], pin=pending["pin"])
     assert r.returncode != 0
     assert "device_removed" in r.stderr or "refused" in r.stderr
+    # After a restart too: its daemon starts, joins no swarm, invites nobody.
+    home_d3 = d3.home
+    assert d3.stop() == 0
+    d3 = daemons.start(home_d3)
+    assert _swarm_logs(d3) == set()
+    r = d3.cli("invite", "create", "--device")
+    assert r.returncode != 0
+    assert "removed from its identity" in r.stderr
     assert ok_json(guest, "status")["identity"] is None
     # Refusals name their rule; d1 and d2 still invite, and the new device
     # gets the secret in force.
@@ -215,5 +233,44 @@ def test_a_device_removed_from_its_identity_no_longer_acts_in_its_name(
     join_ok(guest, inv["code"], pin=inv["pin"])
     eventually(lambda: _swarm(guest, ident), lambda s: s == _swarm(d1, ident),
                what="the new device on epoch 2")
-    for x in (d1, d2, d3, guest):
+    for x in (d1, d2, d3, guest, z):
+        assert "Traceback" not in x.stderr()
+
+
+def test_a_member_no_rotation_sealed_to_gets_the_secret_from_the_first_member_it_meets(
+        daemons: DaemonFactory) -> None:
+    a, b, c, f, g = (daemons.start() for _ in range(5))
+    ids = [ok_json(x, "identity", "create", "--name", n)["identity_key"]
+           for x, n in ((a, "Alice"), (b, "Bob"), (c, "Carol"), (f, "Frank"), (g, "Gus"))]
+    space = ok_json(a, "space", "create", "Team")["space_id"]
+    for guest, role in ((b, "admin"), (c, "editor"), (f, "reader")):
+        admit(a, guest, space, role)
+    pending = ok_json(b, "invite", "create", "--space", space, "--role", "reader")
+    eventually(lambda: _peer_identities(a, space), lambda p: p == set(ids[1:4]),
+               what="Alice connected to Bob, Carol and Frank")
+    home_f = f.home
+    assert f.stop() == 0
+    # Bob has met Alice only (a star around her): his rotation is sealed to
+    # the two of them. Frank, off, holds only the old secret.
+    assert ok_json(b, "space", "remove", space, "Carol")["epoch"] == 2
+    eventually(lambda: _swarm(a, space), lambda s: s == _swarm(b, space), within=5,
+               what="Alice on Bob's new secret")
+    f = daemons.start(home_f)
+    # Frank reaches Alice where the old secret still opens; she seals the
+    # secret in force to him in a grant entry, which he opens and follows.
+    eventually(lambda: _swarm(f, space), lambda s: s == _swarm(a, space), within=10,
+               what="Frank on the new secret")
+    assert "granted the swarm key in force to device" in a.stderr()
+    eventually(lambda: _peer_identities(f, space), lambda p: ids[0] in p, within=10,
+               what="Frank and Alice connected on the new topic")
+    # Bob is removed in turn: the invitation he made as an admin is not served.
+    assert ok_json(a, "space", "remove", space, "Bob")["epoch"] == 3
+    eventually(lambda: _swarm(b, space), lambda s: s is None, within=5,
+               what="Bob's daemon left the space's swarm")
+    r = join(g, pending["code"], pin=pending["pin"])
+    assert r.returncode != 0
+    assert ok_json(g, "space", "list") == []
+    eventually(lambda: _swarm(f, space), lambda s: s == _swarm(a, space), within=10,
+               what="Frank on epoch 3 too")
+    for x in (a, b, c, f, g):
         assert "Traceback" not in x.stderr()

@@ -43,7 +43,7 @@ def lan() -> Iterator[tuple[Bridge, NsDaemons]]:
             starter.cleanup()
 
 
-def _admit(host: DaemonProc, guest: DaemonProc, *target: str) -> None:
+def admit_ns(host: DaemonProc, guest: DaemonProc, *target: str) -> None:
     inv = ok_json(host, "invite", "create", *target)
     r = join(guest, inv["code"], "--json", pin=inv["pin"])
     assert r.returncode == 0, f"{r.stderr}\n{host.stderr()[-3000:]}\n{guest.stderr()[-3000:]}"
@@ -66,10 +66,10 @@ def test_owner_off_admin_admits_owner_back_all_list_three(
     ids = [ok_json(d, "identity", "create", "--name", n)["identity_key"]
            for d, n in ((a, "Alice"), (b, "Bob"), (c, "Carol"))]
     space = ok_json(a, "space", "create", "Team")["space_id"]
-    _admit(a, b, "--space", space, "--role", "admin")
+    admit_ns(a, b, "--space", space, "--role", "admin")
     eventually(lambda: _peer_count(a, space), lambda n: n == 1, what="A and B connected")
     assert a.stop() == 0
-    _admit(b, c, "--space", space, "--role", "editor")
+    admit_ns(b, c, "--space", space, "--role", "editor")
     a = start.start(nodes[0], a.home, "--log-level", "debug")
     expected = {(ids[0], "owner"), (ids[1], "admin"), (ids[2], "editor")}
     for d in (a, b, c):
@@ -97,10 +97,10 @@ def test_identity_third_device_admitted_by_the_second_while_the_first_is_off(
     wild = ("--listen", "0.0.0.0:0")
     a, b, c = (start.start(ns, start.home(n), *wild) for ns, n in zip(nodes, "abc", strict=True))
     ident = ok_json(a, "identity", "create", "--name", "Alice")["identity_key"]
-    _admit(a, b, "--device")
+    admit_ns(a, b, "--device")
     eventually(lambda: _peer_count(a, ident), lambda n: n == 1, what="the two devices connected")
     assert a.stop() == 0
-    _admit(b, c, "--device")
+    admit_ns(b, c, "--device")
     a = start.start(nodes[0], a.home, *wild)
     all_three = _devices(b)
     assert len(all_three) == 3
@@ -124,13 +124,13 @@ def test_concurrent_admissions_in_two_partitions_both_stand_after_healing(
     ids = {name: ok_json(x, "identity", "create", "--name", name)["identity_key"]
            for x, name in ((a, "Alice"), (b, "Bob"), (c, "Carol"), (d, "Dan"), (e, "Eve"))}
     space = ok_json(a, "space", "create", "Team")["space_id"]
-    _admit(a, b, "--space", space, "--role", "admin")
-    _admit(a, c, "--space", space, "--role", "reader")
+    admit_ns(a, b, "--space", space, "--role", "admin")
+    admit_ns(a, c, "--space", space, "--role", "reader")
     eventually(lambda: _peer_count(a, space), lambda n: n == 2, what="A connected to B and C")
     bridge.partition(0)
     try:
-        _admit(a, d, "--space", space, "--role", "editor")
-        _admit(b, e, "--space", space, "--role", "editor")
+        admit_ns(a, d, "--space", space, "--role", "editor")
+        admit_ns(b, e, "--space", space, "--role", "editor")
         assert ids["Eve"] not in {k for k, _ in member_set(a, space)}
         assert ids["Dan"] not in {k for k, _ in member_set(b, space)}
     finally:

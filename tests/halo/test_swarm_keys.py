@@ -1,6 +1,6 @@
 """Rotating a log's swarm secret: the credentials, the rules, the key in force, sealing.
 
-The vector is the one docs/PROTOCOL.md Part 12 §6 refers to; the rules and the
+The vector is the one docs/PROTOCOL.md Part 12 §7 refers to; the rules and the
 key in force are checked on small histories with forks (the property test in
 test_resolve.py adds swarm keys to its random histories); sealing on real keys.
 """
@@ -318,3 +318,22 @@ def test_put_keeps_the_replaced_secrets_and_version_1_files_still_read(tmp_path:
                            "previous": [[1, b"short"]]}))
     with pytest.raises(StorageError):
         SwarmSecrets.open(tmp_path)
+
+
+def test_the_largest_rotation_fits_a_log_entry_and_an_admission_chunk() -> None:
+    from p2pinvite.halo.credentials import MAX_CHAIN_DEPTH, MAX_CREDENTIAL_SIZE, MAX_PARENTS
+    from p2pinvite.invitations.protocol import MAX_ENTRY
+
+    # The deepest chain, the most parents and the most grants at once.
+    ident = IdentityBuilder.create("deep", seed=b"deep")
+    for _ in range(MAX_CHAIN_DEPTH - 1):
+        ident.add_device()
+    grants = [Grant(bytes([i]) * 32, bytes([i]) * 32, bytes([i]) * 32, bytes(80))
+              for i in range(MAX_GRANTS)]
+    parents = [bytes([i]) * 32 for i in range(MAX_PARENTS)]
+    cred = issue_swarm_key(ident.devices[-1], issuer=ident.public, log=ident.public, epoch=2,
+                           check=C1, grants=grants, parents=parents,
+                           chain=ident.chain_of(ident.devices[-1]))
+    assert len(cred.chain) == MAX_CHAIN_DEPTH
+    assert len(cred.encode()) <= min(MAX_CREDENTIAL_SIZE, MAX_ENTRY)
+    assert decode_credential(cred.encode()) == cred

@@ -93,7 +93,9 @@ def test_chunks_respect_item_and_byte_limits() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(sizes=st.lists(st.integers(1, 2 * 1024), min_size=1, max_size=1500),
+@given(sizes=st.lists(st.one_of(st.integers(1, 2 * 1024), st.integers(p.MAX_ENTRY - 64,
+                                                                     p.MAX_ENTRY)),
+                      min_size=1, max_size=1500),
        epoch=st.sampled_from([1, 2**16, 2**32 - 1]))
 def test_every_chunk_fits_one_message_whatever_the_entry_sizes(sizes: list[int],
                                                                epoch: int) -> None:

@@ -67,7 +67,9 @@ MAX_CHAIN: Final = 16
 MAX_CREDENTIAL: Final = 4096
 #: Most log entries in one ``admitted`` or ``entries`` message.
 MAX_ENTRIES: Final = 4096
-MAX_ENTRY: Final = 8192
+#: Largest log entry: the largest credential a log holds (halo/credentials.py
+#: MAX_CREDENTIAL_SIZE), e.g. a ``swarm_key`` sealing a secret to 64 devices.
+MAX_ENTRY: Final = 60_000
 #: Largest encoded application message of this protocol (an ``admitted`` or
 #: ``entries`` chunk, or anything else).
 MAX_CHUNK_BYTES: Final = 256 * 1024
