@@ -465,7 +465,12 @@ class SwarmService:
             swarm = self._swarms.get(log_key)
             if swarm is None:
                 return None
-            await self._follow_key(log_key, swarm, jitter=0)
+            try:
+                await self._follow_key(log_key, swarm, jitter=0)
+            except P2PInviteError as exc:  # the removal stands; another admin will rotate
+                log.warning("swarm %s: could not rotate the swarm key: %s",
+                            swarm.topic.short_id, exc)
+                break
             if self._swarms.get(log_key) in (swarm, None):
                 break
         secret = self._secrets.get(log_key)
