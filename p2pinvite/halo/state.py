@@ -216,8 +216,8 @@ class KeyInForce:
 
     ``epoch`` 1 is the log's first secret (made with it, never in the log:
     ``check`` None, no ``entries``). A rotation sets a new one: ``entries``
-    are the ``swarm_key`` entries sealing it (the rotation, then its grants)
-    (their facts). ``stale``: a member was removed, left, or a device was
+    are the facts of the ``swarm_key`` entries sealing it, the rotation first,
+    then its grants. ``stale``: a member was removed, left, or a device was
     revoked after it was set, so it must be rotated again.
     """
 

@@ -1,0 +1,1 @@
+"""Fuzz targets: one per decoder; only the project's typed errors may come out (issue 18)."""
