@@ -447,7 +447,9 @@ def cmd_invite_revoke(c: Client, a: argparse.Namespace) -> None:
     if a.json:
         _print_json(inv)
     else:
-        print(f"invitation {inv.id} is now {inv.status}")
+        # Say it when the revoke came too late for someone (already admitted).
+        used = f"; it had already been used {inv.uses} time(s)" if inv.uses else ""
+        print(f"invitation {inv.id} is now {inv.status}{used}")
 
 
 def _describe(info: CodeInfo) -> str:

@@ -133,10 +133,19 @@ class DaemonLogs:
         keys = self._identity.device
         return open_grant(state, log_key, keys.device_public, keys.static_private)
 
-    def needs_rotation(self, log_key: bytes) -> bool:
+    def behind(self, log_key: bytes, held: SwarmSecret | None) -> bool:
+        """Whether the log has a secret in force that is not *held* (and no grant opened it)."""
+        check = self._state(log_key).key_in_force().check
+        return check is not None and (held is None or held.check != check)
+
+    def needs_rotation(self, log_key: bytes, held: SwarmSecret | None) -> bool:
         """Whether the secret in force must be rotated and this device may do it.
 
-        May: any current device in an identity log, an OWNER or ADMIN in a space.
+        May: any current device in an identity log, an OWNER or ADMIN in a
+        space, holding the secret in force (*held*). A device behind catches
+        up first (members ahead grant it the secret): a rotation written from
+        behind would move it to a topic none of them dials, while they stay
+        on the one in force, and the swarm would split for good.
         """
         try:
             self.hello(log_key)  # still a member (device) of it
@@ -145,6 +154,8 @@ class DaemonLogs:
         state = self._state(log_key)
         if not self._is_identity(log_key) and state.role_code(
                 self._identity.identity_key) > ADMIN:
+            return False
+        if self.behind(log_key, held):
             return False
         return needs_rotation(state)
 

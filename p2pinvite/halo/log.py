@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -400,6 +401,11 @@ class SpaceLog:
                             or offsets[-1] >= ckpt.offset):
                         raise SnapshotError("checkpoint does not match its own index")
                     start = ckpt.offset
+                    # A tail record off the heads makes the resolver replay, which
+                    # needs the restored facts: read them from the file until the
+                    # open log's own loader takes over.
+                    resolver.dag.set_loader(functools.partial(
+                        _restored_facts, fd, offsets, resolver.dag.ids, ckpt.offset))
                 except SnapshotError as exc:
                     _log.warning("%s: checkpoint not restored (%s); verifying every record",
                                   path, exc)
@@ -1029,6 +1035,33 @@ class SpaceLog:
 
 def _refuse_abort(raise_cancel: object) -> trio.lowlevel.Abort:
     return trio.lowlevel.Abort.FAILED
+
+
+def _restored_facts(fd: int, offsets: array[int], ids: Sequence[bytes], end: int,
+                    positions: Sequence[int]) -> list[Fact]:
+    """Facts of checkpointed records while the log opens (as :meth:`SpaceLog._load_facts`).
+
+    *end* is where the checkpointed records end; each record's CRC and id are
+    checked again.
+    """
+    lo, hi = min(positions), max(positions)
+    base = offsets[lo]
+    data = pread_exact(fd, (offsets[hi + 1] if hi + 1 < len(offsets) else end) - base, base)
+    out = []
+    for i in positions:
+        off = offsets[i] - base
+        length, bcrc, _ = REC.unpack_from(data, off)
+        body = data[off + REC_LEN : off + REC_LEN + length]
+        try:
+            if zlib.crc32(body) != bcrc or body[:ID_SIZE] != ids[i]:
+                raise DecodeError("record changed on disk")
+            cred = decode_credential(body[ID_SIZE:])
+            if cred.id != ids[i]:
+                raise DecodeError("record changed on disk")
+        except DecodeError as exc:
+            raise LogCorrupted(f"record changed on disk: {exc}", offset=offsets[i]) from exc
+        out.append(fact_of(cred))
+    return out
 
 
 def _verify_record(body: bytes, resolver: Resolver, verifier: CredentialVerifier) -> Fact:

@@ -256,7 +256,9 @@ class HostContext:
     """What the host driver needs: the services, the store, the clock, the owner's feed.
 
     ``active`` maps an invitation id to the cancel scopes of its handshakes in
-    progress, so revoking it can stop them.
+    progress, so revoking it can stop them. ``admitting`` maps (invitation id,
+    guest identity or device) to an event set when that guest's admission in
+    progress (reserve -> append -> commit) has ended.
     """
 
     keys: DeviceKeys
@@ -268,6 +270,7 @@ class HostContext:
     emit: Callable[[InvitationEvent], None]
     step_timeout: float = DEFAULT_STEP_TIMEOUT
     active: dict[bytes, set[trio.CancelScope]] = field(default_factory=dict)
+    admitting: dict[tuple[bytes, bytes], trio.Event] = field(default_factory=dict)
 
 
 def _password(inv: Invitation) -> bytes | None:
@@ -360,7 +363,11 @@ class _HostDriver:
         queue = deque(events)
         while queue:
             if sends := _take_sends(queue):
-                await _send(self.stream, self.host, sends, self.ctx.step_timeout)
+                # Once a use is committed the guest is in the log: its ``admitted``
+                # goes out even if a revoke cancels the handshake now (a revoked
+                # invitation cannot be resumed). _send is bounded by its timeout.
+                with trio.CancelScope(shield=self.flush_pending):
+                    await _send(self.stream, self.host, sends, self.ctx.step_timeout)
                 continue
             ev = queue.popleft()
             handler = self._dispatch[type(ev)]
@@ -431,6 +438,14 @@ class _HostDriver:
         # and a wrong one is counted before any other guest's proof can be
         # checked, so concurrent guesses stay in the budget.
         try:
+            inv = store.get(self.inv_id)
+            # The last use may have gone since the offer: to this very guest, on a
+            # connection that broke mid-admission (it resumed at once). As for a
+            # guest arriving now, an exhausted invitation lets its guests resume.
+            if (not self.resume_only
+                    and inv.status(self.ctx.clock()) is InvitationStatus.EXHAUSTED
+                    and (inv.kind is InvitationKind.SPACE or self._admitted_device(inv))):
+                self.resume_only = True
             if self.resume_only:
                 store.check_resumable(self.inv_id, self.ctx.clock())
             else:
@@ -467,6 +482,13 @@ class _HostDriver:
             inv = ctx.store.get(self.inv_id)
         except InvitationError as exc:
             return self._refuse(exc.reason)
+        # The same guest may still be in its admission on a connection that broke
+        # (it resumed at once): until that append is durable and its use counted,
+        # the guest would look "already a member" or the use "reserved". Wait.
+        guest = ev.device if inv.kind is InvitationKind.DEVICE else ev.identity
+        in_flight = ctx.admitting.get((inv.id, guest or b""))
+        if in_flight is not None:
+            await in_flight.wait()
         try:
             if inv.kind is InvitationKind.DEVICE:
                 credential, entries, resumed = await self._admit_device(inv, ev)
@@ -553,6 +575,8 @@ class _HostDriver:
         """
         store = self.ctx.store
         reservation: Reservation = store.reserve_use(inv.id, self.ctx.clock())
+        key, done = (inv.id, accepted_by), trio.Event()
+        self.ctx.admitting[key] = done
         try:
             with trio.CancelScope(shield=True):
                 credential = await issue()
@@ -560,6 +584,9 @@ class _HostDriver:
             self.flush_pending = True
         finally:
             store.release(reservation)
+            if self.ctx.admitting.get(key) is done:
+                del self.ctx.admitting[key]
+            done.set()
         return credential
 
     def _refuse(self, reason: str) -> list[p.Event]:

@@ -557,6 +557,12 @@ class InvitationManager:
             lambda: self._store.revoke(invitation_id, by=me, now=now))
         for scope in list(self._ctx.active.get(invitation_id, ())):
             scope.cancel()
+        # An admission already in its reserve -> append -> commit section runs to
+        # completion (shielded): wait for it, so the record returned counts every
+        # use, and a revoke that came too late for a guest says so (uses, accepted_by).
+        while self._store.reserved(invitation_id):  # noqa: ASYNC110 - the store has no event
+            await trio.sleep(0.01)
+        inv = self._store.get(invitation_id)
         self._emit(InvitationEvent("revoked", invitation_id))
         return inv
 

@@ -116,8 +116,12 @@ class SwarmLogs(Protocol):
         """The secret in force, if the log has one that is not *held* and that opens for us."""
         ...
 
-    def needs_rotation(self, log_key: bytes) -> bool:
-        """Whether the secret in force must be rotated and this device may."""
+    def behind(self, log_key: bytes, held: SwarmSecret | None) -> bool:
+        """Whether the log has a secret in force that is not *held*."""
+        ...
+
+    def needs_rotation(self, log_key: bytes, held: SwarmSecret | None) -> bool:
+        """Whether the secret in force must be rotated and this device (holding *held*) may."""
         ...
 
     async def rotate(self, log_key: bytes, recipients: Sequence[Recipient]) -> SwarmSecret:
@@ -192,6 +196,8 @@ class _Swarm:
     key_changed: trio.Event = field(default_factory=trio.Event)
     #: When the log last changed (clock time): a peer synced since holds it.
     changed_at: float = 0.0
+    #: Behind the secret in force: the old topics are dialed too (_reach_back).
+    reaching_back: bool = False
 
 
 class SwarmService:
@@ -429,8 +435,9 @@ class SwarmService:
             swarm.keying = False
 
     def _rotation_due(self, log_key: bytes) -> bool:
-        return (self._logs.key_update(log_key, self._secrets.get(log_key)) is None
-                and self._logs.needs_rotation(log_key))
+        held = self._secrets.get(log_key)
+        return (self._logs.key_update(log_key, held) is None
+                and self._logs.needs_rotation(log_key, held))
 
     async def _follow_key(self, log_key: bytes, swarm: _Swarm, *, jitter: float) -> bool:
         """One check of the secret in force; True if this swarm moved to another topic."""
@@ -445,16 +452,33 @@ class SwarmService:
         async with self._key_locks[log_key]:
             if self._swarms.get(log_key) is not swarm:
                 return False  # moved meanwhile: the new swarm checks again
-            update = self._logs.key_update(log_key, self._secrets.get(log_key))
-            if update is None and self._logs.needs_rotation(log_key):
+            held = self._secrets.get(log_key)
+            update = self._logs.key_update(log_key, held)
+            if update is None and self._logs.needs_rotation(log_key, held):
                 update = await self._logs.rotate(log_key, self._recipients(swarm))
                 log.info("swarm %s: rotated the swarm key to epoch %d",
                          swarm.topic.short_id, update.epoch)
             if update is None:
+                if self._logs.behind(log_key, held):
+                    self._reach_back(swarm)
                 return False
             await trio.to_thread.run_sync(self._secrets.put, update)
         await self._move_after_handover(log_key, swarm)
         return True
+
+    def _reach_back(self, swarm: _Swarm) -> None:
+        """Behind, with no grant to open: dial the known members on our older topics too.
+
+        Members ahead accept there and grant us the secret in force. Our own
+        topic may be reached by nobody: the losing one of two concurrent
+        rotations, say, whose writer the winner never met.
+        """
+        if not swarm.reaching_back:
+            swarm.reaching_back = True
+            log.info("swarm %s: behind the secret in force; dialing members on %d older "
+                     "topic(s)", swarm.topic.short_id, len(swarm.old_topics))
+            for t in swarm.old_topics:
+                self._network.add_peers(t, swarm.known.addresses())
 
     async def rotate_now(self, log_key: bytes) -> int | None:
         """Rotate the secret of *log_key* now if it must be (after our own removal of a member).

@@ -43,11 +43,14 @@ from .test_e2e_pairing import join, ok_json
 pytestmark = pytest.mark.slow
 
 #: Admissions in all (the invitation's ``--uses``): 200 at soak size.
-ADMISSIONS = size(30, 200)
+ADMISSIONS = size(40, 200)
 #: Guests joining at once (each a daemon process of its own).
 GUESTS = size(3, 6)
 #: Bounds of the random time the host runs between two kills (seconds).
-KILL_AFTER = (0.3, 4.0)
+KILL_AFTER = (0.05, 1.5)
+#: Share of the kills aimed at a join in progress, and how far into it (seconds).
+TARGETED = 0.7
+JOIN_WINDOW = 0.3
 #: How many times one guest tries the code before the test gives up on it.
 MAX_TRIES = 25
 #: Deadline of the whole run of admissions (seconds).
@@ -98,6 +101,13 @@ class Run:
     failures: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
+    #: Host kills so far, and joins that ran across one (the guest daemon redials
+    #: and the host resumes the session, or the join fails and is retried).
+    kills: int = 0
+    interrupted: int = 0
+    #: Joins running now, and an event set while there is at least one.
+    in_flight: int = 0
+    joining: threading.Event = field(default_factory=threading.Event)
 
     def ticket(self) -> int | None:
         with self.lock:
@@ -115,11 +125,24 @@ def guest_worker(daemons: DaemonFactory, run: Run) -> None:
             name = f"Guest {n}"
             key = ok_json(guest, "identity", "create", "--name", name)["identity_key"]
             for _ in range(MAX_TRIES):
-                r = join(guest, run.code, "--json", pin=run.pin)
+                with run.lock:
+                    kills_before = run.kills
+                    run.in_flight += 1
+                    run.joining.set()
+                try:
+                    r = join(guest, run.code, "--json", pin=run.pin)
+                finally:
+                    with run.lock:
+                        run.in_flight -= 1
+                        if not run.in_flight:
+                            run.joining.clear()
+                        if run.kills != kills_before:
+                            run.interrupted += 1
                 states = [json.loads(line).get("state") for line in r.stderr.splitlines()
                           if line.startswith("{")]
                 if r.returncode == 0:
-                    assert states and states[-1] == "admitted", r.stderr
+                    assert states, r.stderr
+                    assert states[-1] == "admitted", r.stderr
                     assert json.loads(r.stdout)["identity_key"] == key
                     with run.lock:
                         assert key not in run.admitted
@@ -156,7 +179,6 @@ def test_admissions_survive_a_host_killed_at_random_points(
                for _ in range(GUESTS)]
     for w in workers:
         w.start()
-    kills = 0
     deadline = time.monotonic() + RUN_DEADLINE
     while any(w.is_alive() for w in workers):
         assert time.monotonic() < deadline, f"admissions did not finish: {run.errors}"
@@ -165,16 +187,24 @@ def test_admissions_survive_a_host_killed_at_random_points(
         run.done.wait(rng.uniform(*KILL_AFTER))
         if not any(w.is_alive() for w in workers):
             break
+        if rng.random() < TARGETED:
+            # Aim at a join in progress: it runs for a fraction of a second only,
+            # and a purely random kill mostly lands while guests start.
+            run.joining.wait(5)
+            time.sleep(rng.uniform(0, JOIN_WINDOW))
         sigkill(host)
-        kills += 1
+        with run.lock:
+            run.kills += 1
         assert "Traceback" not in host.stderr(), host.stderr()[-3000:]
         time.sleep(rng.uniform(0, 0.5))  # guests meet a closed port for a while
         host = daemons.start(home)
     for w in workers:
         w.join(timeout=60)
     assert run.errors == [], f"{run.errors}\n{host.stderr()[-3000:]}"
-    print(f"{kills} kills, {len(run.failures)} failed joins retried")
-    assert kills >= 3, "too few kills to mean anything"
+    print(f"{run.kills} kills; {run.interrupted} joins ran across a kill; "
+          f"{len(run.failures)} failed and were retried: {sorted(set(run.failures))}")
+    assert run.kills >= 3, "too few kills to mean anything"
+    assert run.interrupted >= 1, "no kill hit a join"
 
     # One more kill after the last admission: what follows is what is on disk.
     sigkill(host)

@@ -272,5 +272,13 @@ def test_a_member_no_rotation_sealed_to_gets_the_secret_from_the_first_member_it
     assert ok_json(g, "space", "list") == []
     eventually(lambda: _swarm(f, space), lambda s: s == _swarm(a, space), within=10,
                what="Frank on epoch 3 too")
+    # An admin who got the secret with its admission (no grant names it)
+    # rotates too when it removes someone.
+    admit(a, g, space, "admin")
+    eventually(lambda: _swarm(g, space), lambda s: s == _swarm(a, space), within=10,
+               what="Gus on epoch 3")
+    assert ok_json(g, "space", "remove", space, "Frank")["epoch"] == 4
+    eventually(lambda: _swarm(a, space), lambda s: s == _swarm(g, space), within=10,
+               what="Alice on Gus's epoch 4")
     for x in (a, b, c, f, g):
         assert "Traceback" not in x.stderr()

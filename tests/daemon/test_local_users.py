@@ -157,7 +157,7 @@ def test_so_peercred_refuses_another_uid_when_the_socket_is_open_to_all(
     assert isinstance(ipc, str)
     # One permission_denied error (or a bare close), never a status result.
     assert ipc == "eof" or (ipc.startswith("reply: ") and "permission_denied" in ipc), ipc
-    assert str(d.proc.pid) not in ipc and "addresses" not in ipc
+    assert "addresses" not in ipc  # no status result leaked
     # The CLI run as nobody fails the same way, with a one-line error and no output.
     r = as_nobody(PY, "-m", "p2pinvite", "--home", str(d.home), "status", "--json")
     assert r.returncode != 0

@@ -59,7 +59,10 @@ class Logs:
             return None
         return self.in_force
 
-    def needs_rotation(self, log_key: bytes) -> bool:
+    def behind(self, log_key: bytes, held: SwarmSecret | None) -> bool:
+        return self.in_force is not None and (held is None or held.secret != self.in_force.secret)
+
+    def needs_rotation(self, log_key: bytes, held: SwarmSecret | None) -> bool:
         return self.rotate_to is not None and self.in_force is not self.rotate_to
 
     async def rotate(self, log_key: bytes, recipients: Sequence[Recipient]) -> SwarmSecret:
