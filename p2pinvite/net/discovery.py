@@ -19,14 +19,18 @@ that is joined afterwards, so closing leaves no thread behind (trio's worker
 thread cache is not used).
 
 One service instance is registered per advertised topic, named
-``<instance>-<n>._p2pinvite._tcp.local.`` where ``instance`` is 12 random hex
-characters per :class:`Discovery` (per daemon run). Its TXT record holds only
-``v=1`` and the topic's public entry (``k=<discovery key>`` or
-``d=<discriminator>``): never a secret or a PSK.
+``<tag>-<instance>-<n>._p2pinvite._tcp.local.`` where ``tag`` is the first 8
+characters of the topic's public TXT value, lower-cased (:func:`topic_tag`),
+and ``instance`` 12 random hex characters per :class:`Discovery` (per daemon
+run). Its TXT record holds only ``v=1`` and the topic's public entry
+(``k=<discovery key>`` or ``d=<discriminator>``): never a secret or a PSK.
 
-Browsers see every ``_p2pinvite._tcp`` instance on the link and keep those
-whose TXT matches the topic. mDNS is unauthenticated: what it yields are
-*candidates*; the Noise handshake decides who a peer is.
+Browsers see every ``_p2pinvite._tcp`` instance on the link but resolve only
+those whose name carries the topic's tag, a few at a time, and keep those
+whose TXT matches the topic: on a LAN with many daemons, or flooded with fake
+instances, a browser does not query every instance it sees. mDNS is
+unauthenticated: what it yields are *candidates*; the Noise handshake decides
+who a peer is.
 
 Interfaces are always explicit (names or IPv4 addresses). There is no
 "all interfaces" default here: the daemon's configuration has to name them.
@@ -56,6 +60,7 @@ from .topics import Topic
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "RESOLVE_CONCURRENCY",
     "SERVICE_TYPE",
     "Discovery",
     "InterfaceNotFound",
@@ -64,6 +69,7 @@ __all__ = [
     "PeerLost",
     "open_discovery",
     "resolve_interfaces",
+    "topic_tag",
 ]
 
 log = logging.getLogger("p2pinvite.net")
@@ -72,6 +78,8 @@ SERVICE_TYPE: Final = "_p2pinvite._tcp.local."
 PROTOCOL_VERSION: Final = 1
 #: Events buffered per browse before new ones are dropped.
 BROWSE_BUFFER: Final = 256
+#: Most resolutions one browser runs at once.
+RESOLVE_CONCURRENCY: Final = 16
 #: How long one instance's SRV/TXT/A resolution may take (milliseconds).
 RESOLVE_TIMEOUT_MS: Final = 3000
 
@@ -164,6 +172,11 @@ async def _in_thread(fn: Callable[[], T], name: str) -> T:
     return value  # type: ignore[no-any-return]
 
 
+def topic_tag(topic: Topic) -> str:
+    """The public tag that starts the instance names of *topic*'s adverts."""
+    return topic.txt_value[:8].lower()
+
+
 class _Browser:
     """One topic's browser. Lives on the zeroconf loop; talks to trio only via *deliver*."""
 
@@ -172,6 +185,10 @@ class _Browser:
         self._zc = zc
         self._want = {b"v": str(PROTOCOL_VERSION).encode(),
                       topic.txt_key.encode(): topic.txt_value.encode()}
+        self._tag = topic_tag(topic) + "-"
+        # Resolutions at once: each one sends queries; thousands at once (a
+        # flood of instances with our tag) would drown the answers we wait for.
+        self._resolving = asyncio.Semaphore(RESOLVE_CONCURRENCY)
         self._own_prefix = own_prefix
         self._deliver = deliver
         self._reported: set[str] = set()
@@ -189,6 +206,8 @@ class _Browser:
 
     def _on_change(self, zeroconf: Zeroconf, service_type: str, name: str,
                    state_change: ServiceStateChange) -> None:
+        if not name.lower().startswith(self._tag):
+            return  # another topic's advert: not worth a query
         if self._own_prefix is not None and name.startswith(self._own_prefix):
             return
         if state_change is ServiceStateChange.Removed:
@@ -202,11 +221,11 @@ class _Browser:
 
     async def _resolve(self, name: str) -> None:
         info = AsyncServiceInfo(SERVICE_TYPE, name)
-        if not info.load_from_cache(self._zc) and not await info.async_request(
-            self._zc, RESOLVE_TIMEOUT_MS
-        ):
-            log.debug("mDNS: could not resolve %s", name)
-            return
+        if not info.load_from_cache(self._zc):
+            async with self._resolving:
+                if not await info.async_request(self._zc, RESOLVE_TIMEOUT_MS):
+                    log.debug("mDNS: could not resolve %s", name)
+                    return
         props = info.properties
         if any(props.get(k) != v for k, v in self._want.items()) or not info.port:
             return
@@ -275,7 +294,7 @@ class Discovery:
         if not 0 < port < 65536:
             raise LocalProtocolError("port out of range")
         addrs = list(addresses) if addresses is not None else self.interface_addresses
-        name = f"{self.instance}-{next(self._counter)}.{SERVICE_TYPE}"
+        name = f"{topic_tag(topic)}-{self.instance}-{next(self._counter)}.{SERVICE_TYPE}"
         info = AsyncServiceInfo(
             SERVICE_TYPE,
             name,
@@ -344,7 +363,7 @@ class Discovery:
             with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(push, event)
 
-        own = None if include_self else f"{self.instance}-"
+        own = None if include_self else f"{topic_tag(topic)}-{self.instance}-"
         browser = _Browser(self._zc, topic, own, deliver)
 
         async def start() -> None:

@@ -3,8 +3,8 @@
 Run INSIDE a network namespace (``ip netns exec NS python tests/net/mdns_flooder.py
 ADDR COUNT [DISC]``): never on a real interface. Registers COUNT instances
 with python-zeroconf on the interface of ADDR (the namespace's own), each
-with a random name and the project's TXT format (``v=1`` and a random
-``k=<discovery key>`` or ``d=<discriminator>``, discovery.py), at ADDR and a
+with a name and TXT in the project's format (``<tag>-<random>-1`` and ``v=1``
+with a random ``k=<discovery key>`` or ``d=<discriminator>``, discovery.py), at ADDR and a
 random closed port. With DISC, 1 in 50 of them also claims that
 discriminator (decoys for a guest looking for it). Prints
 ``ready <count> <seconds>`` once every instance is announced, then stays up
@@ -26,34 +26,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from zeroconf import IPVersion
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
-from p2pinvite.net.discovery import PROTOCOL_VERSION, SERVICE_TYPE
+from p2pinvite.net.discovery import PROTOCOL_VERSION, SERVICE_TYPE, topic_tag
 from p2pinvite.net.topics import Topic
 
 #: Registrations in flight at once (each sends its announcements).
 BATCH = 100
 
 
-def fake_txt(i: int, disc: str | None) -> dict[str, str]:
+def fake_topic(i: int, disc: str | None) -> Topic:
     if disc is not None and i % 50 == 0:
-        topic = Topic.for_discriminator(disc)
-    elif i % 2:
-        topic = Topic.for_discriminator(f"{random.randrange(10_000):04d}")
-    else:
-        topic = Topic.from_secret(os.urandom(32))
-    return {"v": str(PROTOCOL_VERSION), **topic.txt}
+        return Topic.for_discriminator(disc)
+    if i % 2:
+        return Topic.for_discriminator(f"{random.randrange(10_000):04d}")
+    return Topic.from_secret(os.urandom(32))
 
 
 async def main(addr: str, count: int, disc: str | None) -> None:
     began = time.monotonic()
     azc = AsyncZeroconf(interfaces=[addr], ip_version=IPVersion.V4Only)
     host = os.urandom(4).hex()
+    # Named as the project names its adverts (discovery.py): each with its
+    # topic's tag, so the decoys carry the real topic's tag, as an attacker
+    # who saw the real advert would make them.
+    topics = [fake_topic(i, disc) for i in range(count)]
     infos = [
         AsyncServiceInfo(
-            SERVICE_TYPE, f"flood{os.urandom(6).hex()}.{SERVICE_TYPE}",
+            SERVICE_TYPE, f"{topic_tag(t)}-flood{os.urandom(6).hex()}-1.{SERVICE_TYPE}",
             port=random.randrange(20000, 60000),  # nothing listens there
-            properties=fake_txt(i, disc), server=f"flood{host}.local.",
+            properties={"v": str(PROTOCOL_VERSION), **t.txt}, server=f"flood{host}.local.",
             addresses=[socket.inet_aton(addr)])
-        for i in range(count)
+        for t in topics
     ]
     for start in range(0, count, BATCH):
         waits = await asyncio.gather(*(azc.async_register_service(
