@@ -24,7 +24,7 @@ __all__ = ["CHEAP", "MEDIUM", "any_msgpack", "byte_mutations", "fuzz_inputs",
 
 #: max_examples of a target costing microseconds, and of one costing about a millisecond.
 CHEAP = examples(2000, 20000)
-MEDIUM = examples(1000, 20000)
+MEDIUM = examples(1000, 10000)
 
 _INT = st.one_of(st.integers(-(2**63), 2**64 - 1), st.sampled_from([0, 1, -1, 2**32, 2**63]))
 _SCALAR = st.one_of(st.none(), st.booleans(), _INT, st.floats(allow_nan=True),
