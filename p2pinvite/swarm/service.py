@@ -91,6 +91,11 @@ REMOVAL_GRACE: Final = 1.0
 #: (seconds) first, so the admins who see it at once do not all rotate;
 #: whoever wrote the removal rotates at once.
 ROTATION_JITTER: Final = 1.0
+#: A known member not met on our topic this long (seconds) after we join or a
+#: peer leaves is dialed on our older topics too: our own topic may be one it
+#: does not hold (the losing one of two concurrent rotations), and neither
+#: side can learn that from a log it cannot sync.
+REACH_BACK_AFTER: Final = 2.0
 _SUBSCRIBER_BUFFER: Final = 1024
 
 
@@ -196,8 +201,10 @@ class _Swarm:
     key_changed: trio.Event = field(default_factory=trio.Event)
     #: When the log last changed (clock time): a peer synced since holds it.
     changed_at: float = 0.0
-    #: Behind the secret in force: the old topics are dialed too (_reach_back).
-    reaching_back: bool = False
+    #: Addresses dialed on the old topics too (_reach_back).
+    reached_back: set[Address] = field(default_factory=set)
+    #: A check for members missing from the current topic is scheduled.
+    missing_check: bool = False
 
 
 class SwarmService:
@@ -312,6 +319,7 @@ class SwarmService:
         log.info("joined the member swarm of %s (epoch %d, topic %s)", log_key.hex()[:12],
                  secret.epoch, topic.short_id)
         self._check_key_soon(log_key, swarm)  # a rotation may have come while we were away
+        self._reach_back_if_missing_soon(swarm)
         return True
 
     async def leave(self, log_key: bytes) -> None:
@@ -460,25 +468,47 @@ class SwarmService:
                          swarm.topic.short_id, update.epoch)
             if update is None:
                 if self._logs.behind(log_key, held):
-                    self._reach_back(swarm)
+                    self._reach_back(swarm, swarm.known.addresses())
                 return False
             await trio.to_thread.run_sync(self._secrets.put, update)
         await self._move_after_handover(log_key, swarm)
         return True
 
-    def _reach_back(self, swarm: _Swarm) -> None:
-        """Behind, with no grant to open: dial the known members on our older topics too.
+    def _reach_back_if_missing_soon(self, swarm: _Swarm) -> None:
+        if swarm.old_topics and not swarm.missing_check and self._nursery is not None:
+            swarm.missing_check = True
+            self._nursery.start_soon(self._reach_back_if_missing, swarm)
+
+    async def _reach_back_if_missing(self, swarm: _Swarm) -> None:
+        """Dial on the old topics the known members not met on ours for a while.
+
+        They may be offline; or on a topic we cannot reach while we are on
+        one they cannot (an island around the losing one of two concurrent
+        rotations, its writer and whoever it admitted since), and neither side
+        can learn that from a log it cannot sync.
+        """
+        await trio.sleep(REACH_BACK_AFTER)
+        swarm.missing_check = False
+        if self._swarms.get(swarm.secret.log) is swarm:
+            missing = [a for p in swarm.known.peers() if p.device not in swarm.live
+                       for a in p.addrs]
+            self._reach_back(swarm, missing)
+
+    def _reach_back(self, swarm: _Swarm, addrs: list[Address]) -> None:
+        """Dial *addrs* on our older topics too (behind, or members missing).
 
         Members ahead accept there and grant us the secret in force. Our own
         topic may be reached by nobody: the losing one of two concurrent
         rotations, say, whose writer the winner never met.
         """
-        if not swarm.reaching_back:
-            swarm.reaching_back = True
-            log.info("swarm %s: behind the secret in force; dialing members on %d older "
-                     "topic(s)", swarm.topic.short_id, len(swarm.old_topics))
-            for t in swarm.old_topics:
-                self._network.add_peers(t, swarm.known.addresses())
+        new = [a for a in dict.fromkeys(addrs) if a not in swarm.reached_back]
+        if not new or not swarm.old_topics:
+            return
+        swarm.reached_back.update(new)
+        log.info("swarm %s: dialing %d address(es) of members on %d older topic(s)",
+                 swarm.topic.short_id, len(new), len(swarm.old_topics))
+        for t in swarm.old_topics:
+            self._network.add_peers(t, new)
 
     async def rotate_now(self, log_key: bytes) -> int | None:
         """Rotate the secret of *log_key* now if it must be (after our own removal of a member).
@@ -644,6 +674,7 @@ class SwarmService:
                 del swarm.live[device]
                 gone = swarm.peers.pop(device)
                 self._emit(SwarmEvent("peer_left", log_key, gone))
+                self._reach_back_if_missing_soon(swarm)
 
     async def _sync(self, log_key: bytes, swarm: _Swarm, stream: SecureStream,
                     peer: Recipient, hello: Hello,

@@ -20,7 +20,6 @@ skipped with the reason otherwise). Sizes: tests/soak.py.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import time
@@ -32,10 +31,10 @@ import pytest
 
 from ..net.netns import Namespace, skip_reason
 from ..soak import size
-from .conftest import PY, REPO, DaemonFactory, DaemonProc, child_env
+from .conftest import DaemonFactory, DaemonProc
 from .test_e2e_netns import NsDaemons, members, mistyped
 from .test_e2e_netns import veth as veth  # the fixture
-from .test_e2e_pairing import join, ok_json, wrong
+from .test_e2e_pairing import join, ok_json, start_join, wrong
 
 pytestmark = pytest.mark.slow
 
@@ -48,20 +47,6 @@ JOIN_TIMEOUT = 90.0
 
 UNIFORM = "p2pinvite: invitation not accepted: invitation not available [refused]"
 _WRONG = re.compile(r"^p2pinvite: wrong (PIN|code); (\d+) attempts? left$")
-
-
-def _start_join(guest: DaemonProc, code: str, pin: str | None) -> subprocess.Popen[str]:
-    """``join - [--pin -]`` in the background; code and PIN on its stdin, never in argv."""
-    args = ["join", "-"] + (["--pin", "-"] if pin is not None else [])
-    read, write = os.pipe()
-    os.write(write, (code + "\n" + (pin + "\n" if pin is not None else "")).encode())
-    os.close(write)
-    try:
-        return subprocess.Popen([PY, "-m", "p2pinvite", "--home", str(guest.home), *args],
-                                stdin=read, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=child_env(), cwd=REPO, start_new_session=True)
-    finally:
-        os.close(read)
 
 
 def outcome(returncode: int, stderr: str) -> tuple[str, int | None]:
@@ -79,7 +64,8 @@ def outcome(returncode: int, stderr: str) -> tuple[str, int | None]:
 def guess_in_parallel(guests: Sequence[DaemonProc], tries: Sequence[tuple[str, str | None]]
                       ) -> list[tuple[str, int | None, str]]:
     """Run one join per (code, pin) of *tries* at once, round-robin over *guests*."""
-    procs = [_start_join(guests[i % len(guests)], code, pin) for i, (code, pin) in enumerate(tries)]
+    procs = [start_join(guests[i % len(guests)], code, pin=pin)
+             for i, (code, pin) in enumerate(tries)]
     results = []
     for p in procs:
         try:

@@ -16,7 +16,6 @@ outside the namespaces.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from typing import Any
@@ -28,10 +27,10 @@ from p2pinvite.invitations.model import AuthMethod, InvitationKind
 from p2pinvite.invitations.store import InvitationStore
 
 from ..net.netns import Namespace, skip_reason
-from .conftest import PY, REPO, DaemonProc, child_env
+from .conftest import DaemonProc
 from .test_e2e_netns import NsDaemons, members, mistyped, ok_json
 from .test_e2e_netns import veth as veth  # the fixture
-from .test_e2e_pairing import join
+from .test_e2e_pairing import join, start_join
 
 pytestmark = [
     pytest.mark.slow,
@@ -102,20 +101,6 @@ def test_twenty_link_code_joins_in_a_row_with_hints_and_mdns_live(
     assert "mDNS found" in guest_log
 
 
-def _start_join(guest: DaemonProc, code: str, pin: str | None) -> subprocess.Popen[str]:
-    """``join - [--pin -]`` in the background, its secrets already on its standard input."""
-    args = ["join", "-", "--json"] + (["--pin", "-"] if pin is not None else [])
-    read, write = os.pipe()
-    os.write(write, (code + "\n" + (pin + "\n" if pin is not None else "")).encode())
-    os.close(write)
-    try:
-        return subprocess.Popen([PY, "-m", "p2pinvite", "--home", str(guest.home), *args],
-                                stdin=read, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=child_env(), cwd=REPO, start_new_session=True)
-    finally:
-        os.close(read)
-
-
 def test_joins_started_while_the_host_comes_up(
         veth: tuple[Namespace, Namespace, NsDaemons]) -> None:
     # Each guest starts looking while the host is down; the host then starts and
@@ -131,7 +116,7 @@ def test_joins_started_while_the_host_comes_up(
                                            "--auth", auth)))
     for i, (space, inv) in enumerate(invitations):
         assert host.stop() == 0
-        proc = _start_join(guest, inv["code"], inv.get("pin"))
+        proc = start_join(guest, inv["code"], "--json", pin=inv.get("pin"))
         time.sleep(0.2)  # the guest is dialing the hint and browsing mDNS in vain
         host = start.start(a, host.home, "--log-level", "debug", wait=False)
         out, err = proc.communicate(timeout=60)

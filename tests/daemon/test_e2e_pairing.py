@@ -30,7 +30,7 @@ from p2pinvite.net.manager import MAX_PREAMBLE, encode_preamble
 from p2pinvite.net.topics import Topic
 from p2pinvite.wire import frame
 
-from .conftest import PY, DaemonFactory, DaemonProc, raw_ipc, read_reply, run_cli
+from .conftest import PY, REPO, DaemonFactory, DaemonProc, child_env, raw_ipc, read_reply, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -112,6 +112,21 @@ def join(d: DaemonProc, code: str, *extra: str,
     if pin is None:
         return d.cli("join", "-", *extra, input=f"{code}\n")
     return d.cli("join", "-", "--pin", "-", *extra, input=f"{code}\n{pin}\n")
+
+
+def start_join(guest: DaemonProc, code: str, *extra: str,
+               pin: str | None = None) -> subprocess.Popen[str]:
+    """:func:`join` in the background: its secrets already on its standard input."""
+    args = ["join", "-", *extra] + (["--pin", "-"] if pin is not None else [])
+    read, write = os.pipe()
+    os.write(write, (code + "\n" + (pin + "\n" if pin is not None else "")).encode())
+    os.close(write)
+    try:
+        return subprocess.Popen([PY, "-m", "p2pinvite", "--home", str(guest.home), *args],
+                                stdin=read, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=child_env(), cwd=REPO, start_new_session=True)
+    finally:
+        os.close(read)
 
 
 def join_ok(guest: DaemonProc, code: str, *extra: str, pin: str | None = None) -> dict[str, Any]:
