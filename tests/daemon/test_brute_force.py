@@ -61,20 +61,29 @@ def outcome(returncode: int, stderr: str) -> tuple[str, int | None]:
     return "other", None
 
 
+def finish(procs: list[subprocess.Popen[str]], timeout: float = JOIN_TIMEOUT,
+           ) -> list[tuple[int, str, str]]:
+    """Wait for every join, each at most *timeout*; (exit status, stdout, stderr) each."""
+    out = []
+    for p in procs:
+        try:
+            stdout, stderr = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            stdout, stderr = p.communicate()
+            pytest.fail(f"a join did not finish within {timeout}s: {stderr}")
+        out.append((p.returncode, stdout, stderr))
+    return out
+
+
 def guess_in_parallel(guests: Sequence[DaemonProc], tries: Sequence[tuple[str, str | None]]
                       ) -> list[tuple[str, int | None, str]]:
     """Run one join per (code, pin) of *tries* at once, round-robin over *guests*."""
     procs = [start_join(guests[i % len(guests)], code, pin=pin)
              for i, (code, pin) in enumerate(tries)]
     results = []
-    for p in procs:
-        try:
-            _, err = p.communicate(timeout=JOIN_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            _, err = p.communicate()
-            pytest.fail(f"a guess was not answered within {JOIN_TIMEOUT}s: {err}")
-        kind, left = outcome(p.returncode, err)
+    for rc, _, err in finish(procs):
+        kind, left = outcome(rc, err)
         results.append((kind, left, err))
     return results
 

@@ -20,20 +20,18 @@ import time
 from pathlib import Path
 
 import pytest
-import trio
 
 from p2pinvite.client import connect
 from p2pinvite.halo.log import SpaceLog
 from p2pinvite.halo.logfile import checkpoint_path
 from p2pinvite.halo.spaces import SPACE_LOG, SPACES_DIR
 
-from ..halo.strategies import admit_many
 from ..soak import size
 from .conftest import DaemonFactory, DaemonProc
 from .test_crash_admissions import seed_rng, sigkill
-from .test_e2e_members import admit, eventually
+from .test_e2e_members import eventually
 from .test_e2e_pairing import ok_json
-from .test_e2e_sync_crash import _count
+from .test_e2e_sync_crash import _count, big_space
 
 pytestmark = pytest.mark.slow
 
@@ -83,15 +81,7 @@ def sync_until(a: DaemonProc, b: DaemonProc, space: str, new: int, within: float
 def test_a_member_killed_again_and_again_during_one_sync_catches_up(
         daemons: DaemonFactory, short_tmp: Path) -> None:
     rng = seed_rng()
-    a, b = daemons.start(), daemons.start()
-    ok_json(a, "identity", "create", "--name", "Alice")
-    ok_json(b, "identity", "create", "--name", "Bob")
-    space = ok_json(a, "space", "create", "Big")["space_id"]
-    admit(a, b, space, "editor")
-    home_a, home_b = a.home, b.home
-    assert a.stop() == 0
-    assert b.stop() == 0
-    trio.run(admit_many, home_a, bytes.fromhex(space), ENTRIES)
+    home_a, home_b, space = big_space(daemons, ENTRIES)
     total = entries_on_disk(home_a, space, short_tmp)
 
     before = entries_on_disk(home_b, space, short_tmp)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import trio
@@ -33,17 +34,25 @@ def _count(d: DaemonProc, space: str) -> int:
     return len(ok_json(d, "space", "members", space))
 
 
-def test_a_member_killed_mid_sync_keeps_what_it_stored_and_catches_up(
-        daemons: DaemonFactory) -> None:
+def big_space(daemons: DaemonFactory, entries: int) -> tuple[Path, Path, str]:
+    """Alice's space with Bob in it, then *entries* more admissions Bob has not seen.
+
+    Both daemons are stopped; returns their homes and the space id.
+    """
     a, b = daemons.start(), daemons.start()
     ok_json(a, "identity", "create", "--name", "Alice")
     ok_json(b, "identity", "create", "--name", "Bob")
     space = ok_json(a, "space", "create", "Big")["space_id"]
     admit(a, b, space, "editor")
-    home_a, home_b = a.home, b.home
     assert a.stop() == 0
     assert b.stop() == 0
-    trio.run(admit_many, home_a, bytes.fromhex(space), ENTRIES)
+    trio.run(admit_many, a.home, bytes.fromhex(space), entries)
+    return a.home, b.home, space
+
+
+def test_a_member_killed_mid_sync_keeps_what_it_stored_and_catches_up(
+        daemons: DaemonFactory) -> None:
+    home_a, home_b, space = big_space(daemons, ENTRIES)
     total = 2 + ENTRIES
 
     a = daemons.start(home_a)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +30,7 @@ import pytest
 
 from ..soak import size
 from .conftest import DaemonFactory, DaemonProc, wait_ready
-from .test_brute_force import UNIFORM, outcome
+from .test_brute_force import UNIFORM, finish, outcome
 from .test_e2e_members import admit, eventually, member_set
 from .test_e2e_pairing import ok_json, start_join
 
@@ -60,20 +59,6 @@ def start_many(daemons: DaemonFactory, n: int, prefix: str) -> list[DaemonProc]:
     return procs
 
 
-def finish(procs: list[subprocess.Popen[str]]) -> list[tuple[int, str, str]]:
-    """Wait for every join; (exit status, stdout, stderr) each."""
-    out = []
-    for p in procs:
-        try:
-            stdout, stderr = p.communicate(timeout=JOIN_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            stdout, stderr = p.communicate()
-            pytest.fail(f"a join did not finish within {JOIN_TIMEOUT}s: {stderr}")
-        out.append((p.returncode, stdout, stderr))
-    return out
-
-
 def record_of(host: DaemonProc, inv_id: str) -> dict[str, Any]:
     [record] = [r for r in ok_json(host, "invite", "list", "--all") if r["id"] == inv_id]
     assert isinstance(record, dict)
@@ -88,7 +73,7 @@ def test_many_guests_race_for_one_single_use_invitation(daemons: DaemonFactory) 
     guests = start_many(daemons, RACERS, "Racer")
     inv = ok_json(host, "invite", "create", "--space", space, "--role", "editor")
     procs = [start_join(g, inv["code"], pin=inv["pin"]) for g in guests]
-    results = finish(procs)
+    results = finish(procs, JOIN_TIMEOUT)
     kinds = Counter(outcome(rc, err)[0] for rc, _, err in results)
     assert kinds == Counter({"admitted": 1, "refused": RACERS - 1}), \
         [err for rc, _, err in results if outcome(rc, err)[0] == "other"]
@@ -132,7 +117,7 @@ def test_a_revoke_during_handshakes_admits_no_one_or_says_it_came_too_late(
         r = host.cli("invite", "revoke", inv["id"], "--json")
         assert r.returncode == 0, r.stderr
         revoked = json.loads(r.stdout)
-        results = finish(procs)
+        results = finish(procs, JOIN_TIMEOUT)
         admitted = {keys[i] for i, (rc, _, _) in enumerate(results) if rc == 0}
         for rc, _, err in results:
             # A handshake the revoke cancelled may end as "connection lost" rather
@@ -155,7 +140,7 @@ def test_a_revoke_during_handshakes_admits_no_one_or_says_it_came_too_late(
     # In human mode too, a revoke that came too late for someone says so.
     space = ok_json(host, "space", "create", "Late")["space_id"]
     inv = ok_json(host, "invite", "create", "--space", space, "--role", "reader")
-    assert finish([start_join(guests[0], inv["code"], pin=inv["pin"])])[0][0] == 0
+    assert finish([start_join(guests[0], inv["code"], pin=inv["pin"])], JOIN_TIMEOUT)[0][0] == 0
     r = host.cli("invite", "revoke", inv["id"])
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == \
