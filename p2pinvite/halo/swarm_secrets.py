@@ -53,8 +53,11 @@ SWARM_DIR: Final = "swarm"
 HANDOVER_CONTEXT: Final = b"p2pinvite/swarm-secret/v1\x00"
 #: BLAKE2b personalisation-free key of the check: ``BLAKE2b-128(key=secret, CHECK_CONTEXT)``.
 CHECK_CONTEXT: Final = b"p2pinvite/swarm-key-check/v1"
-#: Most replaced secrets kept per log.
-MAX_PREVIOUS: Final = 3
+#: Most replaced secrets kept per log: a member off through this many
+#: rotations still meets the others on an old topic (docs/PROTOCOL.md Part 12
+#: §7.4). Each costs one accept-only topic, and knowing one gains a removed
+#: device a Noise handshake that the member check then ends, as for the newest.
+MAX_PREVIOUS: Final = 16
 _VERSION: Final = 2
 _KEY: Final = 32
 _MAX_EPOCH: Final = 2**32 - 1
@@ -133,7 +136,9 @@ class SwarmSecrets:
 
     def _read(self, path: Path) -> tuple[SwarmSecret, tuple[SwarmSecret, ...]]:
         try:
-            m = expect_map(unpack(read_private(path, max_size=1024), max_items=8),
+            # The largest container is `previous`; the map has 5 fields.
+            m = expect_map(unpack(read_private(path, max_size=2048),
+                                  max_items=max(MAX_PREVIOUS, 8)),
                            "swarm secret")
             version = expect_int(m, "v")
             fields = {"v", "log", "epoch", "secret"} | ({"previous"} if version == 2 else set())

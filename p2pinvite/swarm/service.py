@@ -466,11 +466,16 @@ class SwarmService:
                 update = await self._logs.rotate(log_key, self._recipients(swarm))
                 log.info("swarm %s: rotated the swarm key to epoch %d",
                          swarm.topic.short_id, update.epoch)
-            if update is None:
+            if update is not None:
+                await trio.to_thread.run_sync(self._secrets.put, update)
+            else:
                 if self._logs.behind(log_key, held):
                     self._reach_back(swarm, swarm.known.addresses())
-                return False
-            await trio.to_thread.run_sync(self._secrets.put, update)
+                if held is None or held.secret == swarm.secret.secret:
+                    return False
+                # We hold a newer secret than the topic we are on: a rotation
+                # made for the swarm we were leaving, while the move to the one
+                # before it was still handing over. Follow it now.
         await self._move_after_handover(log_key, swarm)
         return True
 
@@ -568,7 +573,11 @@ class SwarmService:
                       for d, p in swarm.peers.items()
                       if (live := swarm.live.get(d)) is not None and not live.closing):
                 await trio.sleep(0.01)
-        if self._swarms.get(log_key) is swarm:
+        # Whichever swarm of this log is current now moves to the secret we
+        # hold: ours, or the one that replaced it while we handed over (it
+        # may have been joined with the secret before ours).
+        current = self._swarms.get(log_key)
+        if current is not None and not current.leaving:
             await self.join(log_key)
 
     async def _leave_after_handover(self, log_key: bytes, swarm: _Swarm) -> None:

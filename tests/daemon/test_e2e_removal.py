@@ -282,3 +282,36 @@ def test_a_member_no_rotation_sealed_to_gets_the_secret_from_the_first_member_it
                what="Alice on Gus's epoch 4")
     for x in (a, b, c, f, g):
         assert "Traceback" not in x.stderr()
+
+
+def test_a_member_off_through_more_rotations_than_it_used_to_keep_catches_up(
+        daemons: DaemonFactory) -> None:
+    """Five removals while a member is off: it still meets the owner on an old topic.
+
+    The owner keeps the secrets it replaced (up to MAX_PREVIOUS, 16) joined
+    accept-only; the member, back with epoch 1 only, dials it there and is
+    granted the key in force (docs/PROTOCOL.md Part 12 §7.4).
+    """
+    a, m = daemons.start(), daemons.start()
+    others = [daemons.start() for _ in range(5)]
+    a_id = ok_json(a, "identity", "create", "--name", "Alice")["identity_key"]
+    m_id = ok_json(m, "identity", "create", "--name", "Mia")["identity_key"]
+    ids = [ok_json(x, "identity", "create", "--name", f"R{i}")["identity_key"]
+           for i, x in enumerate(others)]
+    space = ok_json(a, "space", "create", "Team")["space_id"]
+    for guest in (m, *others):
+        admit(a, guest, space, "reader")
+    eventually(lambda: _peer_identities(a, space), lambda p: m_id in p,
+               what="Alice connected to Mia")
+    home_m = m.home
+    assert m.stop() == 0
+    for n, removed in enumerate(ids, start=2):
+        assert ok_json(a, "space", "remove", space, removed)["epoch"] == n
+    assert _swarm(a, space) is not None
+    m = daemons.start(home_m)
+    eventually(lambda: _swarm(m, space), lambda s: s == _swarm(a, space), within=15,
+               what="Mia on Alice's epoch 6")
+    eventually(lambda: {k for k, _ in member_set(m, space)}, lambda s: s == {a_id, m_id},
+               within=10, what="Mia lists Alice and herself only: the five removals")
+    for x in (a, m):
+        assert "Traceback" not in x.stderr()

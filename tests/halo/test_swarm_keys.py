@@ -40,6 +40,7 @@ from p2pinvite.halo.swarm_keys import (
 )
 from p2pinvite.halo.swarm_secrets import (
     HANDOVER_CONTEXT,
+    MAX_PREVIOUS,
     SwarmSecret,
     SwarmSecrets,
     key_check,
@@ -302,11 +303,15 @@ def test_put_keeps_the_replaced_secrets_and_version_1_files_still_read(tmp_path:
     assert store.put(two_a) is True
     assert store.put(two_a) is False
     assert store.put(two_b) is True  # the same epoch: the log's order chose the other one
-    for e in (3, 4, 5):
+    assert [p.secret for p in store.previous(log)] == [two_a.secret, first.secret]
+    last = MAX_PREVIOUS + 2
+    for e in range(3, last + 1):
         store.put(SwarmSecret(log, e, bytes([e]) * 32))
     again = SwarmSecrets.open(tmp_path)
-    assert again.get(log) == SwarmSecret(log, 5, b"\x05" * 32)
-    assert [p.epoch for p in again.previous(log)] == [4, 3, 2]  # newest first, at most 3
+    assert again.get(log) == SwarmSecret(log, last, bytes([last]) * 32)
+    # Newest first, at most MAX_PREVIOUS: the oldest ones were dropped.
+    assert [p.epoch for p in again.previous(log)] == list(range(last - 1, 1, -1))
+    assert [p.secret for p in again.previous(log)][-1] == two_b.secret
     assert first not in again.previous(log)
     # A version 1 file (before rotations): one secret, no previous ones.
     path = tmp_path / "swarm" / f"{log.hex()}.swarm"

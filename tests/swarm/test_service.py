@@ -83,6 +83,7 @@ class Node:
     logs: Logs
     swarm: SwarmService
     address: tuple[str, int]
+    secrets: SwarmSecrets
 
 
 @asynccontextmanager
@@ -96,7 +97,7 @@ async def node(home: Path, secret: SwarmSecret | None, replica: MemoryReplica
     async with open_network_manager(static_key=keys.static_private,
                                     payload=keys.binding_proof()) as net, \
             SwarmService(home, net, secrets, logs, mdns=False) as swarm:
-        yield Node(keys, logs, swarm, net.addresses[0])
+        yield Node(keys, logs, swarm, net.addresses[0], secrets)
 
 
 async def settle(*replicas: MemoryReplica) -> None:
@@ -207,3 +208,30 @@ async def test_a_rotation_moves_the_swarm_and_a_member_behind_is_granted_there(
     assert held is not None
     assert held.secret == s2.secret
     assert [p.epoch for p in SwarmSecrets.open(tmp_path / "b").previous(LOG)] == [1]
+
+
+async def test_a_secret_held_beyond_the_topic_moves_the_swarm_on_the_next_change(
+        tmp_path: Path) -> None:
+    """A rotation written for the swarm being left lands in the store after the move.
+
+    It happens when a second removal rotates (from the swarm object still
+    current) while the move to the first rotation's topic hands over: the new
+    swarm joins with the first secret, then the second is stored. The log
+    says the second is in force and needs nothing more; the swarm must still
+    move to it, or it stays alone on a topic nobody else uses.
+    """
+    s2, s3 = (SwarmSecret(LOG, e, os.urandom(32)) for e in (2, 3))
+    ra, rb = MemoryReplica("a"), MemoryReplica("b")
+    rb.ingest_now([ra.get(ra.append(b"genesis"))])
+    with trio.fail_after(30):
+        async with node(tmp_path / "a", s2, ra) as a, node(tmp_path / "b", s3, rb) as b:
+            a.logs.members.add(b.keys.device_public)
+            b.logs.members.add(a.keys.device_public)
+            a.logs.in_force = b.logs.in_force = s3
+            # a's log holds s3 in force and a holds s3, but a's swarm is on s2.
+            a.secrets.put(s3)
+            assert a.swarm.topic(LOG) == Topic.for_swarm(s2.secret)
+            ra.append(b"any change")
+            await eventually(lambda: a.swarm.topic(LOG) == Topic.for_swarm(s3.secret))
+            b.swarm.add_peers(LOG, (a.address,))
+            await eventually(lambda: bool(a.swarm.peers(LOG)) and bool(b.swarm.peers(LOG)))
