@@ -111,3 +111,12 @@ def report(suite: str, rows: Sequence[Row], json_path: str | None, *,
                       f, indent=2)
         print(f"\nwrote {json_path}")
     return 0 if quick or all(r.ok is not False for r in rows) else 1
+
+
+def skipped(suite: str, reason: str, json_path: str | None) -> int:
+    """Say why *suite* did not run (no root, say), write that as its JSON; 0."""
+    print(f"\n{suite} benchmark skipped: {reason}")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"suite": suite, "skipped": reason, "rows": []}, f, indent=2)
+    return 0
