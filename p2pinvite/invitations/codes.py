@@ -45,8 +45,14 @@ __all__ = [
 
 LINK_PREFIX: Final = "p2pinvite:"
 LINK_CODE_VERSION: Final = 1
+#: The version of a link code that names a rendezvous mailbox (the extension
+#: after the hints); without one a code stays version 1, byte for byte.
+LINK_CODE_VERSION_MAILBOX: Final = 2
 #: At most this many address hints fit in a link code.
 MAX_HINTS: Final = 8
+#: Longest mailbox URL a link code carries, in bytes (ASCII).
+MAX_MAILBOX_URL: Final = 200
+_EXT_MAILBOX: Final = 1  # extension type: the mailbox URL
 
 _KIND_CODES: Final = {InvitationKind.DEVICE: 0, InvitationKind.SPACE: 1}
 # Value 2 is AuthMethod.SHORT: a short-code pairing has no link, so a link
@@ -60,8 +66,10 @@ _AUTHS_BY_CODE: Final = {v: k for k, v in _AUTH_CODES.items()}
 _FIXED: Final = struct.Struct(">BBB16s32s32s32sI")
 _HINT_FAMILIES: Final = {4: 4, 6: 16}  # family byte -> address length
 _CRC_LEN: Final = 4
-_MAX_BINARY: Final = _FIXED.size + 1 + MAX_HINTS * (1 + 16 + 2) + _CRC_LEN
-#: Longest valid link code in characters (8 IPv6 hints): 10 + ceil(276*8/5).
+_MAX_BINARY: Final = (_FIXED.size + 1 + MAX_HINTS * (1 + 16 + 2) + 2 + MAX_MAILBOX_URL
+                      + _CRC_LEN)
+#: Longest valid link code in characters (8 IPv6 hints and the longest
+#: mailbox URL): 10 + ceil(478*8/5).
 MAX_LINK_CODE_LENGTH: Final = len(LINK_PREFIX) + (_MAX_BINARY * 8 + 4) // 5
 #: Anything longer than this is refused before even stripping whitespace.
 _MAX_INPUT: Final = 1024
@@ -75,6 +83,21 @@ def _invalid(why: str) -> CodeError:
 
 
 # -- link codes ----------------------------------------------------------------
+
+
+def check_mailbox_url(url: str) -> str:
+    """*url* if it is a mailbox URL a link code can carry: ``ws://`` or ``wss://``, ASCII.
+
+    Raises :class:`CodeError` otherwise. Only the form is checked here; the
+    rendezvous client refuses what it cannot reach when it connects.
+    """
+    if not (isinstance(url, str) and url.isascii() and url.isprintable()
+            and 0 < len(url) <= MAX_MAILBOX_URL and " " not in url):
+        raise _invalid(f"a mailbox URL is 1..{MAX_MAILBOX_URL} printable ASCII characters")
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("ws", "wss") or not rest or rest.startswith("/"):
+        raise _invalid("a mailbox URL is ws://HOST[:PORT]/PATH or wss://...")
+    return url
 
 
 def _canonical_hint(hint: tuple[str, int]) -> tuple[str, int]:
@@ -100,6 +123,8 @@ class LinkCode:
     see in the host's Noise handshake payload. ``expires_at`` is informative
     for the guest (fail fast, show the date); the host's record is
     authoritative. ``hints`` are ``(address, port)`` pairs, canonicalised.
+    ``mailbox`` is the URL of the rendezvous mailbox the host meets guests at
+    beyond the LAN (docs/RENDEZVOUS.md), or None.
     """
 
     kind: InvitationKind
@@ -110,6 +135,7 @@ class LinkCode:
     auth: AuthMethod
     expires_at: int
     hints: tuple[tuple[str, int], ...] = ()
+    mailbox: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, InvitationKind):
@@ -128,6 +154,8 @@ class LinkCode:
         if not isinstance(self.hints, tuple | list) or len(self.hints) > MAX_HINTS:
             raise _invalid(f"at most {MAX_HINTS} address hints")
         object.__setattr__(self, "hints", tuple(_canonical_hint(h) for h in self.hints))
+        if self.mailbox is not None:
+            check_mailbox_url(self.mailbox)
 
     @classmethod
     def for_invitation(
@@ -136,6 +164,7 @@ class LinkCode:
         *,
         host_device_key: bytes,
         hints: tuple[tuple[str, int], ...] = (),
+        mailbox: str | None = None,
     ) -> LinkCode:
         """The link code for a host-side *invitation* (auth none, pin or key)."""
         return cls(
@@ -147,12 +176,14 @@ class LinkCode:
             auth=invitation.auth,
             expires_at=int(invitation.expires_at),  # floor: the guest errs on "expired"
             hints=hints,
+            mailbox=mailbox,
         )
 
     def to_binary(self) -> bytes:
         """The checksummed binary form that the text form carries in base32."""
+        version = LINK_CODE_VERSION if self.mailbox is None else LINK_CODE_VERSION_MAILBOX
         out = bytearray(_FIXED.pack(
-            LINK_CODE_VERSION, _KIND_CODES[self.kind], _AUTH_CODES[self.auth],
+            version, _KIND_CODES[self.kind], _AUTH_CODES[self.auth],
             self.invitation_id, self.secret, self.target, self.host_device_key,
             self.expires_at,
         ))
@@ -162,6 +193,9 @@ class LinkCode:
             out.append(4 if len(packed) == 4 else 6)
             out += packed
             out += port.to_bytes(2, "big")
+        if self.mailbox is not None:
+            url = self.mailbox.encode("ascii")
+            out += bytes((_EXT_MAILBOX, len(url))) + url
         out += zlib.crc32(out).to_bytes(_CRC_LEN, "big")
         return bytes(out)
 
@@ -232,7 +266,7 @@ class LinkCode:
             raise _invalid("checksum mismatch (mistyped or altered)")
         version, kind, auth, inv_id, secret, target, host_key, expiry = (
             _FIXED.unpack_from(payload))
-        if version != LINK_CODE_VERSION:
+        if version not in (LINK_CODE_VERSION, LINK_CODE_VERSION_MAILBOX):
             raise _invalid(f"unsupported version {version}")
         if kind not in _KINDS_BY_CODE:
             raise _invalid(f"unknown invitation kind {kind}")
@@ -258,12 +292,25 @@ class LinkCode:
                 raise _invalid("an address hint has port 0")
             hints.append((str(addr), port))
             pos = end
+        mailbox = None
+        if version == LINK_CODE_VERSION_MAILBOX:
+            # Version 2: exactly one extension, the mailbox URL.
+            if pos + 2 > len(payload) or payload[pos] != _EXT_MAILBOX:
+                raise _invalid("a version 2 code names a mailbox")
+            end = pos + 2 + payload[pos + 1]
+            if end > len(payload):
+                raise _invalid("truncated mailbox URL")
+            try:
+                mailbox = check_mailbox_url(payload[pos + 2: end].decode("ascii"))
+            except UnicodeDecodeError:
+                raise _invalid("the mailbox URL is not ASCII") from None
+            pos = end
         if pos != len(payload):
             raise _invalid("trailing bytes")
         return cls(
             kind=_KINDS_BY_CODE[kind], invitation_id=inv_id, secret=secret, target=target,
             host_device_key=host_key, auth=_AUTHS_BY_CODE[auth], expires_at=expiry,
-            hints=tuple(hints),
+            hints=tuple(hints), mailbox=mailbox,
         )
 
 

@@ -129,6 +129,10 @@ MAX_SESSIONS_PER_SOURCE: Final = 32
 
 Handler = Callable[[SecureStream], Awaitable[None]]
 Address = tuple[str, int]
+#: Opens the byte stream of a path that is not a direct TCP connection (a
+#: transit relay pairing us with the peer); the preamble and the Noise
+#: handshake then run over it exactly as over TCP.
+Opener = Callable[[], Awaitable[trio.abc.Stream]]
 
 # What a failed dial or handshake may raise; anything else is a bug and propagates.
 _DIAL_ERRORS: Final = (P2PInviteError, OSError, trio.BrokenResourceError,
@@ -283,6 +287,28 @@ class Candidates:
         self._dialing.add(addr)
         self._nursery.start_soon(self._dial_loop, addr)
 
+    def add_path(self, label: str, opener: Opener) -> None:
+        """Dial once over the stream *opener* gives (a relay), raced with the addresses.
+
+        *label* names the path in logs. Not retried: a relay pairs one
+        attempt with the peer's; the caller adds the path again if it wants
+        another try.
+        """
+        self._nursery.start_soon(self._dial_path, label, opener)
+
+    async def _dial_path(self, label: str, opener: Opener) -> None:
+        try:
+            stream = await self._dial_once((label, 0), opener)
+        except _Unwanted as exc:
+            log.debug("dial %s over %s abandoned: %s", self._topic.short_id, label, exc.reason)
+            return
+        except _DIAL_ERRORS as exc:
+            self.last_error = f"{label}: {_describe(exc)}"
+            log.debug("dial %s over %s failed: %s", self._topic.short_id, label,
+                      self.last_error)
+            return
+        self._send.send_nowait(stream)
+
     async def next(self) -> SecureStream:
         """The next established connection, to a peer not held already (it is now held)."""
         return await self._recv.receive()
@@ -319,7 +345,7 @@ class Candidates:
                 raise _Rejected(f"peer {_peer_id(remote)} rejected: {exc}") from None
         self._held.add(remote)
 
-    async def _dial_once(self, addr: Address) -> SecureStream:
+    async def _dial_once(self, addr: Address, opener: Opener | None = None) -> SecureStream:
         claimed: list[bytes] = []
 
         def check(remote: bytes, payload: bytes) -> None:
@@ -328,7 +354,8 @@ class Candidates:
             self.pending += 1
 
         try:
-            stream = await self._manager._dial(self._topic, addr, check_peer=check)
+            stream = await self._manager._dial(self._topic, addr, check_peer=check,
+                                               opener=opener)
         except BaseException:
             if claimed:  # the peer was held for this dial: let the others have it
                 self.pending -= 1
@@ -480,17 +507,19 @@ class NetworkManager:
 
     @asynccontextmanager
     async def dial(self, topic: Topic, *, hints: Sequence[Address] = (), mdns: bool = True,
-                   check_peer: PeerCheck | None = None) -> AsyncIterator[Candidates]:
+                   check_peer: PeerCheck | None = None, more_paths: bool = False
+                   ) -> AsyncIterator[Candidates]:
         """Dial the peers of *topic*: every hint and every address mDNS finds, raced.
 
         Yields :class:`Candidates`; ``await candidates.next()`` returns each
         established connection (one per peer at a time, see there). Streams
         handed out are the caller's to close; on exit every dial still in
         progress is stopped. Raises :class:`PeerUnreachable` at once if there
-        is nothing to dial (no hints and mDNS off).
+        is nothing to dial (no hints, mDNS off, and not *more_paths*: the
+        caller adding addresses or paths as it learns them, from a rendezvous).
         """
         use_mdns = mdns and self._discovery is not None
-        if not hints and not use_mdns:
+        if not hints and not use_mdns and not more_paths:
             raise PeerUnreachable("no address hints and mDNS is off")
         async with trio.open_nursery() as nursery:
             candidates = Candidates(self, topic, nursery, check_peer)
@@ -541,8 +570,9 @@ class NetworkManager:
         return None if host in ("0.0.0.0", "") else [host]  # noqa: S104
 
     async def _dial(self, topic: Topic, addr: Address,
-                    check_peer: PeerCheck | None = None) -> SecureStream:
-        """Connect, send the preamble, run the handshake, read the accept."""
+                    check_peer: PeerCheck | None = None, opener: Opener | None = None
+                    ) -> SecureStream:
+        """Connect (to *addr*, or over *opener*), send the preamble, handshake, read the accept."""
         def check(remote: bytes, payload: bytes) -> None:
             if remote == self.public_key:
                 raise LocalProtocolError("dialed ourselves")
@@ -551,7 +581,11 @@ class NetworkManager:
 
         try:
             with trio.fail_after(self._hs_timeout):
-                stream = await trio.open_tcp_stream(*addr)
+                stream: trio.abc.Stream
+                if opener is not None:
+                    stream = await opener()
+                else:
+                    stream = await trio.open_tcp_stream(*addr)
                 try:
                     body = encode_preamble(topic.id)
                     secure = await open_secure_stream(
@@ -659,7 +693,19 @@ class NetworkManager:
 
     # -- accepting -----------------------------------------------------------
 
-    async def _serve_inbound(self, stream: trio.SocketStream) -> None:
+    async def serve_stream(self, stream: trio.abc.Stream) -> None:
+        """Serve *stream* as a connection accepted on our listener; returns when it ends.
+
+        For a path we opened ourselves but answer on: a transit relay joining
+        us to a peer that dials through it. The same caps, deadline,
+        preamble, handshake and handlers apply; the stream is closed on return.
+        """
+        try:
+            await self._serve_inbound(stream)
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _serve_inbound(self, stream: trio.abc.Stream) -> None:
         """Preamble and handshake of one accepted connection, under the cap and deadline."""
         slot = trio.CancelScope()
         key = object()

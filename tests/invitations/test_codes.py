@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import random
 import string
@@ -19,6 +20,7 @@ from p2pinvite.invitations.codes import (
     LINK_PREFIX,
     MAX_HINTS,
     MAX_LINK_CODE_LENGTH,
+    MAX_MAILBOX_URL,
     LinkCode,
     ShortCode,
     damm_check_digit,
@@ -49,6 +51,10 @@ link_codes = st.builds(
     auth=st.sampled_from([AuthMethod.NONE, AuthMethod.PIN, AuthMethod.KEY]),
     expires_at=st.integers(0, 2**32 - 1),
     hints=hints_st,
+    mailbox=st.none() | st.builds(
+        lambda s, rest: f"{s}://{rest}", st.sampled_from(["ws", "wss"]),
+        st.text(alphabet=string.ascii_letters + string.digits + ".-:/_?=", min_size=1,
+                max_size=MAX_MAILBOX_URL - 6).filter(lambda r: not r.startswith("/"))),
 )
 
 digits = st.text(alphabet="0123456789", min_size=1, max_size=1)
@@ -122,9 +128,13 @@ def test_typical_code_length_fits_the_qr_budget() -> None:
     assert len(typical_code().encode()) < TYPICAL_BUDGET
     assert len(typical_code(hints=(("192.168.1.20", 1), ("fd00::1:2:3:4", 1))).encode()) == 250
     assert len(typical_code(hints=()).encode()) == 209
-    assert len(typical_code(hints=(("2001:db8::1", 1),) * MAX_HINTS).encode()) == (
-        MAX_LINK_CODE_LENGTH)
-    assert MAX_LINK_CODE_LENGTH == 452
+    assert len(typical_code(hints=(("2001:db8::1", 1),) * MAX_HINTS).encode()) == 452
+    # A mailbox adds 2 bytes and its URL: a typical one, then the longest code.
+    with_mailbox = dataclasses.replace(typical_code(), mailbox="wss://relay.example.net:4000/v1")
+    assert len(with_mailbox.encode()) == 284
+    longest = dataclasses.replace(typical_code(hints=(("2001:db8::1", 1),) * MAX_HINTS),
+                                  mailbox="ws://" + "m" * (MAX_MAILBOX_URL - 5))
+    assert len(longest.encode()) == MAX_LINK_CODE_LENGTH == 775
     qr = segno.make(typical_code().qr_text(), error="m", boost_error=False)
     assert qr.mode == "alphanumeric"
     assert isinstance(qr.version, int)
@@ -159,6 +169,18 @@ def test_documented_test_vectors() -> None:
     assert code.encode() == text
     assert LinkCode.parse(text) == code
     assert zlib.crc32(b"123456789") == 0xCBF43926  # the documented CRC-32 variant
+    v2 = dataclasses.replace(code, hints=(("192.168.1.20", 45123),),
+                             mailbox="ws://192.0.2.1:4000/v1")
+    assert v2.to_binary() == bytes.fromhex(
+        "020101000102030405060708090a0b0c0d0e0f202122232425262728292a2b2c2d2e2f30313233"
+        "3435363738393a3b3c3d3e3f404142434445464748494a4b4c4d4e4f505152535455565758595a"
+        "5b5c5d5e5f606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f713f"
+        "b3000104c0a80114b043011677733a2f2f3139322e302e322e313a343030302f7631ff29ed92")
+    assert v2.encode() == (
+        "p2pinvite:AIAQCAABAIBQIBIGA4EASCQLBQGQ4DZAEERCGJBFEYTSQKJKFMWC2LRPGAYTEMZUGU3D"
+        "OOBZHI5TYPJ6H5AECQSDIRCUMR2IJFFEWTCNJZHVAUKSKNKFKVSXLBMVUW24LVPF6YDBMJRWIZLGM5"
+        "UGS2TLNRWW433QOFZHG5DVOZ3XQ6L2PN6H27T7OE73GAABATAKQAIUWBBQCFTXOM5C6LZRHEZC4MBO"
+        "GIXDCORUGAYDAL3WGH7ST3MS")
     assert ShortCode("4242", "9071234").encode() == "4242-9071-2340"
 
 
@@ -254,7 +276,14 @@ def test_noncanonical_trailing_bits_are_refused() -> None:
 
 
 @pytest.mark.parametrize(("payload", "why"), [
-    (fixed(version=2) + b"\x00", "unsupported version 2"),
+    (fixed(version=3) + b"\x00", "unsupported version 3"),
+    (fixed(version=2) + b"\x00", "a version 2 code names a mailbox"),
+    (fixed(version=2) + b"\x00\x02\x05ws://", "a version 2 code names a mailbox"),
+    (fixed(version=2) + b"\x00\x01\x09ws://a", "truncated mailbox URL"),
+    (fixed(version=2) + b"\x00\x01\x08http://a", "ws://HOST"),
+    (fixed(version=2) + b"\x00\x01\x06ws://\xff", "not ASCII"),
+    (fixed(version=2) + b"\x00\x01\x06ws://a\x00", "trailing bytes"),
+    (fixed(version=1) + b"\x00\x01\x06ws://a", "trailing bytes"),
     (fixed(version=0) + b"\x00", "unsupported version 0"),
     (fixed(kind=2) + b"\x00", "unknown invitation kind"),
     (fixed(auth=2) + b"\x00", "auth method"),  # short: no link for short pairings

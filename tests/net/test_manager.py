@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trio
+import trio.testing
 
 from p2pinvite.crypto.noise import generate_private_key
 from p2pinvite.errors import ConnectionClosed, DecodeError, P2PInviteError
@@ -448,3 +449,55 @@ async def test_a_peer_that_drops_every_connection_at_once_is_redialed_with_backo
         await other.join(topic, stay, one_per_peer=True, peers=member.addresses)
         await trio.sleep(2.5)
     assert 2 <= len(refused) <= 6, refused
+
+
+async def test_a_path_opened_elsewhere_is_dialed_and_served_like_tcp() -> None:
+    """A relayed path: the dialer's bytes go over an opener's stream, the host serves it.
+
+    A memory stream pair stands in for the two halves a transit relay glues
+    together; the topic, PSK, handshake, accept and handler are the usual ones.
+    """
+    with trio.fail_after(10):
+        async with manager(b"host-payload") as host, manager(b"guest-payload") as guest:
+            await host.join(LINK, echo)
+            near, far = trio.testing.memory_stream_pair()
+            opened: list[str] = []
+
+            async def opener() -> trio.abc.Stream:
+                opened.append("relay")
+                return near
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(host.serve_stream, far)
+                async with guest.dial(LINK, mdns=False, more_paths=True) as found:
+                    found.add_path("relay", opener)
+                    s = await found.next()
+                    assert opened == ["relay"]
+                    assert s.remote_static == host.public_key
+                    await s.send_message(b"over the relay")
+                    assert await s.receive_message() == b"over the relay"
+                    await s.aclose()
+                # The session ended: serve_stream returns on its own.
+
+
+async def test_a_path_to_the_wrong_topic_fails_and_is_not_retried() -> None:
+    with trio.fail_after(10):
+        async with manager() as host, manager() as guest:
+            await host.join(Topic.from_secret(b"\x07" * 32), echo)
+            near, far = trio.testing.memory_stream_pair()
+            calls: list[int] = []
+
+            async def opener() -> trio.abc.Stream:
+                calls.append(1)
+                return near
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(host.serve_stream, far)
+                async with guest.dial(LINK, mdns=False, more_paths=True) as found:
+                    found.add_path("relay", opener)
+                    with trio.move_on_after(2) as waited:
+                        await found.next()
+                    assert waited.cancelled_caught  # no connection came of it
+                    assert found.last_error is not None
+                    assert found.last_error.startswith("relay: ")
+            assert calls == [1]
