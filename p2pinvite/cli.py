@@ -13,18 +13,18 @@ on stdout). Failures print one line on stderr and exit non-zero:
       nothing was sent to it
 ====  ==============================================================
 
-Start-up stays light: trio, cryptography and zeroconf are imported only by the
-``daemon`` command; segno only for ``--qr``; cryptography also by
-``admission-key``. The other way round, the daemon process (which starts
-here too) never imports argparse, the client, ``json`` or ``getpass``: its
-short command line is read by :func:`parse_daemon_args`, and anything that
-function does not fully understand (``--help``, a typo, an abbreviation) goes
-to the argparse parser, which gives the usual help and errors. A daemon idles
-for days; those modules would cost it ~0.9 MB of resident memory for nothing.
+Start-up stays light, since a person waits for every command: trio,
+cryptography and zeroconf are imported only by the ``daemon`` command; segno
+only for ``--qr``; cryptography also by ``admission-key``; the client only by
+the commands that talk to a daemon. Every command, the daemon included, is
+read by the one argparse parser of :func:`build_parser`, which adds only the
+chosen command's arguments. ``bench/bench_cli.py`` measures the start-up of
+``join``, ``status`` and ``invite create`` against a bare interpreter's.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import re
@@ -40,8 +40,6 @@ from .errors import DaemonNotRunning, IPCError, P2PInviteError
 
 if TYPE_CHECKING:
     # Imported at run time where they are used (see the module docstring).
-    import argparse
-
     from .client import (
         Client,
         CodeInfo,
@@ -53,7 +51,7 @@ if TYPE_CHECKING:
         MemberChange,
     )
 
-__all__ = ["DaemonArgs", "build_parser", "main", "parse_daemon_args", "parse_duration"]
+__all__ = ["build_parser", "main", "parse_duration"]
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -88,28 +86,17 @@ class CliError(Exception):
         self.status = status
 
 
-def _duration_seconds(text: str) -> int | None:
-    m = _DURATION.match(text.lower())
-    if not m or int(m.group(1)) == 0:
-        return None
-    return int(m.group(1)) * _UNITS[m.group(2)]
-
-
 def parse_duration(text: str) -> int:
     """Seconds in a duration like ``90``, ``45s``, ``30m``, ``2h``, ``7d``, ``1w``."""
-    seconds = _duration_seconds(text)
-    if seconds is None:
-        import argparse
-
+    m = _DURATION.match(text.lower())
+    if not m or int(m.group(1)) == 0:
         raise argparse.ArgumentTypeError(
             f"invalid duration {text!r} (examples: 30m, 2h, 7d)"
         )
-    return seconds
+    return int(m.group(1)) * _UNITS[m.group(2)]
 
 
 def _listen(text: str) -> tuple[str, int]:
-    import argparse
-
     from .daemon.config import parse_listen
 
     try:
@@ -119,8 +106,6 @@ def _listen(text: str) -> tuple[str, int]:
 
 
 def _log_level(text: str) -> str:
-    import argparse
-
     from .daemon.config import parse_log_level
 
     try:
@@ -130,8 +115,6 @@ def _log_level(text: str) -> str:
 
 
 def _positive(text: str) -> int:
-    import argparse
-
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return int(text)
@@ -139,8 +122,6 @@ def _positive(text: str) -> int:
 
 def _public_key_hex(text: str) -> str:
     """An Ed25519 public key given as 64 hex characters (``invite create --admission-key``)."""
-    import argparse
-
     t = text.strip().lower()
     if len(t) != 2 * ADMISSION_KEY_BYTES or any(c not in "0123456789abcdef" for c in t):
         raise argparse.ArgumentTypeError(
@@ -771,90 +752,7 @@ def cmd_admission_key_show(a: argparse.Namespace) -> None:
 # -- daemon ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class DaemonArgs:
-    """The ``daemon`` command line: ``[--home DIR] daemon [options]``."""
-
-    home: str | None = None
-    listen: tuple[str, int] | None = None
-    mdns_interface: tuple[str, ...] = ()
-    no_mdns: bool = False
-    retention: int | None = None
-    #: ``--log-level`` as given (normalized); ``None``: ``$P2PINVITE_LOG_LEVEL``, else info.
-    log_level: str | None = None
-
-
-def parse_daemon_args(argv: Sequence[str]) -> DaemonArgs | None:
-    """Read a plain ``daemon`` command line without argparse, or return ``None``.
-
-    Understood: ``--home DIR`` before ``daemon``; ``--listen HOST:PORT``,
-    ``--mdns-interface IFACE`` (repeatable), ``--retention DURATION``,
-    ``--log-level LEVEL`` and ``--no-mdns`` after it; each value also as
-    ``--opt=VALUE``; later values win, as with argparse. For anything else
-    (another command, help, an unknown or abbreviated option, a missing or
-    dash-leading value, a bad address, duration or level) the answer is
-    ``None`` and the argparse parser handles the whole line, errors
-    included. Whatever this function accepts, argparse reads the same way
-    (tested). ``$P2PINVITE_LOG_LEVEL`` is not read here but by
-    :func:`cmd_daemon`, for both parsers alike.
-    """
-    args = list(argv)
-    if "daemon" not in args:
-        return None
-    split = args.index("daemon")
-    values: dict[str, str] = {}
-    interfaces: list[str] = []
-    no_mdns = False
-    for part, allowed in ((args[:split], ("--home",)),
-                          (args[split + 1:], ("--listen", "--mdns-interface", "--retention",
-                                              "--log-level", "--no-mdns"))):
-        i = 0
-        while i < len(part):
-            opt, eq, value = part[i].partition("=")
-            if opt not in allowed:
-                return None
-            if opt == "--no-mdns":
-                if eq:
-                    return None
-                no_mdns = True
-                i += 1
-                continue
-            if not eq:
-                if i + 1 >= len(part) or part[i + 1].startswith("-"):
-                    return None
-                value = part[i + 1]
-                i += 1
-            i += 1
-            if opt == "--mdns-interface":
-                interfaces.append(value)
-            else:
-                values[opt] = value
-    listen = None
-    if "--listen" in values:
-        from .daemon.config import parse_listen
-
-        try:
-            listen = parse_listen(values["--listen"])
-        except ValueError:
-            return None
-    retention = None
-    if "--retention" in values:
-        retention = _duration_seconds(values["--retention"])
-        if retention is None:
-            return None
-    log_level = None
-    if "--log-level" in values:
-        from .daemon.config import parse_log_level
-
-        try:
-            log_level = parse_log_level(values["--log-level"])
-        except ValueError:
-            return None
-    return DaemonArgs(values.get("--home"), listen, tuple(interfaces), no_mdns, retention,
-                      log_level)
-
-
-def cmd_daemon(a: DaemonArgs) -> int:
+def cmd_daemon(a: argparse.Namespace) -> int:
     """``daemon``: run the daemon in the foreground until SIGINT/SIGTERM."""
     from .daemon.config import DEFAULT_LISTEN, DaemonConfig, resolve_home, resolve_log_level
 
@@ -869,7 +767,7 @@ def cmd_daemon(a: DaemonArgs) -> int:
         home=resolve_home(a.home),
         listen=a.listen if a.listen is not None else DEFAULT_LISTEN,
         mdns=not a.no_mdns,
-        mdns_interfaces=a.mdns_interface or None,
+        mdns_interfaces=tuple(a.mdns_interface) or None,
         retention=a.retention,
         log_level=log_level,
     )
@@ -877,33 +775,67 @@ def cmd_daemon(a: DaemonArgs) -> int:
 
 
 # -- parser -----------------------------------------------------------------------------
+#
+# One argparse parser for every command, the daemon included. A command line
+# names one command, so only that command's arguments are added: the others
+# are listed by name and help (all that ``p2pinvite --help`` shows) and filled
+# in only if argparse picks them. Adding an argument is not free -- argparse
+# formats a usage line for each one to check it: building every command's
+# arguments took ~2.5 ms of each start-up, one command's takes under 1 ms.
 
-_Command = Callable[["Client", "argparse.Namespace"], None]
-_LocalCommand = Callable[["argparse.Namespace"], None]
+_Command = Callable[["Client", argparse.Namespace], None]
+_LocalCommand = Callable[[argparse.Namespace], None]
+_Build = Callable[[argparse.ArgumentParser], None]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full ``p2pinvite`` argument parser."""
-    import argparse
+class _LazyParser(argparse.ArgumentParser):
+    """A command's parser whose arguments *build* adds when argparse picks the command.
 
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="print JSON instead of text")
+    argparse hands the rest of the line to the chosen command's parser with
+    :meth:`parse_known_args`; that is where the arguments are added, once.
+    Help and usage errors are the same as with every argument added up front.
+    """
 
-    p = argparse.ArgumentParser(
-        prog="p2pinvite",
-        description="Peer-to-peer invitations: pair devices and admit people on the LAN.",
-        epilog="exit status: 0 ok, 1 request failed, 2 usage, 3 daemon not running, "
-               "4 the socket is served by another user (refused)",
-    )
-    p.add_argument("--version", action="version", version=f"p2pinvite {__version__}")
-    p.add_argument(
-        "--home",
-        metavar="DIR",
-        help="state directory (default: $P2PINVITE_HOME, else ~/.local/share/p2pinvite)",
-    )
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    def __init__(self, *args: Any, build: _Build | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._build = build
 
-    d = sub.add_parser("daemon", help="run the daemon in the foreground")
+    def parse_known_args(self, *args: Any, **kwargs: Any) -> Any:
+        """Add this command's arguments (the first time), then parse as argparse does."""
+        if self._build is not None:
+            build, self._build = self._build, None
+            build(self)
+        return super().parse_known_args(*args, **kwargs)
+
+
+def _subcommands(p: argparse.ArgumentParser, dest: str, metavar: str) -> Any:
+    """*p*'s subcommands, each built only when chosen (see :class:`_LazyParser`)."""
+    return p.add_subparsers(dest=dest, required=True, metavar=metavar,
+                            parser_class=_LazyParser)
+
+
+def _json_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def _runs(func: _Command, *build: _Build) -> _Build:
+    """A builder: ``--json``, then *build*'s arguments, and *func* to run with a client."""
+    def add(p: argparse.ArgumentParser) -> None:
+        _json_flag(p)
+        for b in build:
+            b(p)
+        p.set_defaults(func=func)
+    return add
+
+
+def _arg(*names: str, **kwargs: Any) -> _Build:
+    """A builder adding the one argument ``add_argument(*names, **kwargs)``."""
+    def add(p: argparse.ArgumentParser) -> None:
+        p.add_argument(*names, **kwargs)
+    return add
+
+
+def _daemon_args(d: argparse.ArgumentParser) -> None:
     d.add_argument("--listen", metavar="HOST:PORT", type=_listen,
                    help="TCP address for peers (default 0.0.0.0:0)")
     d.add_argument("--mdns-interface", metavar="IFACE", action="append", default=[],
@@ -916,60 +848,46 @@ def build_parser() -> argparse.ArgumentParser:
                    help="debug, info or warning (default: $P2PINVITE_LOG_LEVEL, else info)")
     d.set_defaults(func=None)
 
-    s = sub.add_parser("status", parents=[common], help="show the daemon's state")
-    s.set_defaults(func=cmd_status)
 
-    ident = sub.add_parser("identity", help="this device's identity")
-    isub = ident.add_subparsers(dest="action", required=True, metavar="ACTION")
-    ic = isub.add_parser("create", parents=[common], help="create the identity")
-    ic.add_argument("--name", help="display name (default: your login name)")
-    ic.set_defaults(func=cmd_identity_create)
-    isub.add_parser("show", parents=[common], help="show the identity").set_defaults(
-        func=cmd_identity_show
-    )
+def _identity_args(ident: argparse.ArgumentParser) -> None:
+    isub = _subcommands(ident, "action", "ACTION")
+    isub.add_parser("create", help="create the identity", build=_runs(
+        cmd_identity_create, _arg("--name", help="display name (default: your login name)")))
+    isub.add_parser("show", help="show the identity", build=_runs(cmd_identity_show))
 
-    sub.add_parser("devices", parents=[common], help="list this identity's devices").set_defaults(
-        func=cmd_devices
-    )
-    dev = sub.add_parser("device", help="one of this identity's devices")
-    dsub = dev.add_subparsers(dest="action", required=True, metavar="ACTION")
-    dr = dsub.add_parser("remove", parents=[common],
-                         help="remove another device of this identity (a lost laptop, say)")
-    dr.add_argument("device", metavar="DEVICE", help="device key, or a unique prefix (8+ hex)")
-    dr.set_defaults(func=cmd_device_remove)
 
-    sp = sub.add_parser("space", help="spaces")
-    ssub = sp.add_subparsers(dest="action", required=True, metavar="ACTION")
-    sc = ssub.add_parser("create", parents=[common], help="create a space")
-    sc.add_argument("name", metavar="NAME")
-    sc.set_defaults(func=cmd_space_create)
-    ssub.add_parser("list", parents=[common], help="list spaces").set_defaults(func=cmd_space_list)
-    sm = ssub.add_parser("members", parents=[common], help="list a space's members")
-    sm.add_argument("space", metavar="SPACE", help="space id, or name when unique")
-    sm.add_argument("--all", action="store_true",
-                    help="also removed members and entries kept with no effect")
-    sm.set_defaults(func=cmd_space_members)
-    spp = ssub.add_parser("peers", parents=[common], help="member devices connected now")
-    spp.add_argument("space", metavar="SPACE", nargs="?",
-                     help="space id, or name when unique (default: every log)")
-    spp.set_defaults(func=cmd_space_peers)
-    member_help = "member's identity key, a unique prefix of it (8+), or unique name"
-    sr = ssub.add_parser("role", parents=[common], help="change a member's role")
-    sr.add_argument("space", metavar="SPACE", help="space id, or name when unique")
-    sr.add_argument("member", metavar="MEMBER", help=member_help)
-    sr.add_argument("role", metavar="ROLE", choices=["owner", "admin", "editor", "reader"])
-    sr.set_defaults(func=cmd_space_role)
-    srm = ssub.add_parser("remove", parents=[common], help="remove a member")
-    srm.add_argument("space", metavar="SPACE", help="space id, or name when unique")
-    srm.add_argument("member", metavar="MEMBER", help=member_help)
-    srm.set_defaults(func=cmd_space_remove)
-    sl = ssub.add_parser("leave", parents=[common], help="leave a space")
-    sl.add_argument("space", metavar="SPACE", help="space id, or name when unique")
-    sl.set_defaults(func=cmd_space_leave)
+def _device_args(dev: argparse.ArgumentParser) -> None:
+    dsub = _subcommands(dev, "action", "ACTION")
+    device = _arg("device", metavar="DEVICE", help="device key, or a unique prefix (8+ hex)")
+    dsub.add_parser("remove", help="remove another device of this identity (a lost laptop, say)",
+                    build=_runs(cmd_device_remove, device))
 
-    inv = sub.add_parser("invite", help="invitations")
-    vsub = inv.add_subparsers(dest="action", required=True, metavar="ACTION")
-    vc = vsub.add_parser("create", parents=[common], help="create an invitation")
+
+def _space_args(sp: argparse.ArgumentParser) -> None:
+    space = _arg("space", metavar="SPACE", help="space id, or name when unique")
+    member = _arg("member", metavar="MEMBER",
+                  help="member's identity key, a unique prefix of it (8+), or unique name")
+    ssub = _subcommands(sp, "action", "ACTION")
+    ssub.add_parser("create", help="create a space",
+                    build=_runs(cmd_space_create, _arg("name", metavar="NAME")))
+    ssub.add_parser("list", help="list spaces", build=_runs(cmd_space_list))
+    ssub.add_parser("members", help="list a space's members", build=_runs(
+        cmd_space_members, space,
+        _arg("--all", action="store_true",
+             help="also removed members and entries kept with no effect")))
+    ssub.add_parser("peers", help="member devices connected now", build=_runs(
+        cmd_space_peers,
+        _arg("space", metavar="SPACE", nargs="?",
+             help="space id, or name when unique (default: every log)")))
+    ssub.add_parser("role", help="change a member's role", build=_runs(
+        cmd_space_role, space, member,
+        _arg("role", metavar="ROLE", choices=["owner", "admin", "editor", "reader"])))
+    ssub.add_parser("remove", help="remove a member",
+                    build=_runs(cmd_space_remove, space, member))
+    ssub.add_parser("leave", help="leave a space", build=_runs(cmd_space_leave, space))
+
+
+def _invite_create_args(vc: argparse.ArgumentParser) -> None:
     target = vc.add_mutually_exclusive_group(required=True)
     target.add_argument("--space", metavar="SPACE", help="invite a person into SPACE")
     target.add_argument("--device", action="store_true", help="invite a device of yours")
@@ -987,24 +905,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="lifetime, e.g. 30m, 2h, 7d (default 7d; 15m for short codes)")
     vc.add_argument("--note", default="", help="who it is for (shown in invite list)")
     vc.add_argument("--qr", action="store_true", help="also show the code as a QR code")
-    vc.set_defaults(func=cmd_invite_create)
-    vl = vsub.add_parser("list", parents=[common], help="list invitations")
-    vl.add_argument("--all", action="store_true", help="include accepted, expired, revoked")
-    vl.set_defaults(func=cmd_invite_list)
-    vr = vsub.add_parser("revoke", parents=[common], help="revoke an invitation")
-    vr.add_argument("id", metavar="ID")
-    vr.set_defaults(func=cmd_invite_revoke)
-    vv = vsub.add_parser("validate", parents=[common], help="check a code without using it")
-    vv.add_argument("code", metavar="CODE")
-    vv.set_defaults(func=cmd_invite_validate)
 
-    j = sub.add_parser(
-        "join", parents=[common], help="accept an invitation code",
-        description="Accept an invitation. Keep the code and the PIN off the command line, "
-                    "where other local users can read them: leave them out to be asked "
-                    "(no echo), give - to read them from standard input (the code on line "
-                    "1, the PIN on the next), or name private files (mode 0600).",
-    )
+
+def _invite_args(inv: argparse.ArgumentParser) -> None:
+    vsub = _subcommands(inv, "action", "ACTION")
+    vsub.add_parser("create", help="create an invitation",
+                    build=_runs(cmd_invite_create, _invite_create_args))
+    vsub.add_parser("list", help="list invitations", build=_runs(
+        cmd_invite_list,
+        _arg("--all", action="store_true", help="include accepted, expired, revoked")))
+    vsub.add_parser("revoke", help="revoke an invitation", build=_runs(
+        cmd_invite_revoke, _arg("id", metavar="ID")))
+    vsub.add_parser("validate", help="check a code without using it", build=_runs(
+        cmd_invite_validate, _arg("code", metavar="CODE")))
+
+
+def _join_args(j: argparse.ArgumentParser) -> None:
     j.add_argument("code", metavar="CODE", nargs="?",
                    help="the invitation code; - reads it from standard input; "
                         "left out: asked for (a code here is visible to other users)")
@@ -1020,17 +936,58 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--name", help="your display name, if this device has no identity yet")
     j.add_argument("--admission-key-file", metavar="PATH",
                    help="for a key invitation: the private admission key file (mode 0600)")
-    j.set_defaults(func=cmd_join, prepare=prepare_join)
+    j.set_defaults(prepare=prepare_join)
 
-    ak = sub.add_parser("admission-key", help="key pairs for --auth key invitations")
-    asub = ak.add_subparsers(dest="action", required=True, metavar="ACTION")
-    ag = asub.add_parser("generate", parents=[common],
-                         help="write a new private key file (0600), print its public key")
-    ag.add_argument("--out", metavar="PATH", required=True, help="file to create")
-    ag.set_defaults(func=None, local=cmd_admission_key_generate)
-    ash = asub.add_parser("show", parents=[common], help="print the public key of a key file")
-    ash.add_argument("path", metavar="PATH")
-    ash.set_defaults(func=None, local=cmd_admission_key_show)
+
+def _admission_key_args(ak: argparse.ArgumentParser) -> None:
+    asub = _subcommands(ak, "action", "ACTION")
+
+    def generate(p: argparse.ArgumentParser) -> None:
+        _json_flag(p)
+        p.add_argument("--out", metavar="PATH", required=True, help="file to create")
+        p.set_defaults(func=None, local=cmd_admission_key_generate)
+
+    def show(p: argparse.ArgumentParser) -> None:
+        _json_flag(p)
+        p.add_argument("path", metavar="PATH")
+        p.set_defaults(func=None, local=cmd_admission_key_show)
+
+    asub.add_parser("generate", help="write a new private key file (0600), print its public key",
+                    build=generate)
+    asub.add_parser("show", help="print the public key of a key file", build=show)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``p2pinvite`` argument parser (each command's arguments added when it is chosen)."""
+    p = argparse.ArgumentParser(
+        prog="p2pinvite",
+        description="Peer-to-peer invitations: pair devices and admit people on the LAN.",
+        epilog="exit status: 0 ok, 1 request failed, 2 usage, 3 daemon not running, "
+               "4 the socket is served by another user (refused)",
+    )
+    p.add_argument("--version", action="version", version=f"p2pinvite {__version__}")
+    p.add_argument(
+        "--home",
+        metavar="DIR",
+        help="state directory (default: $P2PINVITE_HOME, else ~/.local/share/p2pinvite)",
+    )
+    sub = _subcommands(p, "command", "COMMAND")
+    sub.add_parser("daemon", help="run the daemon in the foreground", build=_daemon_args)
+    sub.add_parser("status", help="show the daemon's state", build=_runs(cmd_status))
+    sub.add_parser("identity", help="this device's identity", build=_identity_args)
+    sub.add_parser("devices", help="list this identity's devices", build=_runs(cmd_devices))
+    sub.add_parser("device", help="one of this identity's devices", build=_device_args)
+    sub.add_parser("space", help="spaces", build=_space_args)
+    sub.add_parser("invite", help="invitations", build=_invite_args)
+    sub.add_parser(
+        "join", help="accept an invitation code", build=_runs(cmd_join, _join_args),
+        description="Accept an invitation. Keep the code and the PIN off the command line, "
+                    "where other local users can read them: leave them out to be asked "
+                    "(no echo), give - to read them from standard input (the code on line "
+                    "1, the PIN on the next), or name private files (mode 0600).",
+    )
+    sub.add_parser("admission-key", help="key pairs for --auth key invitations",
+                   build=_admission_key_args)
     return p
 
 
@@ -1042,14 +999,9 @@ def _fail(message: str, status: int) -> NoReturn:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with *argv* (default ``sys.argv[1:]``); return the exit status."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    fast = parse_daemon_args(argv)
-    if fast is not None:
-        return cmd_daemon(fast)
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     if args.command == "daemon":
-        return cmd_daemon(DaemonArgs(args.home, args.listen, tuple(args.mdns_interface),
-                                     args.no_mdns, args.retention, args.log_level))
+        return cmd_daemon(args)
     from .client import ForeignDaemon, RequestError, connect
 
     local: _LocalCommand | None = getattr(args, "local", None)
