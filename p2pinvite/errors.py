@@ -47,9 +47,17 @@ __all__ = [
     "KeyFileError",
     "LocalProtocolError",
     "LogCorrupted",
+    "MailboxCrowded",
+    "MailboxServerError",
     "NonceExhausted",
     "P2PInviteError",
+    "RelayRefused",
     "RemoteProtocolError",
+    "RendezvousAddressError",
+    "RendezvousError",
+    "RendezvousProtocolError",
+    "RendezvousTimeout",
+    "RendezvousUnreachable",
     "SignatureError",
     "StorageError",
     "WeakPublicKey",
@@ -215,3 +223,64 @@ class DaemonNotRunning(IPCError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, code="daemon_not_running")
+
+
+# --- Rendezvous (issue 20): the magic-wormhole mailbox and transit relay -----------------------
+# Appended after the classes above, which stay as they are. ``service`` always names the
+# mailbox URL or the relay's ``host:port``, never a derived name, token or key.
+
+
+class RendezvousAddressError(P2PInviteError, ValueError):
+    """A mailbox URL or relay ``HOST:PORT`` that is not usable (a configuration mistake)."""
+
+
+class RendezvousError(P2PInviteError):
+    """A rendezvous service (mailbox or transit relay) could not be used.
+
+    ``service`` names it (the mailbox URL, or the relay as ``host:port``) for
+    the owner's logs; it never carries a mailbox name, relay token or key.
+    """
+
+    def __init__(self, message: str, *, service: str) -> None:
+        super().__init__(message)
+        self.service = service
+
+
+class RendezvousUnreachable(RendezvousError, ConnectionClosed):
+    """No connection to the service could be made, or the one we had broke."""
+
+
+class RendezvousTimeout(RendezvousUnreachable):
+    """The service did not answer (or the relay found no partner) before the deadline."""
+
+
+class RendezvousProtocolError(RendezvousError, DecodeError):
+    """The service sent something we do not understand: garbage, oversize, out of order."""
+
+
+class MailboxCrowded(RendezvousError):
+    """The mailbox already has its two sides; the server refused us a third."""
+
+
+class MailboxServerError(RendezvousError):
+    """The mailbox server answered with an ``error`` (or a welcome that refuses service).
+
+    ``error`` is the server's own text, shortened and stripped of control
+    characters (it comes from the network).
+    """
+
+    def __init__(self, message: str, *, service: str, error: str) -> None:
+        super().__init__(message, service=service)
+        self.error = error
+
+
+class RelayRefused(RendezvousError):
+    """The transit relay refused our handshake or hung up before pairing us.
+
+    ``answer`` is what it said (``"bad handshake"``, ``"impatient"``), or
+    ``""`` when it closed the connection without a word.
+    """
+
+    def __init__(self, message: str, *, service: str, answer: str) -> None:
+        super().__init__(message, service=service)
+        self.answer = answer
