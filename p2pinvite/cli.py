@@ -114,6 +114,25 @@ def _log_level(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _mailbox_url(text: str) -> str:
+    from .invitations.codes import check_mailbox_url
+
+    try:
+        return check_mailbox_url(text)
+    except P2PInviteError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(
+            "not a valid p2pinvite code: ")) from None
+
+
+def _relay_address(text: str) -> tuple[str, int]:
+    from .rendezvous.transit import parse_relay_address
+
+    try:
+        return parse_relay_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
@@ -186,6 +205,13 @@ def cmd_status(c: Client, a: argparse.Namespace) -> None:
     for w in s.swarms:
         print(f"  {w.kind:<8}  {w.name or w.log[:16]}  epoch {w.epoch}  topic {w.topic}"
               f"  peers {w.peers}")
+    r = s.rendezvous
+    if r is None or r.mailbox is None:
+        print("rendezvous off (LAN only)")
+    else:
+        relay = f", relay {r.transit}" if r.transit else ""
+        why = f": {r.error}" if r.state == "error" and r.error else ""
+        print(f"rendezvous {r.state} ({r.mailbox}{relay}){why}")
 
 
 def _addr(host: str, port: int) -> str:
@@ -770,7 +796,13 @@ def cmd_daemon(a: argparse.Namespace) -> int:
         mdns_interfaces=tuple(a.mdns_interface) or None,
         retention=a.retention,
         log_level=log_level,
+        mailbox=a.mailbox,
+        transit=a.transit,
     )
+    if config.transit is not None and config.mailbox is None:
+        print("p2pinvite: --transit needs --mailbox (guests learn the relay there)",
+              file=sys.stderr)
+        return EXIT_USAGE
     return run(config)
 
 
@@ -846,6 +878,12 @@ def _daemon_args(d: argparse.ArgumentParser) -> None:
                         "are deleted (default 30d)")
     d.add_argument("--log-level", metavar="LEVEL", type=_log_level,
                    help="debug, info or warning (default: $P2PINVITE_LOG_LEVEL, else info)")
+    d.add_argument("--mailbox", metavar="URL", type=_mailbox_url,
+                   help="meet peers beyond the LAN at this magic-wormhole mailbox server "
+                        "(ws:// or wss://; default: none, nothing leaves the LAN)")
+    d.add_argument("--transit", metavar="HOST:PORT", type=_relay_address,
+                   help="the magic-wormhole transit relay to meet guests at when no "
+                        "direct path reaches them (with --mailbox)")
     d.set_defaults(func=None)
 
 

@@ -83,6 +83,7 @@ __all__ = [
     "Membership",
     "Peer",
     "Rejected",
+    "Rendezvous",
     "RequestError",
     "Space",
     "SpaceEvent",
@@ -207,6 +208,7 @@ class Status:
     mdns: bool
     swarms: tuple[Swarm, ...] = ()
     peers: int = 0
+    rendezvous: Rendezvous | None = None
 
     @classmethod
     def from_wire(cls, v: Any) -> Status:
@@ -222,6 +224,7 @@ class Status:
             mdns=_bool(m, "mdns", "status"),
             swarms=tuple(Swarm.from_wire(x) for x in _list(m.get("swarms", []), "status")),
             peers=_int(m, "peers", "status") if "peers" in m else 0,
+            rendezvous=Rendezvous.from_wire(m["rendezvous"]) if "rendezvous" in m else None,
         )
 
 
@@ -253,6 +256,28 @@ class Swarm:
         return cls(_str(m, "log", "swarm"), _str(m, "kind", "swarm"), _str(m, "name", "swarm"),
                    _opt_int(m, "epoch", "swarm"), _opt_str(m, "topic", "swarm"),
                    _int(m, "peers", "swarm"))
+
+
+@dataclass(frozen=True, slots=True)
+class Rendezvous:
+    """The daemon's rendezvous beyond the LAN (``status``): ``state`` is ``off``
+    (not configured), ``idle`` (nothing to meet now), ``connected`` (a mailbox
+    session is open) or ``error`` (the last attempt failed: ``error`` says why)."""
+
+    mailbox: str | None
+    transit: str | None
+    state: str
+    connected: bool
+    sessions: int
+    error: str | None
+
+    @classmethod
+    def from_wire(cls, v: Any) -> Rendezvous:
+        """Parse ``status.rendezvous``."""
+        m = _map(v, "rendezvous")
+        w = "rendezvous"
+        return cls(_opt_str(m, "mailbox", w), _opt_str(m, "transit", w), _str(m, "state", w),
+                   _bool(m, "connected", w), _int(m, "sessions", w), _opt_str(m, "error", w))
 
 
 @dataclass(frozen=True, slots=True)

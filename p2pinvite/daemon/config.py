@@ -151,7 +151,9 @@ class DaemonConfig:
     names of the interfaces to announce on; it is ignored when ``mdns`` is off.
     ``retention``: seconds a finished invitation stays listed before its record
     is deleted, ``None`` for the invitation manager's default (30 days).
-    ``log_level``: one of :data:`LOG_LEVELS`.
+    ``log_level``: one of :data:`LOG_LEVELS`. ``mailbox`` (a ``ws://`` or
+    ``wss://`` URL) and ``transit`` (host, port): the rendezvous beyond the LAN
+    (docs/RENDEZVOUS.md), both ``None`` by default: nothing leaves the LAN.
     """
 
     home: Path
@@ -160,6 +162,8 @@ class DaemonConfig:
     mdns_interfaces: tuple[str, ...] | None = None
     retention: float | None = None
     log_level: str = DEFAULT_LOG_LEVEL
+    mailbox: str | None = None
+    transit: tuple[str, int] | None = None
 
     @property
     def socket_path(self) -> Path:

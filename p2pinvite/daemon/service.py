@@ -55,6 +55,7 @@ from ..invitations.manager import DEFAULT_RETENTION, InvitationManager
 from ..invitations.model import INVITABLE_ROLES, MAX_NOTE_LENGTH, MAX_USES_LIMIT, Invitation
 from ..invitations.store import InvitationStore
 from ..net.manager import NetworkManager, open_network_manager
+from ..rendezvous.config import RendezvousConfig, RendezvousStatus
 from ..swarm.service import PeerInfo, SwarmEvent, SwarmService
 from .config import DaemonConfig, hold_home_lock
 from .ipc import Call, CallError, Handler, serve_ipc
@@ -409,6 +410,7 @@ class Daemon:
     invitations: InvitationManager | None = None
     secrets: SwarmSecrets | None = None
     swarm: SwarmService | None = None
+    rendezvous: RendezvousStatus | None = None
 
     @property
     def keys(self) -> DeviceKeys:
@@ -550,6 +552,7 @@ def method_table(d: Daemon) -> dict[str, Handler]:
             "mdns": d.mdns_interfaces is not None,
             "swarms": swarms_to_wire(),
             "peers": 0 if d.swarm is None else len(d.swarm.peers()),
+            "rendezvous": (d.rendezvous or RendezvousStatus(None)).as_dict(),
         }
 
     def log_kind(key: bytes) -> str:
@@ -849,12 +852,16 @@ async def run_daemon(
             for key in logs.log_keys():  # logs made before swarms existed get theirs now
                 if secrets.get(key) is None:
                     secrets.create(key)
+            rendezvous = RendezvousStatus(None if config.mailbox is None else RendezvousConfig(
+                config.mailbox, config.transit))
             manager = InvitationManager(
                 config.home, keys, identity, spaces, net, store, secrets=secrets,
                 mdns=mdns is not None,
-                retention=DEFAULT_RETENTION if config.retention is None else config.retention)
+                retention=DEFAULT_RETENTION if config.retention is None else config.retention,
+                rendezvous=rendezvous)
             swarm = SwarmService(config.home, net, secrets, logs, mdns=mdns is not None)
-            daemon = Daemon(config, identity, spaces, net, mdns, manager, secrets, swarm)
+            daemon = Daemon(config, identity, spaces, net, mdns, manager, secrets, swarm,
+                            rendezvous)
             async with manager, swarm, trio.open_nursery() as nursery:
                 await nursery.start(serve_ipc, config.socket_path, method_table(daemon))
                 log.info(
@@ -865,6 +872,7 @@ async def run_daemon(
                         "device_key": keys.device_public.hex(),
                         "listen": " ".join(f"{h}:{p}" for h, p in net.addresses),
                         "mdns": ",".join(mdns) if mdns else "off",
+                        "rendezvous": config.mailbox or "off",
                         "log_level": config.log_level,
                     },
                 )

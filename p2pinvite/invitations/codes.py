@@ -24,7 +24,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Final
 
-from ..errors import CodeError
+from ..errors import CodeError, RendezvousAddressError
 from .model import AuthMethod, Invitation, InvitationKind
 
 __all__ = [
@@ -86,18 +86,23 @@ def _invalid(why: str) -> CodeError:
 
 
 def check_mailbox_url(url: str) -> str:
-    """*url* if it is a mailbox URL a link code can carry: ``ws://`` or ``wss://``, ASCII.
+    """*url* if it is a mailbox URL a link code can carry, else :class:`CodeError`.
 
-    Raises :class:`CodeError` otherwise. Only the form is checked here; the
-    rendezvous client refuses what it cannot reach when it connects.
+    At most :data:`MAX_MAILBOX_URL` printable ASCII characters, and a URL the
+    rendezvous client accepts (``ws://`` or ``wss://``, a host, no user
+    information, query or fragment: :func:`~p2pinvite.rendezvous.mailbox_wire.check_mailbox_url`).
     """
     if not (isinstance(url, str) and url.isascii() and url.isprintable()
-            and 0 < len(url) <= MAX_MAILBOX_URL and " " not in url):
+            and 0 < len(url) <= MAX_MAILBOX_URL):
         raise _invalid(f"a mailbox URL is 1..{MAX_MAILBOX_URL} printable ASCII characters")
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme not in ("ws", "wss") or not rest or rest.startswith("/"):
-        raise _invalid("a mailbox URL is ws://HOST[:PORT]/PATH or wss://...")
-    return url
+    # Here, not at the top: most codes name no mailbox, and the CLI's start-up
+    # should not pay for urllib.
+    from ..rendezvous.mailbox_wire import check_mailbox_url as check_url
+
+    try:
+        return check_url(url)
+    except RendezvousAddressError as exc:
+        raise _invalid(str(exc)) from None
 
 
 def _canonical_hint(hint: tuple[str, int]) -> tuple[str, int]:

@@ -43,6 +43,7 @@ so the install after ``admitted`` saves a mkdir and a directory fsync.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -79,6 +80,7 @@ from ..net.manager import Candidates, NetworkManager
 from ..net.secure import ConnectionBroken, SecureStream
 from ..net.topics import Topic
 from . import protocol as p
+from .meeting import meet_host
 from .model import AuthMethod, Invitation, InvitationKind, InvitationStatus
 from .store import InvitationStore, Reservation
 
@@ -717,7 +719,9 @@ class GuestPlan:
 
     ``target``: the identity (device kind) or space (space kind) the code
     names, ``None`` for short codes. ``host_device``: the device key a link
-    code names. ``hints``: addresses from the link code.
+    code names. ``hints``: addresses from the link code. ``mailbox``: the
+    rendezvous mailbox a link code names, and ``secret`` the code's secret the
+    names there derive from (:mod:`.meeting`); ``None`` for LAN-only codes.
     """
 
     kind: InvitationKind
@@ -730,6 +734,8 @@ class GuestPlan:
     password: bytes | None = field(default=None, repr=False)
     admission_key: Signer | None = field(default=None, repr=False)
     name: str = ""
+    mailbox: str | None = None
+    secret: bytes | None = field(default=None, repr=False)
 
 
 #: A guest whose connection to the host dropped mid-session dials it again
@@ -899,18 +905,30 @@ class _GuestDriver:
     async def _join(self) -> AcceptEvent:
         plan = self.plan
         self._idle_since = trio.current_time()
+        meet = plan.mailbox is not None and plan.secret is not None
         try:
             async with (self.network.dial(plan.topic, hints=plan.hints, mdns=self.mdns,
-                                          check_peer=self._check_peer) as found,
+                                          check_peer=self._check_peer,
+                                          more_paths=meet) as found,
                         trio.open_nursery() as nursery):
                 nursery.start_soon(self._take, found, nursery)
                 nursery.start_soon(self._watch, found)
+                if plan.mailbox is not None and plan.secret is not None:
+                    nursery.start_soon(functools.partial(
+                        meet_host, plan.mailbox, plan.secret, found,
+                        lambda: self._running > 0 or self._final is not None,
+                        label=plan.topic.short_id, failed=self._meeting_failed))
                 await self._done.wait()
                 nursery.cancel_scope.cancel()
         except ConnectionClosed as exc:  # nothing to dial: no hints and mDNS off
             return AcceptEvent(p.State.ERROR, reason=f"host unreachable: {exc.reason}")
         assert self._final is not None
         return self._final
+
+    def _meeting_failed(self, why: str) -> None:
+        """The mailbox failed: if nothing else can lead to the host, say so now."""
+        if not self.plan.hints and not self.mdns and self._running == 0:
+            self._finish(AcceptEvent(p.State.ERROR, reason=f"host unreachable: {why}"))
 
     async def _take(self, found: Candidates, nursery: trio.Nursery) -> None:
         while True:

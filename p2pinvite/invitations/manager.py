@@ -71,6 +71,7 @@ from ..halo.spaces import SpaceService
 from ..halo.swarm_secrets import SwarmSecrets
 from ..net.manager import NetworkManager
 from ..net.topics import Topic
+from ..rendezvous.config import RendezvousConfig, RendezvousStatus
 from .codes import LINK_PREFIX, MAX_HINTS, LinkCode, ShortCode, parse_pin
 from .handlers import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -82,6 +83,7 @@ from .handlers import (
     run_guest,
     serve_guest,
 )
+from .meeting import host_meetings
 from .model import AuthMethod, Invitation, InvitationKind, InvitationStatus
 from .protocol import State
 from .store import InvitationPruneFailed, InvitationStore, finished_at
@@ -183,6 +185,7 @@ class InvitationManager:
         step_timeout: float = DEFAULT_STEP_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         retention: float = DEFAULT_RETENTION,
+        rendezvous: RendezvousStatus | None = None,
     ) -> None:
         if (not isinstance(retention, int | float) or isinstance(retention, bool)
                 or not math.isfinite(retention) or retention <= 0):
@@ -206,6 +209,10 @@ class InvitationManager:
                                 store=store, clock=clock, emit=self._emit,
                                 step_timeout=step_timeout)
         self._hosted: dict[bytes, Topic] = {}
+        # Beyond the LAN (--mailbox): each hosted link invitation also waits
+        # for guests at the mailbox, in a task cancelled when it is unhosted.
+        self._rendezvous = rendezvous
+        self._meetings: dict[bytes, trio.CancelScope] = {}
         # When each hosted invitation's topic is to be left, and the same as a
         # heap of (when, id); a heap entry that no longer matches the dict is stale.
         # Only the invitation that changed is looked at: an admission costs O(log n).
@@ -435,8 +442,25 @@ class InvitationManager:
         await self._network.join(topic, handler, advertise=self._mdns, one_per_peer=False)
         self._hosted[inv.id] = topic
         self._schedule_leave(inv.id, self._hosted_until(inv, self._clock()))
+        status = self._rendezvous
+        if (status is not None and status.config is not None and inv.auth is not AuthMethod.SHORT
+                and self._nursery is not None):
+            # Short codes stay on the LAN: their secret is too small to name
+            # a public mailbox safely.
+            scope = trio.CancelScope()
+            self._meetings[inv.id] = scope
+            self._nursery.start_soon(self._meet_guests, inv, status.config, status, scope)
+
+    async def _meet_guests(self, inv: Invitation, config: RendezvousConfig,
+                           status: RendezvousStatus, scope: trio.CancelScope) -> None:
+        with scope:
+            await host_meetings(config, inv.secret, self._network, status,
+                                label=inv.id.hex()[:8], clock=self._clock)
 
     async def _unhost(self, inv_id: bytes) -> None:
+        meeting = self._meetings.pop(inv_id, None)
+        if meeting is not None:
+            meeting.cancel()
         for scope in list(self._ctx.active.get(inv_id, ())):
             scope.cancel()
         self._leave_at.pop(inv_id, None)  # its queue entries are stale now
@@ -535,8 +559,10 @@ class InvitationManager:
         else:
             hints = tuple(a for a in self._network.reachable_addresses
                           if _hint_ok(a[0]))[:MAX_HINTS]
+            cfg = None if self._rendezvous is None else self._rendezvous.config
             code = LinkCode.for_invitation(inv, host_device_key=self._keys.device_public,
-                                           hints=hints).encode()
+                                           hints=hints,
+                                           mailbox=None if cfg is None else cfg.mailbox).encode()
         return CreatedInvitation(inv, code, inv.pin)
 
     def list(self, *, include_all: bool = False) -> list[Invitation]:
@@ -668,7 +694,8 @@ class InvitationManager:
             plan = GuestPlan(parsed.kind, parsed.auth, Topic.from_secret(parsed.secret),
                              invitation_id=parsed.invitation_id, target=parsed.target,
                              host_device=parsed.host_device_key, hints=parsed.hints,
-                             password=password)
+                             password=password, mailbox=parsed.mailbox,
+                             secret=parsed.secret if parsed.mailbox is not None else None)
         if name is None:
             name = self._identity.name if plan.kind is InvitationKind.SPACE else ""
         return dataclasses.replace(plan, admission_key=admission_key, name=name)
