@@ -754,6 +754,11 @@ def method_table(d: Daemon) -> dict[str, Handler]:
     }
 
     async def joined(result: AcceptResult) -> None:
+        if (d.swarm is not None and result.host_device is not None
+                and result.host_static is not None and result.host_identity is not None):
+            # Before joining: the swarm reads its known devices when it joins.
+            d.swarm.know(result.target, result.host_device, result.host_static,
+                         result.host_identity)
         await join_member_swarm(d, result.target, result.host_addr)
 
     if d.invitations is not None:
@@ -854,12 +859,13 @@ async def run_daemon(
                     secrets.create(key)
             rendezvous = RendezvousStatus(None if config.mailbox is None else RendezvousConfig(
                 config.mailbox, config.transit))
+            swarm = SwarmService(config.home, net, secrets, logs, mdns=mdns is not None,
+                                 rendezvous=rendezvous, device=keys.device_public)
             manager = InvitationManager(
                 config.home, keys, identity, spaces, net, store, secrets=secrets,
                 mdns=mdns is not None,
                 retention=DEFAULT_RETENTION if config.retention is None else config.retention,
-                rendezvous=rendezvous)
-            swarm = SwarmService(config.home, net, secrets, logs, mdns=mdns is not None)
+                rendezvous=rendezvous, on_admitted=swarm.know)
             daemon = Daemon(config, identity, spaces, net, mdns, manager, secrets, swarm,
                             rendezvous)
             async with manager, swarm, trio.open_nursery() as nursery:

@@ -141,6 +141,12 @@ class AcceptResult:
     #: The address we reached the admitting host at: the new member's first
     #: swarm peer (mDNS may not reach it; this address just did).
     host_addr: tuple[str, int] | None = None
+    #: The admitting host's device key, Noise static key and identity: a member
+    #: device we know from now on, reachable or not (its swarm meets it at a
+    #: rendezvous too, when one is configured).
+    host_device: bytes | None = None
+    host_static: bytes | None = field(default=None, repr=False)
+    host_identity: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +279,9 @@ class HostContext:
     step_timeout: float = DEFAULT_STEP_TIMEOUT
     active: dict[bytes, set[trio.CancelScope]] = field(default_factory=dict)
     admitting: dict[tuple[bytes, bytes], trio.Event] = field(default_factory=dict)
+    #: Called with (log key, device key, Noise static key, member identity)
+    #: of each guest device admitted: a member device we know from now on.
+    on_admitted: Callable[[bytes, bytes, bytes, bytes], None] | None = None
 
 
 def _password(inv: Invitation) -> bytes | None:
@@ -501,6 +510,9 @@ class _HostDriver:
         except CredentialError as exc:
             return self._refuse(exc.rule)
         self.emit("admitted", reason="resumed" if resumed else None)
+        member = inv.target if inv.kind is InvitationKind.DEVICE else ev.identity
+        if ctx.on_admitted is not None and member is not None:
+            ctx.on_admitted(inv.target, ev.device, self.stream.remote_static, member)
         return self.host.admit(credential, entries, self._swarm_grant(inv))
 
     def _swarm_grant(self, inv: Invitation) -> p.SwarmGrant:
@@ -778,6 +790,8 @@ class _Attempt:
     guest: p.GuestProtocol
     host_addr: tuple[str, int] | None = None
     host_identity: bytes | None = None
+    host_device: bytes | None = None
+    host_static: bytes | None = None
 
 
 class _GuestDriver:
@@ -843,6 +857,10 @@ class _GuestDriver:
         self._idle_since = 0.0
         self._answers: list[AcceptEvent] = []
         self._resumes: dict[bytes, int] = {}
+        # The device key each host proved in its handshake (by Noise static key).
+        self._host_devices: dict[bytes, bytes] = {}
+        # Why the rendezvous mailbox failed, if it did (for the final error).
+        self._meeting_error: str | None = None
         self._install_lock = trio.Lock()
 
     # -- reporting ---------------------------------------------------------------------
@@ -901,6 +919,7 @@ class _GuestDriver:
         want = self.plan.host_device
         if want is not None and device != want:
             raise HandshakeError("not the device the code names")
+        self._host_devices[remote_static] = device
 
     async def _join(self) -> AcceptEvent:
         plan = self.plan
@@ -926,7 +945,12 @@ class _GuestDriver:
         return self._final
 
     def _meeting_failed(self, why: str) -> None:
-        """The mailbox failed: if nothing else can lead to the host, say so now."""
+        """The mailbox failed: if nothing else can lead to the host, say so now.
+
+        Otherwise the LAN paths go on, and the join's error, if it comes to
+        one, names the mailbox too (a dial's error would hide it).
+        """
+        self._meeting_error = why
         if not self.plan.hints and not self.mdns and self._running == 0:
             self._finish(AcceptEvent(p.State.ERROR, reason=f"host unreachable: {why}"))
 
@@ -951,7 +975,8 @@ class _GuestDriver:
                 if self._answers:
                     self._finish(max(self._answers, key=_answer_rank))
                 else:
-                    why = f" (last error: {found.last_error})" if found.last_error else ""
+                    errors = [e for e in (found.last_error, self._meeting_error) if e]
+                    why = f" (last error: {'; '.join(dict.fromkeys(errors))})" if errors else ""
                     self._finish(AcceptEvent(p.State.ERROR, reason=(
                         f"host unreachable: no peer for topic {self.plan.topic.short_id}"
                         f" answered within {self.connect_timeout:g} s{why}")))
@@ -965,7 +990,9 @@ class _GuestDriver:
         guest.connecting()
         broken = False
         try:
-            broken = await self._converse(_Attempt(guest, _peer_address(stream)), stream)
+            broken = await self._converse(_Attempt(
+                guest, _peer_address(stream), host_device=self._host_devices.get(peer),
+                host_static=peer), stream)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2.0):
                 await stream.aclose()
@@ -1081,7 +1108,9 @@ class _GuestDriver:
             await self._keep_secret(swarm)
             target = await trio.to_thread.run_sync(
                 lambda: self.spaces.import_space(list(ev.entries), expected=plan.target))
-        return AcceptResult(plan.kind, target, ev.credential, host_addr=attempt.host_addr)
+        return AcceptResult(plan.kind, target, ev.credential, host_addr=attempt.host_addr,
+                            host_device=attempt.host_device, host_static=attempt.host_static,
+                            host_identity=attempt.host_identity)
 
     async def _keep_secret(self, secret: SwarmSecret) -> None:
         """Store the log's swarm secret durably, *before* the log itself.

@@ -186,6 +186,7 @@ class InvitationManager:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         retention: float = DEFAULT_RETENTION,
         rendezvous: RendezvousStatus | None = None,
+        on_admitted: Callable[[bytes, bytes, bytes, bytes], None] | None = None,
     ) -> None:
         if (not isinstance(retention, int | float) or isinstance(retention, bool)
                 or not math.isfinite(retention) or retention <= 0):
@@ -207,7 +208,7 @@ class InvitationManager:
         self._secrets = secrets
         self._ctx = HostContext(keys=keys, identity=identity, spaces=spaces, secrets=secrets,
                                 store=store, clock=clock, emit=self._emit,
-                                step_timeout=step_timeout)
+                                step_timeout=step_timeout, on_admitted=on_admitted)
         self._hosted: dict[bytes, Topic] = {}
         # Beyond the LAN (--mailbox): each hosted link invitation also waits
         # for guests at the mailbox, in a task cancelled when it is unhosted.

@@ -163,8 +163,7 @@ async def meet_host(mailbox: str, secret: bytes, found: Candidates,
     Runs until cancelled (the join ends). Direct addresses are dialed at
     once; the relay after :data:`RELAY_HEAD_START` seconds unless
     *connected()* says a path already reached the host. A mailbox failure
-    is recorded as ``found.last_error`` (the join's error names it) and
-    passed to *failed*; the LAN paths go on.
+    is passed to *failed* (the join's error names it); the LAN paths go on.
     """
     names = for_invitation(secret)
     me, host = names.side(1), names.side(0)
@@ -198,6 +197,6 @@ async def meet_host(mailbox: str, secret: bytes, found: Candidates,
             # would let the server delete it under a host that still waits.
             await trio.sleep(math.inf)
     except (RendezvousError, DecodeError, BadTag) as exc:
-        found.last_error = f"rendezvous mailbox {mailbox}: {exc}"
-        log.info("join %s: %s", label, found.last_error)
-        failed(found.last_error)
+        why = f"rendezvous mailbox {mailbox}: {exc}"
+        log.warning("join %s: %s", label, why)
+        failed(why)

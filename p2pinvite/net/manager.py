@@ -691,6 +691,40 @@ class NetworkManager:
                 del dialers[addr]
 
 
+    async def dial_path(self, topic: Topic, label: str, opener: Opener, *,
+                        check_peer: PeerCheck | None = None) -> bool:
+        """Dial the joined peer *topic* once over *opener*'s stream (a relay); run the connection.
+
+        The counterpart of :meth:`serve_stream` for the side that dials: the
+        preamble and handshake run over the stream as over TCP, and the
+        connection is registered and handed to the topic's handler exactly as
+        one the swarm dialed itself (one per peer: a duplicate is dropped by the
+        usual rule). Returns when the connection ends: True if it was
+        established, False if the dial failed (logged; *label* names the path).
+        """
+        joined = self._topics.get(topic.id)
+        if joined is None or not joined.one_per_peer:
+            raise LocalProtocolError(f"topic {topic.short_id} is not a joined swarm")
+
+        def not_connected(remote: bytes, payload: bytes) -> None:
+            if remote in joined.conns:
+                raise _Unwanted(f"peer {_peer_id(remote)} is already connected")
+            if check_peer is not None:
+                check_peer(remote, payload)
+
+        try:
+            stream = await self._dial(topic, (label, 0), check_peer=not_connected,
+                                      opener=opener)
+        except _DIAL_ERRORS as exc:
+            log.debug("swarm %s: dial over %s failed: %s", topic.short_id, label,
+                      _describe(exc))
+            return False
+        conn = await self._adopt(joined, stream, dialer=self.public_key, accept=False)
+        if conn is None:
+            return False
+        await self._run_handler(joined, conn)
+        return True
+
     # -- accepting -----------------------------------------------------------
 
     async def serve_stream(self, stream: trio.abc.Stream) -> None:

@@ -359,7 +359,13 @@ async def open_mailbox(url: str, mailbox_id: str, *, side: str | None = None,
                     yield session
                     if session._failure is None:
                         await session.close("happy")
-                finally:
+                except BaseException:
+                    # Cancelled (a join that ended) or failed: nobody reads the
+                    # server's answer to a close any more, so waiting for it
+                    # would only cost the grace. Drop the connection now.
+                    await trio.aclose_forcefully(ws)
+                    raise
+                else:
                     await session._disconnect()
         except Exception as exc:
             # Once connected, errors are ours or the caller's (we closed the WebSocket

@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Final, Protocol
 
 import trio
+import trio.lowlevel
 
 from ..errors import P2PInviteError, RemoteProtocolError
 from ..fsutil import ensure_private_dir
@@ -66,9 +67,11 @@ from ..halo.swarm_secrets import SWARM_DIR, SwarmSecret, SwarmSecrets
 from ..net.manager import NetworkManager
 from ..net.secure import SecureStream
 from ..net.topics import Topic
+from ..rendezvous.config import RendezvousStatus
 from ..sync.driver import SyncProgress, run_sync
 from ..sync.replica import Replica
 from .hello import MAX_ADDRS, MAX_HELLO, Address, Hello, NotAMember, decode_hello, encode_hello
+from .meeting import meet_members
 from .peers import KnownPeers
 
 __all__ = [
@@ -205,6 +208,8 @@ class _Swarm:
     reached_back: set[Address] = field(default_factory=set)
     #: A check for members missing from the current topic is scheduled.
     missing_check: bool = False
+    #: Meeting the member devices at the rendezvous (swarm/meeting.py), if configured.
+    meeting: trio.CancelScope | None = None
 
 
 class SwarmService:
@@ -212,11 +217,16 @@ class SwarmService:
 
     *mdns*: advertise and browse the swarm topics (else known addresses only).
     *clock*: unix seconds for ``connected_at`` and ``last_synced``.
+    *rendezvous* (with a mailbox configured) and *device* (our device key):
+    meet the member devices met before at their pair mailboxes too, and
+    through the transit relay if need be (swarm/meeting.py).
     """
 
     def __init__(self, home: Path, network: NetworkManager, secrets: SwarmSecrets,
                  logs: SwarmLogs, *, mdns: bool, clock: Callable[[], float] = time.time,
-                 hello_timeout: float = HELLO_TIMEOUT) -> None:
+                 hello_timeout: float = HELLO_TIMEOUT,
+                 rendezvous: RendezvousStatus | None = None,
+                 device: bytes | None = None) -> None:
         self._dir = ensure_private_dir(home / SWARM_DIR)
         self._network = network
         self._secrets = secrets
@@ -224,6 +234,8 @@ class SwarmService:
         self._mdns = mdns
         self._clock = clock
         self._hello_timeout = hello_timeout
+        self._rendezvous = rendezvous
+        self._device = device
         self._swarms: dict[bytes, _Swarm] = {}
         # Per log: joining, moving and leaving one at a time; and one key
         # change (opening a grant, or rotating) at a time.
@@ -320,7 +332,26 @@ class SwarmService:
                  secret.epoch, topic.short_id)
         self._check_key_soon(log_key, swarm)  # a rotation may have come while we were away
         self._reach_back_if_missing_soon(swarm)
+        self._meet_soon(swarm)
         return True
+
+    def _meet_soon(self, swarm: _Swarm) -> None:
+        """Meet the swarm's known member devices at the rendezvous, if one is configured."""
+        status, device = self._rendezvous, self._device
+        if status is None or status.config is None or device is None or self._nursery is None:
+            return
+        config = status.config
+        swarm.meeting = scope = trio.CancelScope()
+
+        async def meet() -> None:
+            with scope:
+                await meet_members(
+                    config, swarm.secret.secret, device, self._network, swarm.topic, status,
+                    devices=lambda: [p.device for p in swarm.known.peers()],
+                    connected=lambda d: d in swarm.live, label=swarm.topic.short_id,
+                    clock=self._clock)
+
+        self._nursery.start_soon(meet)
 
     async def leave(self, log_key: bytes) -> None:
         """Leave the swarm of *log_key*: its connections close, nothing is advertised."""
@@ -333,9 +364,40 @@ class SwarmService:
             return
         if swarm.unsubscribe is not None:
             swarm.unsubscribe()
+        if swarm.meeting is not None:
+            swarm.meeting.cancel()
         for t in swarm.old_topics:
             await self._network.leave(t)
         await self._network.leave(swarm.topic)
+
+    def know(self, log_key: bytes, device: bytes, static: bytes, member: bytes,
+             addrs: tuple[Address, ...] = ()) -> None:
+        """Remember a member device met outside the swarm: at an admission, either side.
+
+        It becomes a dial candidate (*addrs*), a recipient of our next
+        rotation, and a device to meet at the rendezvous, before it ever
+        connects here; the member check still decides when it does. The file
+        is written once the caller yields (a host is sending the admission).
+        """
+        def remember() -> None:
+            swarm = self._swarms.get(log_key)
+            known = swarm.known if swarm is not None else KnownPeers(
+                self._dir / f"{log_key.hex()}.peers")
+            try:
+                known.seen(device, addrs, self._clock(), static=static, member=member)
+            except OSError as exc:  # only a dial candidate
+                log.warning("swarm of %s: could not remember device %s: %s",
+                            log_key.hex()[:12], device.hex()[:12], exc)
+
+        if self._nursery is None or log_key not in self._swarms:
+            remember()  # a guest, before it joins: the join reads the file
+            return
+
+        async def later() -> None:
+            await trio.lowlevel.checkpoint()
+            remember()
+
+        self._nursery.start_soon(later)
 
     def add_peers(self, log_key: bytes, addrs: tuple[Address, ...]) -> None:
         """Dial *addrs* too in the swarm of *log_key* (e.g. the host that just admitted us)."""

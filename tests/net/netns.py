@@ -9,6 +9,9 @@ Reusable by any test (and by bench/) that needs real multicast:
   (``10.231.N.1/24`` <-> ``10.231.N.2/24``), multicast on, with the route.
 * :func:`bridge_namespaces` -- N namespaces on one bridge (``10.232.N.i/24``),
   with partitions: a node's bridge port goes down and up again.
+* :func:`routed_namespaces` -- two sites (host, guest) that reach a third
+  namespace (a rendezvous, which does not forward) but not each other;
+  optionally a direct link between the sites too.
 * :class:`NsProcess` -- a process started with ``ip netns exec`` that speaks
   JSON lines (``tests/net/ns_peer.py``).
 * pytest fixtures ``netns_lo`` and ``netns_pair`` wrapping the above; they
@@ -307,3 +310,110 @@ async def ns_peer(ns: Namespace, *args: str) -> Any:
     finally:
         with trio.CancelScope(shield=True):
             await peer.aclose()
+
+
+@dataclass(frozen=True)
+class Routed:
+    """Two sites that can reach a rendezvous but not each other (see :func:`routed_namespaces`).
+
+    ``host`` and ``guest`` are the two sites, each with its address on its
+    link to the rendezvous (``10.233.N.2`` and ``10.234.N.2``). ``rendezvous``
+    is where the mailbox and the relay run; its ``addr`` is :attr:`service`
+    (``10.235.N.1``, on its loopback), the one address both sites reach it at.
+    ``direct`` is ``(host side, guest side)`` of the optional host-guest link
+    (``10.236.N.1`` and ``10.236.N.2``; same namespace names, other address
+    and interface), or None.
+    """
+
+    host: Namespace
+    guest: Namespace
+    rendezvous: Namespace
+    service: str
+    direct: tuple[Namespace, Namespace] | None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The three namespace names."""
+        return (self.host.name, self.guest.name, self.rendezvous.name)
+
+
+def _sysctl(ns: str, key: str, value: str) -> None:
+    path = "/proc/sys/" + key.replace(".", "/")
+    subprocess.run(["ip", "netns", "exec", ns, "sh", "-c", f"echo {value} > {path}"],
+                   check=True, capture_output=True)
+    got = subprocess.run(["ip", "netns", "exec", ns, "cat", path], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    if got != value:
+        raise RuntimeError(f"{key} is {got!r} in {ns}, wanted {value!r}")
+
+
+@contextlib.contextmanager
+def routed_namespaces(*, direct: bool = False, blackhole: bool = False) -> Iterator[Routed]:
+    """Three namespaces: two sites joined only through a rendezvous that does not route.
+
+    ::
+
+        host 10.233.N.2 ---- 10.233.N.1  rendezvous  10.234.N.1 ---- 10.234.N.2 guest
+                                  (10.235.N.1/32 on lo: the service address)
+        host 10.236.N.1 -------------------------------------------- 10.236.N.2 guest
+                                  (only with direct=True)
+
+    The rendezvous namespace has ``ip_forward`` off (set and read back, since
+    whether a new namespace inherits the root's value depends on a sysctl):
+    it answers on its own addresses and never passes a packet from one site
+    to the other. Each site has a /32 route to the service address through
+    its link, because the mailbox URL and the relay address are chosen by the
+    host and travel to the guest: both must reach the same address.
+
+    Without *blackhole* a site has no route to the other one at all (a dial
+    fails at once, ``ENETUNREACH``). With it, both sites get a default route
+    through the rendezvous, which drops what it may not forward without an
+    ICMP error: a dial hangs until its timeout, as one to a private address
+    behind someone else's NAT does on the Internet.
+
+    No multicast route anywhere: this topology is about going beyond the LAN
+    (daemons run with ``--no-mdns``). Every veth is created directly inside
+    its namespaces (``ip link add ... netns``), so nothing is ever added to
+    the root namespace; teardown deletes the three namespaces (and so the
+    links), also when the body raises.
+    """
+    require_netns()
+    n = next(_counter)
+    x = (os.getpid() + n) % 250 + 1
+    host, guest, rdv = _unique("p2rh"), _unique("p2rg"), _unique("p2rr")
+    service = f"10.235.{x}.1"
+    made: list[str] = []
+    try:
+        for ns in (host, guest, rdv):
+            ip("netns", "add", ns)
+            made.append(ns)
+            ip("link", "set", "lo", "up", ns=ns)
+        # The rendezvous must not forward: otherwise the two sites could talk.
+        _sysctl(rdv, "net.ipv4.ip_forward", "0")
+        ip("addr", "add", f"{service}/32", "dev", "lo", ns=rdv)
+        sites: list[Namespace] = []
+        for site, sub, tag in ((host, 233, "h"), (guest, 234, "g")):
+            here, there = _unique(f"vr{tag}"), _unique(f"vr{tag}r")
+            ip("link", "add", "name", here, "netns", site, "type", "veth",
+               "peer", "name", there, "netns", rdv)
+            ip("addr", "add", f"10.{sub}.{x}.2/24", "dev", here, ns=site)
+            ip("addr", "add", f"10.{sub}.{x}.1/24", "dev", there, ns=rdv)
+            ip("link", "set", here, "up", ns=site)
+            ip("link", "set", there, "up", ns=rdv)
+            ip("route", "add", f"{service}/32", "via", f"10.{sub}.{x}.1", ns=site)
+            if blackhole:
+                ip("route", "add", "default", "via", f"10.{sub}.{x}.1", ns=site)
+            sites.append(Namespace(site, f"10.{sub}.{x}.2", here))
+        pair: tuple[Namespace, Namespace] | None = None
+        if direct:
+            dh, dg = _unique("vrdh"), _unique("vrdg")
+            ip("link", "add", "name", dh, "netns", host, "type", "veth",
+               "peer", "name", dg, "netns", guest)
+            for site, dev, i in ((host, dh, 1), (guest, dg, 2)):
+                ip("addr", "add", f"10.236.{x}.{i}/24", "dev", dev, ns=site)
+                ip("link", "set", dev, "up", ns=site)
+            pair = (Namespace(host, f"10.236.{x}.1", dh), Namespace(guest, f"10.236.{x}.2", dg))
+        yield Routed(sites[0], sites[1], Namespace(rdv, service, "lo"), service, pair)
+    finally:
+        for ns in made:
+            delete_namespace(ns)
