@@ -19,20 +19,24 @@ can make a join fail, never succeed wrongly.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Final
 
 import trio
 
 from ..errors import BadTag, DecodeError, MailboxCrowded, RendezvousError
 from ..net.manager import Address, Candidates, NetworkManager
-from ..rendezvous.candidates import PHASE, open_candidates, seal_candidates
+from ..rendezvous.candidates import PHASE, offerable, open_candidates, seal_candidates
 from ..rendezvous.candidates import Candidates as Offer
-from ..rendezvous.config import RendezvousConfig, RendezvousStatus
+from ..rendezvous.config import (
+    MAILBOX_TIMEOUT,
+    RELAY_WAIT,
+    RendezvousConfig,
+    RendezvousStatus,
+)
 from ..rendezvous.mailbox import open_mailbox
 from ..rendezvous.names import RendezvousNames, for_invitation
 from ..rendezvous.requests import (
@@ -53,28 +57,11 @@ log = logging.getLogger("p2pinvite.rendezvous")
 #: seconds of reading the host's candidates: a direct path, when there is one,
 #: wins and the relay carries nothing.
 RELAY_HEAD_START: Final = 0.5
-#: How long either side waits at the relay for the other.
-RELAY_WAIT: Final = 20.0
-#: How long connecting to the mailbox may take.
-MAILBOX_TIMEOUT: Final = 10.0
 #: The host's back-off between failed mailbox sessions, doubling up to the cap.
 _BACKOFF: Final = (1.0, 60.0)
 #: A mailbox refused as crowded stays so until the server prunes it (about
 #: 16 minutes after its last activity, docs/RENDEZVOUS.md §6): wait that out.
 _CROWDED_WAIT: Final = 17 * 60.0
-
-
-def _offer_addresses(addresses: Sequence[Address]) -> tuple[Address, ...]:
-    """The addresses worth offering: IP literals that are not loopback, at most 8."""
-    out: list[Address] = []
-    for host, port in addresses:
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            continue
-        if not (ip.is_loopback or ip.is_unspecified or ip.is_link_local):
-            out.append((str(ip), port))
-    return tuple(out[:8])
 
 
 async def host_meetings(config: RendezvousConfig, secret: bytes, network: NetworkManager,
@@ -113,7 +100,7 @@ async def _host_session(config: RendezvousConfig, names: RendezvousNames,
                             timeout=MAILBOX_TIMEOUT) as box:
         status.opened()
         try:
-            offer = Offer(_offer_addresses(network.reachable_addresses), config.transit)
+            offer = Offer(offerable(network.reachable_addresses), config.transit)
             await box.add(PHASE, seal_candidates(names.sealing_key, offer, sender_side=me))
             log.info("invitation %s: waiting for guests at the rendezvous mailbox too", label)
             seen: set[bytes] = set()

@@ -690,7 +690,6 @@ class NetworkManager:
             if dialers.get(addr) is dialer:
                 del dialers[addr]
 
-
     async def dial_path(self, topic: Topic, label: str, opener: Opener, *,
                         check_peer: PeerCheck | None = None) -> bool:
         """Dial the joined peer *topic* once over *opener*'s stream (a relay); run the connection.

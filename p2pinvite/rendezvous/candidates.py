@@ -31,7 +31,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -54,6 +54,7 @@ __all__ = [
     "Candidates",
     "decode_candidates",
     "encode_candidates",
+    "offerable",
     "open_candidates",
     "seal_candidates",
 ]
@@ -196,3 +197,18 @@ def open_candidates(key: bytes, box: bytes, *, sender_side: str) -> Candidates:
         raise BadTag("the candidates do not open: another rendezvous or side, or tampered"
                      ) from None
     return decode_candidates(plain)
+
+
+def offerable(addresses: Sequence[Address]) -> tuple[Address, ...]:
+    """The addresses worth putting in our candidates: IP literals that are not
+    loopback, unspecified or link-local (no peer elsewhere could use those), at
+    most :data:`MAX_ADDRS`."""
+    out: list[Address] = []
+    for host, port in addresses:
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            continue
+        if not (ip.is_loopback or ip.is_unspecified or ip.is_link_local):
+            out.append((str(ip), port))
+    return tuple(out[:MAX_ADDRS])

@@ -8,12 +8,17 @@ them nothing leaves the LAN.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from .mailbox_wire import check_mailbox_url
 from .transit import format_relay_address
 
-__all__ = ["RendezvousConfig", "RendezvousStatus"]
+__all__ = ["MAILBOX_TIMEOUT", "RELAY_WAIT", "RendezvousConfig", "RendezvousStatus"]
+
+#: How long connecting to the mailbox may take (seconds).
+MAILBOX_TIMEOUT: Final = 10.0
+#: How long either side waits at the relay for the other (seconds).
+RELAY_WAIT: Final = 20.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,12 +36,16 @@ from typing import Final
 import trio
 
 from ..errors import BadTag, DecodeError, MailboxCrowded, RendezvousError
-from ..invitations.meeting import MAILBOX_TIMEOUT, RELAY_WAIT, _offer_addresses
 from ..net.manager import NetworkManager
 from ..net.topics import Topic
-from ..rendezvous.candidates import PHASE, open_candidates, seal_candidates
+from ..rendezvous.candidates import PHASE, offerable, open_candidates, seal_candidates
 from ..rendezvous.candidates import Candidates as Offer
-from ..rendezvous.config import RendezvousConfig, RendezvousStatus
+from ..rendezvous.config import (
+    MAILBOX_TIMEOUT,
+    RELAY_WAIT,
+    RendezvousConfig,
+    RendezvousStatus,
+)
 from ..rendezvous.mailbox import MailboxSession, open_mailbox
 from ..rendezvous.names import RendezvousNames, for_member_pair, pair_side
 from ..rendezvous.requests import (
@@ -134,7 +138,7 @@ async def _pair_session(config: RendezvousConfig, names: RendezvousNames, side: 
         status.opened()
         try:
             # Side 0 offers its relay; side 1 meets it there.
-            offer = Offer(_offer_addresses(network.reachable_addresses),
+            offer = Offer(offerable(network.reachable_addresses),
                           config.transit if side == 0 else None)
             await box.add(PHASE, seal_candidates(names.sealing_key, offer, sender_side=mine))
             seen: set[bytes] = set()
