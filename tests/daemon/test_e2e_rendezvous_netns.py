@@ -438,6 +438,7 @@ def test_pin_join_through_the_relay_leaks_nothing(world: Callable[..., World], t
     happy = happy_pairs(w.relay)
     assert len(happy) == 1, f"relay usage: {usage}"
     assert happy[0]["total_bytes"] > 0, usage
+    print(f"the relay carried {happy[0]['total_bytes']} bytes for the join")
     assert took < JOIN_DEADLINE
     assert_clean_logs(code, host, guest)
 
