@@ -16,11 +16,12 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
 from .netns import ROOT, Namespace, routed_namespaces, skip_reason
-from .sniffer import sniff
+from .sniffer import Capture, sniff
 
 pytestmark = [
     pytest.mark.slow,
@@ -207,3 +208,14 @@ def test_sniffer_sees_plain_split_and_masked_bytes() -> None:
     assert cap.find(absent) == []
     with pytest.raises(ValueError, match="empty needle"):
         cap.find(b"")
+
+
+def test_a_short_token_counts_only_standing_on_its_own(tmp_path: Path) -> None:
+    """A PIN inside a relay line's hex token is chance; in JSON or msgpack it is a leak."""
+    cap = Capture(tmp_path / "none.pcap", frames=[
+        b"please relay 44d84fa0e6f03bb6590694e7ad49 for side p2pinvite_side_1\n",
+        b'{"pin": "590694"}',
+        b"\xa6590694",
+    ])
+    assert cap.find(b"590694") == ["frame 0", "frame 1", "frame 2"]
+    assert cap.find_token(b"590694") == ["frame 1", "frame 2"]
