@@ -19,6 +19,7 @@ can make a join fail, never succeed wrongly.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -27,10 +28,9 @@ from typing import Final
 
 import trio
 
-from ..errors import BadTag, DecodeError, MailboxCrowded, RendezvousError
-from ..net.manager import Address, Candidates, NetworkManager
-from ..rendezvous.candidates import PHASE, offerable, open_candidates, seal_candidates
-from ..rendezvous.candidates import Candidates as Offer
+from ..errors import BadTag, DecodeError, RendezvousError
+from ..net.manager import Candidates, NetworkManager
+from ..rendezvous.candidates import PHASE, offerable, open_candidates
 from ..rendezvous.config import (
     MAILBOX_TIMEOUT,
     RELAY_WAIT,
@@ -38,15 +38,15 @@ from ..rendezvous.config import (
     RendezvousStatus,
 )
 from ..rendezvous.mailbox import open_mailbox
-from ..rendezvous.names import RendezvousNames, for_invitation
-from ..rendezvous.requests import (
-    MAX_REQUEST_AGE,
-    RELAY_PHASE,
-    RelayRequest,
-    attempt_token,
-    open_relay_request,
-    seal_relay_request,
+from ..rendezvous.meet import (
+    RelayRequests,
+    ask_relay,
+    keep_meeting,
+    put_candidates,
+    serve_relayed,
 )
+from ..rendezvous.names import RendezvousNames, for_invitation
+from ..rendezvous.requests import RELAY_PHASE
 from ..rendezvous.transit import format_relay_address, relay_connect
 
 __all__ = ["RELAY_HEAD_START", "host_meetings", "meet_host"]
@@ -57,11 +57,6 @@ log = logging.getLogger("p2pinvite.rendezvous")
 #: seconds of reading the host's candidates: a direct path, when there is one,
 #: wins and the relay carries nothing.
 RELAY_HEAD_START: Final = 0.5
-#: The host's back-off between failed mailbox sessions, doubling up to the cap.
-_BACKOFF: Final = (1.0, 60.0)
-#: A mailbox refused as crowded stays so until the server prunes it (about
-#: 16 minutes after its last activity, docs/RENDEZVOUS.md §6): wait that out.
-_CROWDED_WAIT: Final = 17 * 60.0
 
 
 async def host_meetings(config: RendezvousConfig, secret: bytes, network: NetworkManager,
@@ -73,72 +68,34 @@ async def host_meetings(config: RendezvousConfig, secret: bytes, network: Networ
     Failures are logged and retried with back-off; they never end hosting on
     the LAN, which goes on regardless.
     """
-    names = for_invitation(secret)
-    backoff = _BACKOFF[0]
-    while True:
-        try:
-            await _host_session(config, names, network, status, label=label, clock=clock)
-        except MailboxCrowded as exc:
-            status.failed(str(exc))
-            log.warning("invitation %s: the rendezvous mailbox is crowded; waiting %d min",
-                        label, int(_CROWDED_WAIT // 60))
-            await trio.sleep(_CROWDED_WAIT)
-            continue
-        except (RendezvousError, DecodeError) as exc:
-            status.failed(str(exc))
-            log.warning("invitation %s: rendezvous mailbox: %s; again in %g s", label, exc,
-                        backoff)
-        await trio.sleep(backoff)
-        backoff = min(backoff * 2, _BACKOFF[1])
+    names, who = for_invitation(secret), f"invitation {label}"
+    await keep_meeting(lambda: _host_session(config, names, network, status, who=who,
+                                             clock=clock), status, who=who)
 
 
 async def _host_session(config: RendezvousConfig, names: RendezvousNames,
-                        network: NetworkManager, status: RendezvousStatus, *, label: str,
+                        network: NetworkManager, status: RendezvousStatus, *, who: str,
                         clock: Callable[[], float]) -> None:
-    me, guest = names.side(0), names.side(1)
-    async with open_mailbox(config.mailbox, names.mailbox_id, side=me,
+    async with open_mailbox(config.mailbox, names.mailbox_id, side=names.side(0),
                             timeout=MAILBOX_TIMEOUT) as box:
         status.opened()
         try:
-            offer = Offer(offerable(network.reachable_addresses), config.transit)
-            await box.add(PHASE, seal_candidates(names.sealing_key, offer, sender_side=me))
-            log.info("invitation %s: waiting for guests at the rendezvous mailbox too", label)
-            seen: set[bytes] = set()
+            await put_candidates(box, names, 0, offerable(network.reachable_addresses),
+                                 config.transit)
+            log.info("%s: waiting for guests at the rendezvous mailbox too", who)
+            requests = RelayRequests(names, 1, who=who, clock=clock)
             async with trio.open_nursery() as nursery:
                 async for msg in box:
-                    if msg.phase != RELAY_PHASE:
+                    if msg.phase != RELAY_PHASE or (token := requests.fresh(msg.body)) is None:
                         continue
-                    try:
-                        request = open_relay_request(names.sealing_key, msg.body,
-                                                     sender_side=guest)
-                    except (DecodeError, BadTag) as exc:
-                        log.info("invitation %s: a relay request that does not open: %s",
-                                 label, exc)
-                        continue
-                    if request.nonce in seen or clock() - request.at > MAX_REQUEST_AGE:
-                        continue  # the mailbox replays what it stored earlier
-                    seen.add(request.nonce)
                     if config.transit is None:
-                        log.info("invitation %s: a guest asks for a relay; none configured",
-                                 label)
+                        log.info("%s: a guest asks for a relay; none configured", who)
                         continue
-                    nursery.start_soon(_serve_relayed, config.transit,
-                                       attempt_token(names.relay_token, request.nonce), me,
-                                       network, label)
+                    nursery.start_soon(functools.partial(
+                        serve_relayed, config.transit, token, names.side(0),
+                        network.serve_stream, who=who))
         finally:
             status.closed()
-
-
-async def _serve_relayed(relay: Address, token: bytes, side: str, network: NetworkManager,
-                         label: str) -> None:
-    try:
-        stream = await relay_connect(*relay, token, side, timeout=RELAY_WAIT)
-    except RendezvousError as exc:
-        log.info("invitation %s: the guest did not meet us at the relay: %s", label, exc)
-        return
-    log.info("invitation %s: a guest reached us through the relay at %s", label,
-             format_relay_address(*relay))
-    await network.serve_stream(stream)
 
 
 async def meet_host(mailbox: str, secret: bytes, found: Candidates,
@@ -171,10 +128,7 @@ async def meet_host(mailbox: str, secret: bytes, found: Candidates,
             if offer.relay is not None:
                 await trio.sleep(RELAY_HEAD_START)
                 if not connected():
-                    request = RelayRequest.new(clock())
-                    await box.add(RELAY_PHASE, seal_relay_request(
-                        names.sealing_key, request, sender_side=me))
-                    relay, token = offer.relay, attempt_token(names.relay_token, request.nonce)
+                    relay, token = offer.relay, await ask_relay(box, names, 1, clock)
 
                     async def through_relay() -> trio.abc.Stream:
                         return await relay_connect(*relay, token, me, timeout=RELAY_WAIT)

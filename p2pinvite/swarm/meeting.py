@@ -28,6 +28,7 @@ derive them.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -35,11 +36,10 @@ from typing import Final
 
 import trio
 
-from ..errors import BadTag, DecodeError, MailboxCrowded, RendezvousError
+from ..errors import BadTag, DecodeError, RendezvousError
 from ..net.manager import NetworkManager
 from ..net.topics import Topic
-from ..rendezvous.candidates import PHASE, offerable, open_candidates, seal_candidates
-from ..rendezvous.candidates import Candidates as Offer
+from ..rendezvous.candidates import PHASE, offerable, open_candidates
 from ..rendezvous.config import (
     MAILBOX_TIMEOUT,
     RELAY_WAIT,
@@ -47,15 +47,16 @@ from ..rendezvous.config import (
     RendezvousStatus,
 )
 from ..rendezvous.mailbox import MailboxSession, open_mailbox
-from ..rendezvous.names import RendezvousNames, for_member_pair, pair_side
-from ..rendezvous.requests import (
-    MAX_REQUEST_AGE,
-    RELAY_PHASE,
-    RelayRequest,
-    attempt_token,
-    open_relay_request,
-    seal_relay_request,
+from ..rendezvous.meet import (
+    BACKOFF,
+    RelayRequests,
+    ask_relay,
+    keep_meeting,
+    put_candidates,
+    serve_relayed,
 )
+from ..rendezvous.names import RendezvousNames, for_member_pair, pair_side
+from ..rendezvous.requests import RELAY_PHASE
 from ..rendezvous.transit import format_relay_address, relay_connect
 
 __all__ = ["MAX_PAIRS", "RELAY_HEAD_START", "RESCAN", "meet_members"]
@@ -69,12 +70,8 @@ RELAY_HEAD_START: Final = 2.0
 RESCAN: Final = 2.0
 #: Most pairs met at once per log (the most recently seen devices first).
 MAX_PAIRS: Final = 16
-#: Back-off between failed mailbox sessions, and between relay attempts, doubling to the cap.
-_BACKOFF: Final = (1.0, 60.0)
 #: A relayed connection that lasted this long resets the relay back-off.
 _STABLE: Final = 10.0
-#: A crowded mailbox stays so until the server prunes it (docs/RENDEZVOUS.md §6).
-_CROWDED_WAIT: Final = 17 * 60.0
 
 
 async def meet_members(config: RendezvousConfig, secret: bytes, me: bytes,
@@ -109,23 +106,11 @@ async def _meet_pair(scope: trio.CancelScope, config: RendezvousConfig, secret: 
     names = for_member_pair(secret, me, device)
     side = pair_side(me, device)
     who = f"swarm {label}: device {device.hex()[:12]}"
-    backoff = _BACKOFF[0]
     with scope:
-        while True:
-            try:
-                await _pair_session(config, names, side, device, network, topic, status,
-                                    connected, who, clock)
-            except MailboxCrowded as exc:
-                status.failed(str(exc))
-                log.warning("%s: the pair's mailbox is crowded; waiting %d min", who,
-                            int(_CROWDED_WAIT // 60))
-                await trio.sleep(_CROWDED_WAIT)
-                continue
-            except (RendezvousError, DecodeError) as exc:
-                status.failed(str(exc))
-                log.info("%s: rendezvous mailbox: %s; again in %g s", who, exc, backoff)
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, _BACKOFF[1])
+        # Up to 16 pairs per log retry at once: their failures log at info.
+        await keep_meeting(lambda: _pair_session(config, names, side, device, network, topic,
+                                                 status, connected, who, clock),
+                           status, who=who, level=logging.INFO)
 
 
 async def _pair_session(config: RendezvousConfig, names: RendezvousNames, side: int,
@@ -138,10 +123,9 @@ async def _pair_session(config: RendezvousConfig, names: RendezvousNames, side: 
         status.opened()
         try:
             # Side 0 offers its relay; side 1 meets it there.
-            offer = Offer(offerable(network.reachable_addresses),
-                          config.transit if side == 0 else None)
-            await box.add(PHASE, seal_candidates(names.sealing_key, offer, sender_side=mine))
-            seen: set[bytes] = set()
+            await put_candidates(box, names, side, offerable(network.reachable_addresses),
+                                 config.transit if side == 0 else None)
+            requests = RelayRequests(names, 1 - side, who=who, clock=clock)
             dialing = False
             async with trio.open_nursery() as nursery:
                 async for msg in box:
@@ -160,35 +144,16 @@ async def _pair_session(config: RendezvousConfig, names: RendezvousNames, side: 
                             dialing = True
                             nursery.start_soon(_dial_relayed, box, names, got.relay, device,
                                                network, topic, connected, who, clock)
-                    elif msg.phase == RELAY_PHASE and side == 0:
-                        try:
-                            request = open_relay_request(names.sealing_key, msg.body,
-                                                         sender_side=theirs)
-                        except (DecodeError, BadTag) as exc:
-                            log.info("%s: a relay request that does not open: %s", who, exc)
-                            continue
-                        if request.nonce in seen or clock() - request.at > MAX_REQUEST_AGE:
-                            continue  # the mailbox replays what it stored earlier
-                        seen.add(request.nonce)
+                    elif (msg.phase == RELAY_PHASE and side == 0
+                          and (token := requests.fresh(msg.body)) is not None):
                         if config.transit is None:
                             log.info("%s: asks for a relay; none configured", who)
                             continue
-                        nursery.start_soon(_serve_relayed, config.transit,
-                                           attempt_token(names.relay_token, request.nonce),
-                                           mine, network, who)
+                        nursery.start_soon(functools.partial(
+                            serve_relayed, config.transit, token, mine,
+                            network.serve_stream, who=who))
         finally:
             status.closed()
-
-
-async def _serve_relayed(relay: tuple[str, int], token: bytes, side: str,
-                         network: NetworkManager, who: str) -> None:
-    try:
-        stream = await relay_connect(*relay, token, side, timeout=RELAY_WAIT)
-    except RendezvousError as exc:
-        log.info("%s: did not meet us at the relay: %s", who, exc)
-        return
-    log.info("%s: reached us through the relay at %s", who, format_relay_address(*relay))
-    await network.serve_stream(stream)
 
 
 def _ready(stream: trio.abc.Stream) -> Callable[[], Awaitable[trio.abc.Stream]]:
@@ -204,16 +169,13 @@ async def _dial_relayed(box: MailboxSession, names: RendezvousNames,
                         clock: Callable[[], float]) -> None:
     """Side 1: whenever the device stays unconnected, meet it through the relay."""
     mine = names.side(1)
-    backoff = _BACKOFF[0]
+    backoff = BACKOFF[0]
     await trio.sleep(RELAY_HEAD_START)
     while True:
         if connected(device):
             await trio.sleep(RESCAN)
             continue
-        request = RelayRequest.new(clock())
-        await box.add(RELAY_PHASE, seal_relay_request(names.sealing_key, request,
-                                                      sender_side=mine))
-        token = attempt_token(names.relay_token, request.nonce)
+        token = await ask_relay(box, names, 1, clock)
         began = trio.current_time()
         try:
             stream = await relay_connect(*relay, token, mine, timeout=RELAY_WAIT)
@@ -227,7 +189,7 @@ async def _dial_relayed(box: MailboxSession, names: RendezvousNames,
             established = await network.dial_path(
                 topic, f"relay {format_relay_address(*relay)}", _ready(stream))
         if established and trio.current_time() - began >= _STABLE:
-            backoff = _BACKOFF[0]
+            backoff = BACKOFF[0]
         else:
             await trio.sleep(backoff)
-            backoff = min(backoff * 2, _BACKOFF[1])
+            backoff = min(backoff * 2, BACKOFF[1])
